@@ -1,0 +1,23 @@
+# etemseg: in-situ ETEM movie -> Zarr -> pseudo-labels -> CNN -> masks -> particle tables.
+# Run:  snakemake --profile profiles/local        (demo movie from config/config.yaml)
+#       snakemake --profile profiles/slurm        (HPC cluster)
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/synth.smk"
+include: "workflow/rules/ingest.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

@@ -1,0 +1,173 @@
+"""Frame dump -> Zarr movie store, in two steps so a long movie ingests in parallel.
+
+1. :func:`init_store` scans the dump (names only, plus the first file's header) and creates the
+   empty store with all metadata: shape, frame times and gaps, pixel size, source file of every frame.
+2. :func:`ingest_chunk` fills time chunk ``k`` from the source files recorded in the store, streaming
+   one Zarr chunk at a time, and returns a receipt (the chunk's stats) that the workflow tracks.
+
+:func:`ingest` does both for a whole movie with a progress bar.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .atomic import atomic_path
+from .errors import ConfigError, InputFileError
+from .framedump import FrameSource, read_frame, scan_dump
+from .store import DEFAULT_CLEVEL, DEFAULT_CODEC, MovieStore, create_store
+
+log = logging.getLogger(__name__)
+
+UINT16_MAX = np.iinfo(np.uint16).max
+
+
+def store_dtype(source_dtype) -> np.dtype:
+    """Pixel type of the store for a source pixel type: float32 for floats, else uint16."""
+    source_dtype = np.dtype(source_dtype)
+    if source_dtype.kind == "f":
+        return np.dtype(np.float32)
+    if source_dtype.kind in "ui":
+        return np.dtype(np.uint16)
+    raise ConfigError(f"unsupported source pixel type {source_dtype}")
+
+
+def to_store_dtype(frame: np.ndarray, dtype: np.dtype, path: Path) -> np.ndarray:
+    """Convert one frame to the store's pixel type, refusing values that do not fit.
+
+    Integer frames must lie in [0, 65535] (K2 counting frames do); anything else is an error naming
+    ``path`` rather than a silent wrap-around.
+    """
+    if dtype.kind == "f":
+        if frame.dtype.kind != "f":
+            raise InputFileError(path, f"integer frame ({frame.dtype}) in a movie of float frames")
+        return frame.astype(np.float32, copy=False)
+    if frame.dtype.kind not in "ui":
+        raise InputFileError(path, f"{frame.dtype} frame in a movie of integer frames")
+    if frame.dtype.itemsize > 2 or frame.dtype.kind == "i":
+        lo, hi = int(frame.min()), int(frame.max())
+        if lo < 0 or hi > UINT16_MAX:
+            raise InputFileError(path, f"pixel values {lo}..{hi} do not fit uint16 (0..65535)")
+    return frame.astype(np.uint16, copy=False)
+
+
+def init_store(src: str | Path, out: str | Path, *, fps: float = 400.0,
+               pixel_size_nm: float | None = None, chunk_frames: int = 400,
+               zarr_chunk_frames: int | None = None, codec: str = DEFAULT_CODEC,
+               clevel: int = DEFAULT_CLEVEL) -> MovieStore:
+    """Scan frame dump ``src`` and create the empty movie store ``out``.
+
+    Parameters
+    ----------
+    src : path
+        Folder of frames (.dm4/.dm3/.tif/.tiff/.npy; K2 names give times and gaps).
+    out : path
+        Store to create (``*.zarr``); replaced atomically if it exists.
+    fps : float
+        Camera frame rate, frames/s (K2-IS: 400).
+    pixel_size_nm : float, optional
+        Override of the pixel size, nm/px; default: the first file's calibration.
+    chunk_frames : int
+        Frames per time chunk (one job each); default one second at 400 fps.
+    """
+    index = scan_dump(src, fps=fps)
+    if pixel_size_nm is not None:
+        if not pixel_size_nm > 0:
+            raise ConfigError(f"pixel_size_nm: must be > 0, got {pixel_size_nm}")
+        calibrated = index.pixel_size_nm
+        if calibrated is not None and not np.isclose(calibrated, pixel_size_nm, rtol=0.01):
+            log.warning("pixel size override %.4g nm replaces the file calibration %.4g nm",
+                        pixel_size_nm, calibrated)
+    else:
+        pixel_size_nm = index.pixel_size_nm
+        if pixel_size_nm is None:
+            log.warning("%s: no pixel size calibration in %s and no override; sizes stay in px",
+                        index.root, index.sources[0].path.name)
+    root = index.root.resolve()
+    create_store(
+        out, n_frames=len(index.sources), frame_shape=index.shape,
+        dtype=store_dtype(index.dtype), chunk_frames=chunk_frames, fps=fps,
+        pixel_size_nm=pixel_size_nm, time_s=index.time_s, frame_index=index.frame_index,
+        sources=[str(s.path.resolve().relative_to(root)) for s in index.sources],
+        source_pages=[s.page for s in index.sources], codec=codec, clevel=clevel,
+        zarr_chunk_frames=zarr_chunk_frames,
+        attrs={"source": str(root), "source_dtype": str(index.dtype), "naming": index.naming,
+               "gaps": [[int(a), int(n)] for a, n in index.gaps],
+               "n_missing_frames": int(sum(n for _, n in index.gaps))})
+    return MovieStore.open(out, mode="r+")
+
+
+def ingest_chunk(out: str | Path | MovieStore, k: int, *, progress: bool = False) -> dict:
+    """Fill time chunk ``k`` of an initialised store from its recorded source files.
+
+    Streams one Zarr chunk at a time (memory bounded by one Zarr chunk). Returns the receipt: frame
+    range, source files, intensity stats (in counts) and the elapsed time.
+    """
+    store = out if isinstance(out, MovieStore) else MovieStore.open(out, mode="r+")
+    root = Path(store.meta["source"])
+    t0, t1 = store.chunk_bounds(k)
+    sources = store.group["sources"][t0:t1]
+    pages = store.group["source_pages"][t0:t1]
+    index = store.frame_index()[t0:t1]
+    dtype = store.array.dtype
+    shape = store.frame_shape
+    start = time.perf_counter()
+    lo, hi, total, nonfinite = np.inf, -np.inf, 0.0, 0
+    bar = tqdm(total=t1 - t0, desc=f"ingest chunk {k}", unit="frame", disable=not progress)
+    for b0, b1 in store.blocks(k):
+        block = np.empty((b1 - b0,) + shape, dtype=dtype)
+        for i in range(b0, b1):
+            j = i - t0
+            src = FrameSource(path=root / str(sources[j]), page=int(pages[j]), index=int(index[j]))
+            block[i - b0] = to_store_dtype(read_frame(src, expect_shape=shape), dtype, src.path)
+            bar.update(1)
+        finite = np.isfinite(block) if dtype.kind == "f" else None
+        if finite is not None:
+            nonfinite += int(block.size - finite.sum())
+            vals = block[finite]
+        else:
+            vals = block
+        if vals.size:
+            lo, hi = min(lo, float(vals.min())), max(hi, float(vals.max()))
+            total += float(vals.sum(dtype=np.float64))
+        store.array[b0:b1] = block
+    bar.close()
+    if nonfinite:
+        log.warning("chunk %d of %s: %d non-finite pixels (NaN/inf) in the source", k,
+                    store.path, nonfinite)
+    n_px = (t1 - t0) * shape[0] * shape[1] - nonfinite
+    return {
+        "stage": "ingest", "store": str(store.path), "chunk": k, "t0": t0, "t1": t1,
+        "frames": t1 - t0, "first_source": str(sources[0]), "last_source": str(sources[-1]),
+        "min_counts": lo, "max_counts": hi, "mean_counts": total / max(n_px, 1),
+        "nonfinite_pixels": nonfinite, "elapsed_s": round(time.perf_counter() - start, 3),
+    }
+
+
+def write_receipt(receipt: dict, path: str | Path) -> None:
+    """Write a job receipt JSON atomically (the per-chunk output Snakemake tracks)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(receipt, indent=1) + "\n")
+
+
+def ingest(src: str | Path, out: str | Path, *, progress: bool = True, **options) -> MovieStore:
+    """Ingest a whole frame dump into ``out`` (init + every chunk), with a progress bar.
+
+    The store is assembled under a temporary name and renamed onto ``out`` only when complete, so a
+    failure (corrupt frame, wrong shape) leaves an existing ``out`` untouched.
+    """
+    out = Path(out)
+    with atomic_path(out, directory=True) as tmp:
+        store = init_store(src, tmp, **options)
+        bar = tqdm(total=store.n_frames, desc=f"ingest {out.name}", unit="frame",
+                   disable=not progress)
+        for k in range(store.n_chunks):
+            bar.update(ingest_chunk(store, k)["frames"])
+        bar.close()
+    return MovieStore.open(out)

@@ -1,0 +1,271 @@
+"""The Zarr movie store: one (t, y, x) array per movie and product, chunked along time.
+
+Layout of a store (a Zarr v3 group, OME-NGFF 0.5 so napari / ome-zarr readers open it)::
+
+    frames.zarr/
+        zarr.json        group attributes: ``ome`` (multiscales axes t/y/x in s/nm) and ``etemseg``
+                         (pixel_size_nm, fps, chunk_frames, n_chunks, gaps, source, ...)
+        0/               the movie, shape (T, H, W); Zarr chunks (zarr_chunk_frames, H, W)
+        time_s/          float64 (T,)  time of each stored frame since the first, s (gaps show as jumps)
+        frame_index/     int64 (T,)    absolute camera frame index of each stored frame
+        sources/         str (T,)      source file of each frame, relative to ``etemseg.source``
+        source_pages/    int32 (T,)    page of each frame within its source file
+
+Work is split into *time chunks* of ``chunk_frames`` frames (one Snakemake job each). A time chunk is
+a whole number of Zarr chunks, so two jobs never write the same Zarr chunk. Zarr chunks are kept
+small enough (default <= 64 MiB uncompressed) that a job streams its time chunk block by block with
+memory bounded by one block, whatever the movie length.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import zarr
+import zarr.codecs
+
+from . import __version__
+from .atomic import atomic_path
+from .errors import ConfigError, InputFileError
+
+ARRAY = "0"
+#: Codecs offered for the movie array; the ingest benchmark compares them.
+CODECS = ("blosc-zstd", "blosc-lz4", "zstd", "none")
+DEFAULT_CODEC = "blosc-zstd"
+DEFAULT_CLEVEL = 3
+DEFAULT_BLOCK_BYTES = 64 * 2**20
+
+
+def compressors_for(codec: str, clevel: int = DEFAULT_CLEVEL) -> list:
+    """Zarr v3 compressor list for a codec name in :data:`CODECS`.
+
+    ``blosc-*`` use Blosc with bit-shuffle (integer pixel data with few significant bits compresses
+    far better bit-shuffled); ``zstd`` is plain Zstandard; ``none`` stores raw bytes.
+    """
+    if codec == "blosc-zstd":
+        return [zarr.codecs.BloscCodec(cname="zstd", clevel=clevel, shuffle="bitshuffle")]
+    if codec == "blosc-lz4":
+        return [zarr.codecs.BloscCodec(cname="lz4", clevel=clevel, shuffle="bitshuffle")]
+    if codec == "zstd":
+        return [zarr.codecs.ZstdCodec(level=clevel)]
+    if codec == "none":
+        return []
+    raise ConfigError(f"codec: unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
+
+
+def n_chunks(n_frames: int, chunk_frames: int) -> int:
+    """Number of time chunks of ``chunk_frames`` frames covering ``n_frames`` frames."""
+    if chunk_frames < 1:
+        raise ConfigError(f"chunk_frames: must be >= 1, got {chunk_frames}")
+    return max(1, math.ceil(n_frames / chunk_frames))
+
+
+def chunk_bounds(k: int, n_frames: int, chunk_frames: int) -> tuple[int, int]:
+    """Frame range ``[t0, t1)`` of time chunk ``k``."""
+    total = n_chunks(n_frames, chunk_frames)
+    if not 0 <= k < total:
+        raise ConfigError(f"chunk: {k} is out of range; this movie has chunks 0..{total - 1}")
+    t0 = k * chunk_frames
+    return t0, min(n_frames, t0 + chunk_frames)
+
+
+def auto_zarr_chunk_frames(chunk_frames: int, frame_shape: Sequence[int], itemsize: int,
+                           max_bytes: int = DEFAULT_BLOCK_BYTES) -> int:
+    """Largest divisor of ``chunk_frames`` whose Zarr chunk stays under ``max_bytes`` (at least 1)."""
+    frame_bytes = int(np.prod(frame_shape)) * itemsize
+    best = 1
+    for d in range(1, chunk_frames + 1):
+        if chunk_frames % d == 0 and d * frame_bytes <= max_bytes:
+            best = d
+    return best
+
+
+def _ome_attrs(name: str, fps: float, pixel_size_nm: float | None) -> dict:
+    px = float(pixel_size_nm) if pixel_size_nm else 1.0
+    unit = "nanometer" if pixel_size_nm else None
+    axes = [{"name": "t", "type": "time", "unit": "second"}]
+    for ax in ("y", "x"):
+        entry = {"name": ax, "type": "space"}
+        if unit:
+            entry["unit"] = unit
+        axes.append(entry)
+    return {
+        "version": "0.5",
+        "multiscales": [{
+            "name": name,
+            "axes": axes,
+            "datasets": [{
+                "path": ARRAY,
+                "coordinateTransformations": [{"type": "scale", "scale": [1.0 / fps, px, px]}],
+            }],
+        }],
+    }
+
+
+def create_store(path: str | Path, *, n_frames: int, frame_shape: tuple[int, int], dtype,
+                 chunk_frames: int, fps: float, pixel_size_nm: float | None,
+                 time_s: np.ndarray | None = None, frame_index: np.ndarray | None = None,
+                 sources: Sequence[str] | None = None, source_pages: Sequence[int] | None = None,
+                 codec: str = DEFAULT_CODEC, clevel: int = DEFAULT_CLEVEL,
+                 zarr_chunk_frames: int | None = None, attrs: dict | None = None) -> Path:
+    """Create an empty movie store (metadata and axes only; chunks are written by jobs).
+
+    The store is built in a temporary sibling and renamed into place, so an existing store is
+    replaced only by a complete new one.
+
+    Parameters
+    ----------
+    path : path
+        Store directory (``*.zarr``).
+    n_frames, frame_shape : int, (H, W)
+        Shape of the movie array, ``(n_frames, H, W)``.
+    dtype : numpy dtype
+        Pixel type (uint16 frames, float32 probabilities, uint8 masks).
+    chunk_frames : int
+        Frames per time chunk (one job each).
+    fps : float
+        Frame rate, frames/s.
+    pixel_size_nm : float or None
+        Pixel size in nm (None when uncalibrated).
+    time_s, frame_index : (T,) arrays, optional
+        Frame times in s and absolute camera frame indices; default ``arange(T)/fps``.
+    sources, source_pages : (T,) sequences, optional
+        Source file (relative path) and page of every frame.
+    codec, clevel : str, int
+        Compression (see :func:`compressors_for`).
+    zarr_chunk_frames : int, optional
+        Frames per Zarr chunk; must divide ``chunk_frames``. Default: :func:`auto_zarr_chunk_frames`.
+    attrs : dict, optional
+        Extra entries for the ``etemseg`` attribute block.
+    """
+    path = Path(path)
+    dtype = np.dtype(dtype)
+    H, W = (int(s) for s in frame_shape)
+    if zarr_chunk_frames is None:
+        zarr_chunk_frames = auto_zarr_chunk_frames(chunk_frames, (H, W), dtype.itemsize)
+    if chunk_frames % zarr_chunk_frames:
+        raise ConfigError(f"zarr_chunk_frames: {zarr_chunk_frames} must divide chunk_frames "
+                          f"({chunk_frames}) so that jobs never share a Zarr chunk")
+    if time_s is None:
+        frame_index = np.arange(n_frames, dtype=np.int64)
+        time_s = frame_index / fps
+    meta = {
+        "version": __version__,
+        "pixel_size_nm": None if pixel_size_nm is None else float(pixel_size_nm),
+        "fps": float(fps),
+        "n_frames": int(n_frames),
+        "frame_shape": [H, W],
+        "chunk_frames": int(chunk_frames),
+        "zarr_chunk_frames": int(zarr_chunk_frames),
+        "n_chunks": n_chunks(n_frames, chunk_frames),
+        "codec": codec,
+        "clevel": int(clevel),
+        "units": {"time_s": "s", "pixel_size_nm": "nm", "fps": "1/s"},
+    }
+    meta.update(attrs or {})
+    with atomic_path(path, directory=True) as tmp:
+        group = zarr.open_group(tmp, mode="w", zarr_format=3)
+        group.attrs.update({"ome": _ome_attrs(path.stem, fps, pixel_size_nm), "etemseg": meta})
+        group.create_array(ARRAY, shape=(n_frames, H, W), chunks=(zarr_chunk_frames, H, W),
+                           dtype=dtype, compressors=compressors_for(codec, clevel),
+                           fill_value=0, dimension_names=("t", "y", "x"))
+        group.create_array("time_s", data=np.asarray(time_s, dtype=np.float64))
+        group.create_array("frame_index", data=np.asarray(frame_index, dtype=np.int64))
+        if sources is not None:
+            arr = group.create_array("sources", shape=(n_frames,), dtype=str,
+                                     chunks=(max(1, min(n_frames, 65536)),))
+            arr[:] = np.asarray(list(sources), dtype=str)
+            group.create_array("source_pages", data=np.asarray(
+                source_pages if source_pages is not None else np.zeros(n_frames), dtype=np.int32))
+    return path
+
+
+@dataclass
+class MovieStore:
+    """An opened movie store: the (t, y, x) array plus its metadata."""
+
+    path: Path
+    group: zarr.Group
+    array: zarr.Array
+    meta: dict
+
+    @classmethod
+    def open(cls, path: str | Path, mode: str = "r") -> "MovieStore":
+        """Open a store created by :func:`create_store` (``mode='r+'`` for jobs that write chunks)."""
+        path = Path(path)
+        if not (path / "zarr.json").exists():
+            raise InputFileError(path, "not an etemseg movie store (no zarr.json); run ingest first")
+        try:
+            group = zarr.open_group(path, mode=mode, zarr_format=3)
+            array = group[ARRAY]
+            meta = dict(group.attrs["etemseg"])
+        except (KeyError, ValueError, OSError) as exc:
+            raise InputFileError(path, f"not a valid etemseg movie store ({exc})") from exc
+        return cls(path, group, array, meta)
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.array.shape[0])
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        return tuple(int(s) for s in self.array.shape[1:])
+
+    @property
+    def chunk_frames(self) -> int:
+        return int(self.meta["chunk_frames"])
+
+    @property
+    def n_chunks(self) -> int:
+        return n_chunks(self.n_frames, self.chunk_frames)
+
+    @property
+    def pixel_size_nm(self) -> float | None:
+        return self.meta.get("pixel_size_nm")
+
+    @property
+    def fps(self) -> float:
+        return float(self.meta["fps"])
+
+    def time_s(self) -> np.ndarray:
+        """Time of each frame since the first, s."""
+        return self.group["time_s"][:]
+
+    def frame_index(self) -> np.ndarray:
+        """Absolute camera frame index of each frame."""
+        return self.group["frame_index"][:]
+
+    def chunk_bounds(self, k: int) -> tuple[int, int]:
+        """Frame range ``[t0, t1)`` of time chunk ``k``."""
+        return chunk_bounds(k, self.n_frames, self.chunk_frames)
+
+    def blocks(self, k: int) -> Iterator[tuple[int, int]]:
+        """Frame ranges of the Zarr chunks inside time chunk ``k`` (the unit of streaming I/O)."""
+        t0, t1 = self.chunk_bounds(k)
+        step = int(self.array.chunks[0])
+        for b0 in range(t0, t1, step):
+            yield b0, min(t1, b0 + step)
+
+    def read_chunk(self, k: int) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(t0, frames)`` blocks of time chunk ``k`` in order, one Zarr chunk at a time."""
+        for b0, b1 in self.blocks(k):
+            yield b0, self.array[b0:b1]
+
+    def like(self, path: str | Path, dtype, *, codec: str | None = None, attrs: dict | None = None,
+             ) -> "MovieStore":
+        """Create a store with this movie's shape, chunking, times and pixel size but another dtype.
+
+        Used for derived products (pseudo-labels, probabilities, masks) so they align frame by frame.
+        """
+        create_store(path, n_frames=self.n_frames, frame_shape=self.frame_shape, dtype=dtype,
+                     chunk_frames=self.chunk_frames, fps=self.fps,
+                     pixel_size_nm=self.pixel_size_nm, time_s=self.time_s(),
+                     frame_index=self.frame_index(), codec=codec or self.meta["codec"],
+                     clevel=self.meta["clevel"],
+                     zarr_chunk_frames=int(self.array.chunks[0]),
+                     attrs={"derived_from": str(self.path), **(attrs or {})})
+        return MovieStore.open(path, mode="r+")

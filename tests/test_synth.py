@@ -1,0 +1,342 @@
+"""Tests of etemseg.synth: determinism, truth consistency, output layout."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+import zarr
+
+from etemseg import synth
+from etemseg.errors import ConfigError, InputFileError
+from etemseg.synth import (
+    SynthParams,
+    k2_frame_name,
+    simulate,
+    simulate_drift,
+    simulate_tracks,
+    write_synthetic_movie,
+)
+
+# Small, non-square, event-rich movie: coarse pixels so a small frame holds ~15 particles,
+# fast ripening / migration / nucleation so all event kinds happen within 12 frames.
+SMALL = SynthParams(
+    frames=12,
+    height=96,
+    width=128,
+    pixel_size_nm=0.4,
+    ripening_rate=400.0,
+    migration_nm2_per_s=30.0,
+    appear_rate=30000.0,
+    seed=3,
+)
+
+
+@pytest.fixture(scope="module")
+def small_run():
+    frames = list(simulate(SMALL))
+    parts, events = simulate_tracks(SMALL)
+    return frames, parts, events
+
+
+# ------------------------------------------------------------------------------------------
+# parameters
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("frames", 0),
+        ("height", 8),
+        ("width", 15),
+        ("fps", 0.0),
+        ("pixel_size_nm", -0.1),
+        ("coverage", 0.0),
+        ("coverage", 0.7),
+        ("dose", 0.0),
+        ("contrast", 1.0),
+        ("radius_mean_nm", 0.0),
+        ("radius_sigma", -0.1),
+        ("edge_width_px", -1.0),
+        ("gradient", 0.9),
+        ("drift_px_per_frame", (0.1,)),
+        ("drift_px_per_frame", (0.1, float("nan"))),
+        ("ripening_rate", -1.0),
+        ("n_particles", -3),
+        ("seed", -1),
+        ("frames", True),
+        ("appear_radius_nm", 0.4),
+    ],
+)
+def test_validate_names_bad_field(field, value):
+    p = dataclasses.replace(SynthParams(), **{field: value})
+    with pytest.raises(ConfigError, match=field):
+        p.validate()
+
+
+def test_defaults_valid_and_roundtrip():
+    p = SynthParams()
+    p.validate()
+    assert SynthParams.from_dict(json.loads(json.dumps(p.to_dict()))) == p
+    with pytest.raises(ConfigError, match="bogus"):
+        SynthParams.from_dict({"bogus": 1})
+
+
+def test_impossible_packing_is_config_error():
+    p = SynthParams(frames=1, height=16, width=16, n_particles=500)
+    with pytest.raises(ConfigError, match="n_particles"):
+        list(simulate_tracks(p))
+
+
+def test_k2_frame_name():
+    assert k2_frame_name(405, 400) == "Capture1_Hour_00_Minute_00_Second_01_Frame_0005.tif"
+    assert k2_frame_name(0, 400.0) == "Capture1_Hour_00_Minute_00_Second_00_Frame_0000.tif"
+    assert (
+        k2_frame_name(400 * 3661 + 7, 400)
+        == "Capture1_Hour_01_Minute_01_Second_01_Frame_0007.tif"
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# determinism
+
+
+def test_deterministic_same_seed(small_run):
+    frames, parts, events = small_run
+    again = list(simulate(SMALL))
+    for (a_img, a_lab), (b_img, b_lab) in zip(frames, again):
+        assert a_img.dtype == np.uint16 and a_lab.dtype == np.uint32
+        assert a_img.shape == (SMALL.height, SMALL.width)
+        np.testing.assert_array_equal(a_img, b_img)
+        np.testing.assert_array_equal(a_lab, b_lab)
+    parts2, events2 = simulate_tracks(SMALL)
+    pd.testing.assert_frame_equal(parts, parts2)
+    pd.testing.assert_frame_equal(events, events2)
+
+
+def test_different_seed_differs(small_run):
+    frames, parts, _ = small_run
+    other = dataclasses.replace(SMALL, seed=SMALL.seed + 1)
+    img, lab = next(iter(simulate(other)))
+    assert not np.array_equal(img, frames[0][0])
+    assert not np.array_equal(lab, frames[0][1])
+    parts2, _ = simulate_tracks(other)
+    assert not parts2[parts2.frame == 0][["x_nm", "y_nm"]].equals(
+        parts[parts.frame == 0][["x_nm", "y_nm"]]
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# truth consistency
+
+
+def test_small_movie_has_all_event_kinds(small_run):
+    _, _, events = small_run
+    kinds = set(events["kind"])
+    assert {"coalescence", "vanish", "appear"} <= kinds
+
+
+def test_label_ids_match_table(small_run):
+    frames, parts, _ = small_run
+    for f, (_, lab) in enumerate(frames):
+        ids = set(np.unique(lab).tolist()) - {0}
+        rows = parts[(parts.frame == f) & parts.in_frame]
+        assert ids == set(rows.particle.tolist()), f"frame {f}"
+
+
+def test_label_area_and_centroid(small_run):
+    frames, parts, _ = small_run
+    h, w = SMALL.height, SMALL.width
+    checked = 0
+    for f, (_, lab) in enumerate(frames):
+        counts = np.bincount(lab.ravel())
+        rows = parts[(parts.frame == f) & parts.in_frame]
+        for row in rows.itertuples():
+            r = row.radius_px
+            inside = (
+                row.y_px - r > 0.5 and row.y_px + r < h - 1.5
+                and row.x_px - r > 0.5 and row.x_px + r < w - 1.5
+            )
+            if not inside or r <= 3:
+                continue
+            n = counts[row.particle]
+            expect = np.pi * r * r
+            tol = 0.12 if r < 5 else 0.05
+            assert abs(n - expect) / expect < tol, (f, row.particle, n, expect)
+            yy, xx = np.nonzero(lab == row.particle)
+            assert abs(yy.mean() - row.y_px) < 0.5
+            assert abs(xx.mean() - row.x_px) < 0.5
+            checked += 1
+    assert checked > 50
+
+
+def test_volume_conservation(small_run):
+    _, parts, events = small_run
+    v = parts.groupby("frame")["volume_nm3"].sum()
+    appear = events[events.kind == "appear"]
+    for f in range(1, SMALL.frames):
+        added = 0.0
+        for child in appear[appear.frame == f].child:
+            added += float(
+                parts[(parts.frame == f) & (parts.particle == child)].volume_nm3.iloc[0]
+            )
+        assert v[f] == pytest.approx(v[f - 1] + added, rel=1e-6), f
+    # r^3 and volume columns agree
+    np.testing.assert_allclose(parts.volume_nm3, 4 / 3 * np.pi * parts.radius_nm**3)
+
+
+def test_events_consistent_with_tables(small_run):
+    _, parts, events = small_run
+    by_frame = {f: set(g.particle.tolist()) for f, g in parts.groupby("frame")}
+    vol = parts.set_index(["frame", "particle"]).volume_nm3
+    for f in range(1, SMALL.frames):
+        ev = events[events.frame == f]
+        gone = by_frame[f - 1] - by_frame[f]
+        born = by_frame[f] - by_frame[f - 1]
+        ended = set()
+        for e in ev.itertuples():
+            ended |= set(int(p) for p in e.parents)
+            if e.kind == "vanish":
+                assert e.child == -1 and len(e.parents) >= 1
+            else:
+                assert e.child in born
+            if e.kind == "appear":
+                assert len(e.parents) == 0
+            if e.kind == "coalescence":
+                assert len(e.parents) >= 2
+                before = sum(vol[(f - 1, int(p))] for p in e.parents)
+                # the parents also ripen during the step (8x the default rate here)
+                assert vol[(f, e.child)] == pytest.approx(before, rel=0.1)
+        assert ended == gone, f
+        assert set(ev[ev.child >= 0].child.tolist()) == born, f
+
+
+def test_default_demo_events_and_coverage():
+    p = SynthParams()
+    parts, events = simulate_tracks(p)
+    seen = events[events.in_frame]
+    assert (seen.kind == "coalescence").sum() >= 3
+    assert (seen.kind == "vanish").sum() >= 3
+    vol = parts.set_index(["frame", "particle"]).volume_nm3
+    for e in events[events.kind == "coalescence"].itertuples():
+        before = sum(vol[(e.frame - 1, int(q))] for q in e.parents)
+        assert vol[(e.frame, e.child)] == pytest.approx(before, rel=0.02)
+    _, lab = next(iter(simulate(p)))
+    cov = np.count_nonzero(lab) / lab.size
+    assert 0.10 <= cov <= 0.20
+    # mean radius grows (ripening + coalescence)
+    r0 = parts[(parts.frame == 0)].radius_nm.mean()
+    r1 = parts[(parts.frame == p.frames - 1)].radius_nm.mean()
+    assert r1 > r0
+
+
+def test_drift_moves_static_particles():
+    p = SynthParams(
+        frames=5, height=64, width=80, pixel_size_nm=0.4, ripening_rate=0.0,
+        migration_nm2_per_s=0.0, appear_rate=0.0, drift_px_per_frame=(0.7, -0.4),
+    )
+    parts, events = simulate_tracks(p)
+    assert len(events) == 0
+    drift = simulate_drift(p)
+    np.testing.assert_allclose(drift.dy_px, 0.7 * np.arange(5))
+    first = parts[parts.frame == 0].set_index("particle")
+    for f in range(1, 5):
+        cur = parts[parts.frame == f].set_index("particle")
+        np.testing.assert_allclose(cur.y_px - first.y_px, 0.7 * f, atol=1e-9)
+        np.testing.assert_allclose(cur.x_px - first.x_px, -0.4 * f, atol=1e-9)
+        np.testing.assert_allclose(cur.x_nm, cur.x_px * p.pixel_size_nm)
+
+
+# ------------------------------------------------------------------------------------------
+# images
+
+
+def test_particles_dark_and_poisson(small_run):
+    frames, _, _ = small_run
+    img, lab = frames[0]
+    assert img[lab > 0].mean() < 0.9 * img[lab == 0].mean()
+    flat = SynthParams(
+        frames=1, height=64, width=96, n_particles=0, texture=0.0, gradient=0.0,
+        appear_rate=0.0, dose=150.0,
+    )
+    img, lab = next(iter(simulate(flat)))
+    assert not lab.any()
+    assert img.mean() == pytest.approx(150.0, rel=0.02)
+    assert img.var() == pytest.approx(150.0, rel=0.15)
+
+
+def test_full_size_frame():
+    p = SynthParams(frames=1, height=1792, width=1920)
+    img, lab = next(iter(simulate(p)))
+    assert img.shape == (1792, 1920) and img.dtype == np.uint16
+    assert lab.shape == (1792, 1920) and lab.dtype == np.uint32
+    assert 0.10 < np.count_nonzero(lab) / lab.size < 0.20
+
+
+# ------------------------------------------------------------------------------------------
+# writing
+
+
+def test_write_synthetic_movie(tmp_path):
+    p = dataclasses.replace(SMALL, fps=10.0)
+    out = tmp_path / "movie"
+    summary = write_synthetic_movie(out, p, progress=False)
+    names = sorted(x.name for x in (out / "frames").iterdir())
+    assert len(names) == p.frames
+    assert "Capture1_Hour_00_Minute_00_Second_01_Frame_0001.tif" in names
+    img = tifffile.imread(out / "frames" / k2_frame_name(11, 10.0))
+    assert img.dtype == np.uint16 and img.shape == (p.height, p.width)
+    with tifffile.TiffFile(out / "frames" / names[0]) as tf:
+        assert tf.imagej_metadata["unit"] == "nm"
+    labels = zarr.open_array(str(out / "truth" / "labels.zarr"), mode="r")
+    assert labels.shape == (p.frames, p.height, p.width) and labels.dtype == np.uint32
+    assert labels.attrs["pixel_size_nm"] == p.pixel_size_nm
+    frames = list(simulate(p))
+    np.testing.assert_array_equal(img, frames[11][0])
+    np.testing.assert_array_equal(labels[5], frames[5][1])
+    parts = pd.read_parquet(out / "truth" / "particles.parquet")
+    events = pd.read_parquet(out / "truth" / "events.parquet")
+    drift = pd.read_parquet(out / "truth" / "drift.parquet")
+    parts2, events2 = simulate_tracks(p)
+    pd.testing.assert_frame_equal(parts, parts2)
+    assert len(events) == len(events2)
+    assert list(drift.columns) == ["frame", "dy_px", "dx_px"]
+    meta = json.loads((out / "synth.json").read_text())
+    assert SynthParams.from_dict(meta["params"]) == p
+    assert meta["summary"]["n_frames"] == p.frames == summary["n_frames"]
+    for kind in ("coalescence", "vanish", "appear"):
+        assert summary[f"n_{kind}"] == int((events.kind == kind).sum())
+    # a previous synth output is replaced
+    p2 = dataclasses.replace(p, frames=3)
+    write_synthetic_movie(out, p2, progress=False)
+    assert len(list((out / "frames").iterdir())) == 3
+    assert [x.name for x in tmp_path.iterdir()] == ["movie"]
+
+
+def test_write_refuses_foreign_dir(tmp_path):
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep")
+    with pytest.raises(InputFileError):
+        write_synthetic_movie(out, dataclasses.replace(SMALL, frames=2), progress=False)
+    assert (out / "precious.txt").read_text() == "keep"
+    assert sorted(x.name for x in out.iterdir()) == ["precious.txt"]
+
+
+def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
+    real = synth._run
+
+    def broken(p):
+        for i, item in enumerate(real(p)):
+            if i == 2:
+                raise RuntimeError("killed")
+            yield item
+
+    monkeypatch.setattr(synth, "_run", broken)
+    with pytest.raises(RuntimeError):
+        write_synthetic_movie(tmp_path / "movie", SMALL, progress=False)
+    assert list(tmp_path.iterdir()) == []

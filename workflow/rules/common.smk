@@ -1,0 +1,69 @@
+# Config validation, per-movie settings, chunk lists and input functions.
+import math
+
+from snakemake.utils import validate
+
+from etemseg.framedump import count_frames
+from etemseg.store import n_chunks as _n_chunks
+
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+INGEST = {"codec": "blosc-zstd", "clevel": 3, "zarr_chunk_frames": None, **config.get("ingest", {})}
+MOVIES = config["movies"]
+
+
+wildcard_constraints:
+    movie="|".join(sorted(MOVIES)) or "^$",
+    k=r"\d+",
+
+
+def movie_cfg(movie):
+    return MOVIES[movie]
+
+
+def movie_fps(movie):
+    m = movie_cfg(movie)
+    return float(m.get("fps", m.get("synthetic", {}).get("fps", 400.0)))
+
+
+def movie_chunk_frames(movie):
+    return int(movie_cfg(movie).get("chunk_frames", 400))
+
+
+def movie_source(movie):
+    """Frame-dump folder of a movie (for synthetic movies: the simulator's output)."""
+    m = movie_cfg(movie)
+    if "synthetic" in m:
+        return f"results/{movie}/synth/frames"
+    return m["source"]
+
+
+def movie_n_frames(movie):
+    """Frames in a movie, known at DAG-build time (config for synthetic, a name scan otherwise)."""
+    m = movie_cfg(movie)
+    if "synthetic" in m:
+        return int(m["synthetic"].get("frames", 48))
+    return count_frames(m["source"], fps=movie_fps(movie))
+
+
+def movie_chunks(movie):
+    return list(range(_n_chunks(movie_n_frames(movie), movie_chunk_frames(movie))))
+
+
+def ingest_source_input(wildcards):
+    """What ingest waits for: the simulator's completion marker, or the real frame folder."""
+    if "synthetic" in movie_cfg(wildcards.movie):
+        return f"results/{wildcards.movie}/synth/synth.json"
+    return movie_source(wildcards.movie)
+
+
+def chunk_receipts(stage, movie):
+    return [f"results/{movie}/receipts/{stage}/chunk-{k}.json" for k in movie_chunks(movie)]
+
+
+def all_targets():
+    targets = []
+    for movie in MOVIES:
+        targets += chunk_receipts("ingest", movie)
+    return targets
