@@ -269,3 +269,22 @@ class MovieStore:
                      zarr_chunk_frames=int(self.array.chunks[0]),
                      attrs={"derived_from": str(self.path), **(attrs or {})})
         return MovieStore.open(path, mode="r+")
+
+
+def map_chunk(src: MovieStore, dst: MovieStore, k: int, fn, *, progress: bool = False,
+              desc: str = "") -> None:
+    """Apply ``fn(frames, t0) -> frames`` to time chunk ``k`` of ``src``, writing ``dst``.
+
+    Streams one Zarr chunk of frames at a time, so memory stays bounded by a block. ``dst`` must
+    have the same shape and chunking (see :meth:`MovieStore.like`).
+    """
+    from tqdm.auto import tqdm
+
+    if dst.array.shape != src.array.shape or dst.array.chunks[0] != src.array.chunks[0]:
+        raise InputFileError(dst.path, f"shape/chunks {dst.array.shape}/{dst.array.chunks} do not "
+                             f"match {src.path} {src.array.shape}/{src.array.chunks}")
+    t0, t1 = src.chunk_bounds(k)
+    with tqdm(total=t1 - t0, desc=desc or f"chunk {k}", unit="frame", disable=not progress) as bar:
+        for b0, block in src.read_chunk(k):
+            dst.array[b0:b0 + len(block)] = fn(block, b0)
+            bar.update(len(block))

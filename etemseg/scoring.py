@@ -1,0 +1,128 @@
+"""Accuracy of a segmentation against ground truth: pixels, particles, sizes.
+
+Used for pseudo-labels and CNN masks alike. Particles are matched one-to-one by overlap: a truth
+particle and a predicted connected component match when their intersection-over-union is at least
+``iou_min`` (0.5 makes the match unique).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+from skimage.measure import label as cc_label
+
+
+def pixel_counts(pred: np.ndarray, truth: np.ndarray) -> dict:
+    """True/false positive and false negative pixel counts of boolean masks of equal shape."""
+    pred = np.asarray(pred, dtype=bool)
+    truth = np.asarray(truth, dtype=bool)
+    tp = int(np.count_nonzero(pred & truth))
+    return {"tp": tp, "fp": int(np.count_nonzero(pred)) - tp,
+            "fn": int(np.count_nonzero(truth)) - tp}
+
+
+def rates(tp: int, fp: int, fn: int) -> dict:
+    """Precision, recall, F1 and IoU from counts (1.0 where there is nothing to find or miss)."""
+    precision = tp / (tp + fp) if tp + fp else 1.0
+    recall = tp / (tp + fn) if tp + fn else 1.0
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
+    iou = tp / (tp + fp + fn) if tp + fp + fn else 1.0
+    return {"precision": precision, "recall": recall, "f1": f1, "iou": iou}
+
+
+def match_particles(pred_mask: np.ndarray, truth_labels: np.ndarray, *,
+                    iou_min: float = 0.5) -> tuple[pd.DataFrame, int, int]:
+    """Match predicted connected components to truth particles by IoU.
+
+    Parameters
+    ----------
+    pred_mask : (H, W) bool or 0/1
+        Predicted particle mask; components are 8-connected.
+    truth_labels : (H, W) int
+        Truth particle id per pixel, 0 = background.
+    iou_min : float
+        Minimum IoU for a match.
+
+    Returns
+    -------
+    matches : DataFrame
+        One row per matched pair: ``truth``, ``pred``, ``iou``, ``truth_area_px``, ``pred_area_px``.
+    n_truth, n_pred : int
+        Number of truth particles and predicted components in the frame.
+    """
+    pred_labels = cc_label(np.asarray(pred_mask, dtype=bool), connectivity=2)
+    truth_labels = np.asarray(truth_labels)
+    truth_ids, truth_inv = np.unique(truth_labels.ravel(), return_inverse=True)
+    n_pred = int(pred_labels.max())
+    t_area = np.bincount(truth_inv)
+    p_area = np.bincount(pred_labels.ravel(), minlength=n_pred + 1)
+    both = (truth_labels.ravel() > 0) & (pred_labels.ravel() > 0)
+    pair = truth_inv[both].astype(np.int64) * (n_pred + 1) + pred_labels.ravel()[both]
+    keys, inter = np.unique(pair, return_counts=True)
+    t_idx, p_idx = np.divmod(keys, n_pred + 1)
+    iou = inter / (t_area[t_idx] + p_area[p_idx] - inter)
+    keep = iou >= iou_min
+    matches = pd.DataFrame({
+        "truth": truth_ids[t_idx[keep]], "pred": p_idx[keep], "iou": iou[keep],
+        "truth_area_px": t_area[t_idx[keep]], "pred_area_px": p_area[p_idx[keep]],
+    })
+    n_truth = int(np.count_nonzero(truth_ids))
+    return matches, n_truth, n_pred
+
+
+def equivalent_diameter_px(area_px) -> np.ndarray:
+    """Diameter of the circle with the same area, px."""
+    return 2.0 * np.sqrt(np.asarray(area_px, dtype=float) / np.pi)
+
+
+def score_frames(pairs: Iterable[tuple[np.ndarray, np.ndarray]], *,
+                 pixel_size_nm: float | None = None, iou_min: float = 0.5) -> dict:
+    """Pixel, particle-detection and size accuracy over frames.
+
+    Parameters
+    ----------
+    pairs : iterable of (pred_mask (H, W), truth_labels (H, W))
+        One pair per frame.
+    pixel_size_nm : float, optional
+        To report diameter errors in nm as well as px.
+
+    Returns
+    -------
+    dict
+        ``pixel`` (micro-averaged counts and precision/recall/F1/IoU, plus per-frame F1 mean and
+        std), ``detection`` (matched/truth/predicted particle counts, precision, recall, F1) and
+        ``diameter_error`` (predicted minus truth equivalent diameter of matched particles:
+        median, IQR and mean absolute, in px and nm).
+    """
+    totals = {"tp": 0, "fp": 0, "fn": 0}
+    frame_f1, errors = [], []
+    n_truth = n_pred = n_match = n_frames = 0
+    for pred, truth in pairs:
+        counts = pixel_counts(pred, truth > 0)
+        for key in totals:
+            totals[key] += counts[key]
+        frame_f1.append(rates(**counts)["f1"])
+        matches, nt, npred = match_particles(pred, truth, iou_min=iou_min)
+        n_truth, n_pred, n_match = n_truth + nt, n_pred + npred, n_match + len(matches)
+        errors.append(equivalent_diameter_px(matches["pred_area_px"])
+                      - equivalent_diameter_px(matches["truth_area_px"]))
+        n_frames += 1
+    err = np.concatenate(errors) if errors else np.zeros(0)
+    pixel = {**totals, **rates(**totals),
+             "f1_frame_mean": float(np.mean(frame_f1)) if frame_f1 else float("nan"),
+             "f1_frame_std": float(np.std(frame_f1)) if frame_f1 else float("nan")}
+    detection = {"matched": n_match, "truth": n_truth, "predicted": n_pred,
+                 **{k: v for k, v in rates(n_match, n_pred - n_match, n_truth - n_match).items()
+                    if k != "iou"}, "iou_min": iou_min}
+    diameter = {"n": int(err.size)}
+    if err.size:
+        q1, med, q3 = np.percentile(err, [25, 50, 75])
+        diameter.update({"median_px": float(med), "iqr_px": float(q3 - q1),
+                         "mean_abs_px": float(np.mean(np.abs(err)))})
+        if pixel_size_nm:
+            diameter.update({f"{k[:-3]}_nm": v * pixel_size_nm for k, v in list(diameter.items())
+                             if k.endswith("_px")})
+    return {"frames": n_frames, "pixel": pixel, "detection": detection,
+            "diameter_error": diameter, "pixel_size_nm": pixel_size_nm}
