@@ -15,6 +15,7 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/synth.smk"
 include: "workflow/rules/ingest.smk"
+include: "workflow/rules/pseudolabel.smk"
 
 
 rule all:

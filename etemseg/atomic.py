@@ -58,3 +58,13 @@ def atomic_path(target: str | Path, *, directory: bool = False) -> Iterator[Path
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
         raise
+
+
+def write_json(obj, path: str | Path) -> Path:
+    """Write ``obj`` as indented JSON atomically (job receipts, scores, summaries)."""
+    import json
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1, default=str) + "\n")
+    return path

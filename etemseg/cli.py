@@ -20,34 +20,40 @@ from .errors import EtemsegError
 log = logging.getLogger("etemseg")
 
 
-def _synth_param_arguments(parser: argparse.ArgumentParser) -> None:
-    """One option per :class:`etemseg.synth.SynthParams` field (single source of truth)."""
-    from .synth import SynthParams
+def _dataclass_arguments(parser: argparse.ArgumentParser, cls, *, unset_default=False) -> None:
+    """One option per dataclass field (the dataclass stays the single source of truth).
 
-    hints = typing.get_type_hints(SynthParams)
-    for field in dataclasses.fields(SynthParams):
+    With ``unset_default`` every option defaults to None, so only options given on the command
+    line override a preset.
+    """
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
         flag = "--" + field.name.replace("_", "-")
         hint = hints[field.name]
         origin = typing.get_origin(hint)
         args = [a for a in typing.get_args(hint) if a is not type(None)]
-        default = field.default
+        default = None if unset_default else field.default
+        shown = f"(default {field.default})"
         if origin is tuple:
             parser.add_argument(flag, type=float, nargs=len(args), default=default,
-                                metavar=tuple(f"V{i}" for i in range(len(args))),
-                                help=f"default {default}")
+                                metavar=tuple(f"V{i}" for i in range(len(args))), help=shown)
         elif hint is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
-                                help=f"default {default}")
+                                help=shown)
         else:
             kind = args[0] if args else hint
-            parser.add_argument(flag, type=kind, default=default, help=f"default {default}")
+            parser.add_argument(flag, type=kind, default=default, help=shown)
+
+
+def _dataclass_values(args: argparse.Namespace, cls) -> dict:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in vars(args).items() if k in names and v is not None}
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
     from .synth import SynthParams, write_synthetic_movie
 
-    names = {f.name for f in dataclasses.fields(SynthParams)}
-    values = {k: v for k, v in vars(args).items() if k in names}
+    values = _dataclass_values(args, SynthParams)
     if args.params_json:
         values.update(json.loads(args.params_json))
     params = SynthParams.from_dict(values)
@@ -57,7 +63,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from .ingest import ingest, ingest_chunk, init_store, write_receipt
+    from .atomic import write_json
+    from .ingest import ingest, ingest_chunk, init_store
     from .store import MovieStore
 
     options = dict(fps=args.fps, pixel_size_nm=args.pixel_size_nm, chunk_frames=args.chunk_frames,
@@ -74,13 +81,81 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             raise EtemsegError(f"{args.out}: store was initialised from {recorded}, not {args.src}")
         receipt = ingest_chunk(store, args.chunk, progress=not args.quiet)
         if args.receipt:
-            write_receipt(receipt, args.receipt)
+            write_json(receipt, args.receipt)
         log.info("chunk %d: frames %d..%d in %.1f s", args.chunk, receipt["t0"], receipt["t1"],
                  receipt["elapsed_s"])
         return 0
     store = ingest(args.src, args.out, progress=not args.quiet, **options)
     log.info("wrote %s: %d frames %s, %d chunks, pixel size %s nm", store.path, store.n_frames,
              store.frame_shape, store.n_chunks, store.pixel_size_nm)
+    return 0
+
+
+def cmd_pseudolabel(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .atomic import atomic_path, write_json
+    from .pseudolabel import PRESETS, PseudoLabelParams, label_chunk
+    from .store import MovieStore
+
+    if args.preset not in PRESETS:
+        raise EtemsegError(f"--preset: unknown preset {args.preset!r}; one of {', '.join(PRESETS)}")
+    params = PseudoLabelParams.from_dict(
+        {**PRESETS[args.preset].to_dict(), **_dataclass_values(args, PseudoLabelParams)})
+    attrs = {"stage": "pseudolabel", "preset": args.preset, "params": params.to_dict(),
+             "method": args.method, "values": "1 = particle, 0 = background"}
+    src = MovieStore.open(args.frames)
+    run = dict(params=params, method=args.method, threads=args.threads)
+    if args.init:
+        src.like(args.out, np.uint8, attrs=attrs)
+        return 0
+    if args.chunk is not None:
+        receipt = label_chunk(src, MovieStore.open(args.out, mode="r+"), args.chunk,
+                              progress=not args.quiet, **run)
+        if args.receipt:
+            write_json(receipt, args.receipt)
+        log.info("chunk %d: %d frames, mean coverage %.3f, %.2f frames/s", args.chunk,
+                 receipt["frames"], receipt["coverage_mean"], receipt["frames_per_s"])
+        return 0
+    with atomic_path(args.out, directory=True) as tmp:
+        dst = src.like(tmp, np.uint8, attrs=attrs)
+        for k in range(src.n_chunks):
+            label_chunk(src, dst, k, progress=not args.quiet, **run)
+    log.info("wrote %s", args.out)
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from .atomic import write_json
+    from .scoring import score_stores
+
+    scores = score_stores(args.pred, args.truth, iou_min=args.iou_min)
+    if args.out:
+        write_json(scores, args.out)
+    print(json.dumps(scores, indent=1))
+    return 0
+
+
+def cmd_overlay(args: argparse.Namespace) -> int:
+    import zarr
+
+    from .plotting import overlay_png
+    from .store import MovieStore
+
+    frames = MovieStore.open(args.frames)
+    if not 0 <= args.frame < frames.n_frames:
+        raise EtemsegError(f"--frame: {args.frame} is outside 0..{frames.n_frames - 1}")
+    masks = {}
+    for spec in args.mask:
+        name, _, path = spec.partition("=")
+        if not path:
+            raise EtemsegError(f"--mask: expected NAME=STORE.zarr, got {spec!r}")
+        masks[name] = MovieStore.open(path).array[args.frame] > 0
+    if args.truth:
+        masks["ground truth"] = zarr.open_array(args.truth, mode="r")[args.frame] > 0
+    t = frames.time_s()[args.frame]
+    overlay_png(frames.array[args.frame], masks, args.out, pixel_size_nm=frames.pixel_size_nm,
+                title=f"{frames.path.parent.name}  frame {args.frame}  t = {t:.4f} s")
     return 0
 
 
@@ -101,17 +176,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="etemseg", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"etemseg {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("synth", help="simulate an ETEM sintering movie with ground truth",
+    p = sub.add_parser("synth", parents=[common], help="simulate an ETEM sintering movie with ground truth",
                        description="Write a simulated ETEM movie of sintering Au nanoparticles as a "
                        "K2-style frame dump (OUT_DIR/frames) with ground truth (OUT_DIR/truth).")
     p.add_argument("out_dir", type=Path)
     p.add_argument("--params-json", help="parameters as a JSON object (overrides the options)")
-    _synth_param_arguments(p)
+    from .synth import SynthParams
+
+    _dataclass_arguments(p, SynthParams)
     p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("ingest", help="convert a frame dump into a chunked Zarr movie store",
+    p = sub.add_parser("ingest", parents=[common], help="convert a frame dump into a chunked Zarr movie store",
                        description="Convert a folder of .dm4/.dm3/.tif/.npy frames into a Zarr v3 "
                        "(t, y, x) store. Without --init/--chunk: the whole movie, atomically.")
     p.add_argument("src", type=Path, help="frame dump folder")
@@ -130,7 +210,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--receipt", type=Path, help="with --chunk: write the chunk's receipt JSON here")
     p.set_defaults(func=cmd_ingest)
 
-    p = sub.add_parser("info", help="print a movie store's shape and metadata")
+    from .pseudolabel import PRESETS, PseudoLabelParams
+
+    p = sub.add_parser("pseudolabel", parents=[common],
+                       help="classical pseudo-labels (the paper's recipe, fast) per time chunk",
+                       description="Label particles in every frame of FRAMES.zarr with the paper's "
+                       "classical recipe (Gaussian, border reconstructions, Sobel, opening, Otsu); "
+                       "writes OUT.zarr (uint8 0/1) with the same chunking. Options override "
+                       "the preset.")
+    p.add_argument("frames", type=Path, help="movie store, e.g. results/movie/frames.zarr")
+    p.add_argument("out", type=Path, help="output store, e.g. results/movie/pseudo.zarr")
+    p.add_argument("--preset", default="default", help=f"one of {', '.join(PRESETS)}")
+    p.add_argument("--method", choices=("fast", "reference"), default="fast")
+    p.add_argument("--threads", type=int, default=1, help="frames labelled in parallel")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--init", action="store_true", help="only create the empty output store")
+    mode.add_argument("--chunk", type=int, metavar="K", help="only label time chunk K")
+    p.add_argument("--receipt", type=Path, help="with --chunk: write the chunk's receipt JSON here")
+    _dataclass_arguments(p, PseudoLabelParams, unset_default=True)
+    p.set_defaults(func=cmd_pseudolabel)
+
+    p = sub.add_parser("score", parents=[common],
+                       help="score a mask store against ground-truth labels",
+                       description="Pixel precision/recall/F1/IoU, particle detection F1 (matched "
+                       "by IoU) and equivalent-diameter error (px and nm) of PRED against TRUTH.")
+    p.add_argument("pred", type=Path, help="mask store (pseudo.zarr or mask.zarr)")
+    p.add_argument("truth", type=Path, help="truth label array, e.g. results/movie/synth/truth/labels.zarr")
+    p.add_argument("--out", type=Path, help="write the scores JSON here")
+    p.add_argument("--iou-min", type=float, default=0.5, help="IoU for a particle match")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("overlay", parents=[common],
+                       help="PNG of one frame with mask outlines and a scale bar")
+    p.add_argument("frames", type=Path)
+    p.add_argument("out", type=Path, help="PNG to write")
+    p.add_argument("--frame", type=int, default=0, help="frame index (t)")
+    p.add_argument("--mask", action="append", default=[], metavar="NAME=STORE.zarr")
+    p.add_argument("--truth", type=Path, help="ground-truth label array to outline as well")
+    p.set_defaults(func=cmd_overlay)
+
+    p = sub.add_parser("info", parents=[common], help="print a movie store's shape and metadata")
     p.add_argument("store", type=Path)
     p.set_defaults(func=cmd_info)
     return parser

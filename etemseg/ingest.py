@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -148,12 +147,6 @@ def ingest_chunk(out: str | Path | MovieStore, k: int, *, progress: bool = False
         "min_counts": lo, "max_counts": hi, "mean_counts": total / max(n_px, 1),
         "nonfinite_pixels": nonfinite, "elapsed_s": round(time.perf_counter() - start, 3),
     }
-
-
-def write_receipt(receipt: dict, path: str | Path) -> None:
-    """Write a job receipt JSON atomically (the per-chunk output Snakemake tracks)."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(receipt, indent=1) + "\n")
 
 
 def ingest(src: str | Path, out: str | Path, *, progress: bool = True, **options) -> MovieStore:

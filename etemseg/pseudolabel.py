@@ -93,7 +93,7 @@ log = logging.getLogger("etemseg.pseudolabel")
 #: Quantisation levels of the smoothed frame in the fast reconstruction (16 bit).
 QUANT_LEVELS = 65536
 #: Threshold (feature units) must exceed this many noise sigmas of the smoothed frame.
-NOISE_FLOOR_K = 0.75
+NOISE_FLOOR_K = 0.65
 #: Masks covering more than this fraction of the frame are returned empty.
 MAX_COVERAGE = 0.95
 #: Masks covering more than this fraction are kept but logged.

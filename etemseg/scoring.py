@@ -126,3 +126,37 @@ def score_frames(pairs: Iterable[tuple[np.ndarray, np.ndarray]], *,
                              if k.endswith("_px")})
     return {"frames": n_frames, "pixel": pixel, "detection": detection,
             "diameter_error": diameter, "pixel_size_nm": pixel_size_nm}
+
+
+def score_stores(pred_path, truth_path, *, iou_min: float = 0.5) -> dict:
+    """:func:`score_frames` of a mask store against a truth label array, block by block.
+
+    Parameters
+    ----------
+    pred_path : path
+        Movie store of masks (``pseudo.zarr``, ``mask.zarr``), uint8 0/1.
+    truth_path : path
+        Zarr array (t, y, x) of truth particle ids, e.g. the simulator's ``truth/labels.zarr``.
+    """
+    import zarr
+
+    from .errors import InputFileError
+    from .store import MovieStore
+
+    pred = MovieStore.open(pred_path)
+    try:
+        truth = zarr.open_array(truth_path, mode="r")
+    except Exception as exc:  # zarr raises several types for a missing/broken array
+        raise InputFileError(truth_path, f"cannot open truth labels ({exc})") from exc
+    if truth.shape != pred.array.shape:
+        raise InputFileError(truth_path, f"truth shape {truth.shape} differs from "
+                             f"{pred.path} {pred.array.shape}")
+
+    def pairs():
+        for k in range(pred.n_chunks):
+            for t0, block in pred.read_chunk(k):
+                labels = truth[t0:t0 + len(block)]
+                yield from zip(block, labels)
+
+    scores = score_frames(pairs(), pixel_size_nm=pred.pixel_size_nm, iou_min=iou_min)
+    return {"pred": str(pred_path), "truth": str(truth_path), **scores}

@@ -13,7 +13,8 @@ import tifffile
 import zarr
 
 from etemseg.errors import EtemsegError
-from etemseg.ingest import ingest, ingest_chunk, init_store, write_receipt
+from etemseg.atomic import write_json
+from etemseg.ingest import ingest, ingest_chunk, init_store
 from etemseg.store import MovieStore, auto_zarr_chunk_frames, chunk_bounds, n_chunks
 
 from .conftest import k2_name, write_k2_dump
@@ -33,7 +34,7 @@ def test_per_chunk_ingest_equals_source(k2_dump, small_movie, tmp_path):
     random.Random(0).shuffle(order)  # chunks are independent: any order, any machine
     for k in order:
         receipt = ingest_chunk(tmp_path / "frames.zarr", k)
-        write_receipt(receipt, tmp_path / f"chunk-{k}.json")
+        write_json(receipt, tmp_path / f"chunk-{k}.json")
         assert receipt["frames"] == chunk_bounds(k, 40, 16)[1] - chunk_bounds(k, 40, 16)[0]
     back = MovieStore.open(tmp_path / "frames.zarr")
     np.testing.assert_array_equal(back.array[:], small_movie)

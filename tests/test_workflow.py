@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,15 @@ def test_tiny_run_then_nothing_to_do(tmp_path):
     assert sorted(p.name for p in (wd / "results/tiny/receipts/ingest").iterdir()) == [
         "chunk-0.json", "chunk-1.json", "chunk-2.json"]
     assert (wd / "logs" / "tiny" / "ingest" / "chunk-0.log").exists()
+    pseudo = zarr.open_group(wd / "results" / "tiny" / "pseudo.zarr")
+    masks = pseudo["0"][:]
+    assert masks.shape == frames.shape and masks.dtype == np.uint8
+    assert set(np.unique(masks)) <= {0, 1} and 0.02 < masks.mean() < 0.5
+    assert pseudo.attrs["etemseg"]["preset"] == "default"
+    assert sorted(p.name for p in (wd / "results/tiny/qa").iterdir()) == [
+        "pseudo-frame-0.png", "pseudo-frame-4.png", "pseudo-frame-9.png"]
+    scores = json.loads((wd / "results/tiny/pseudo_scores.json").read_text())
+    assert scores["frames"] == 10 and scores["pixel"]["f1"] > 0.8
     again = snakemake(wd, "-n")
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr

@@ -11,11 +11,14 @@ validate(config, schema="../schemas/config.schema.yaml")
 
 INGEST = {"codec": "blosc-zstd", "clevel": 3, "zarr_chunk_frames": None, **config.get("ingest", {})}
 MOVIES = config["movies"]
+PSEUDOLABEL = {"preset": "default", "params": {}, "method": "fast", "threads": 1, "qa_frames": 3,
+               **config.get("pseudolabel", {})}
 
 
 wildcard_constraints:
     movie="|".join(sorted(MOVIES)) or "^$",
     k=r"\d+",
+    t=r"\d+",
 
 
 def movie_cfg(movie):
@@ -62,8 +65,35 @@ def chunk_receipts(stage, movie):
     return [f"results/{movie}/receipts/{stage}/chunk-{k}.json" for k in movie_chunks(movie)]
 
 
+def pseudolabel_options(wildcards=None):
+    """CLI options of `etemseg pseudolabel` from the config (preset plus overrides)."""
+    opts = [f"--preset {PSEUDOLABEL['preset']}", f"--method {PSEUDOLABEL['method']}"]
+    for key, value in sorted(PSEUDOLABEL["params"].items()):
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            opts.append(flag if value else "--no-" + key.replace("_", "-"))
+        else:
+            opts.append(f"{flag} {value}")
+    return " ".join(opts)
+
+
+def qa_frames(movie):
+    """Frames sampled for QA pictures: evenly spread from first to last."""
+    n, count = movie_n_frames(movie), int(PSEUDOLABEL["qa_frames"])
+    return sorted({round(i * (n - 1) / max(count - 1, 1)) for i in range(count)})
+
+
+def pseudolabel_qa_input(wildcards):
+    k = int(wildcards.t) // movie_chunk_frames(wildcards.movie)
+    return f"results/{wildcards.movie}/receipts/pseudolabel/chunk-{k}.json"
+
+
 def all_targets():
     targets = []
     for movie in MOVIES:
         targets += chunk_receipts("ingest", movie)
+        targets += chunk_receipts("pseudolabel", movie)
+        targets += [f"results/{movie}/qa/pseudo-frame-{t}.png" for t in qa_frames(movie)]
+        if "synthetic" in movie_cfg(movie):
+            targets.append(f"results/{movie}/pseudo_scores.json")
     return targets
