@@ -16,6 +16,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/synth.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/pseudolabel.smk"
+include: "workflow/rules/train.smk"
 
 
 rule all:

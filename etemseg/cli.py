@@ -159,6 +159,38 @@ def cmd_overlay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import model_table
+
+    rows = model_table()
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"{'name':<34} {'family':<14} {'parameters':>10} {'receptive field px':>19}")
+    for r in rows:
+        print(f"{r['name']:<34} {r['family']:<14} {r['parameters']:>10,} "
+              f"{r.get('receptive_field', ''):>19}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import TrainConfig, load_training_data, train
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    cfg = TrainConfig.from_dict(_dataclass_values(args, TrainConfig))
+    data = load_training_data(args.pair, cfg, stride=args.frame_stride, max_frames=args.max_frames)
+    log.info("training %s on %d frames (%d train / %d validation, split %s)", cfg.model,
+             len(data.images), len(data.train), len(data.val), cfg.split)
+    meta = train(data, cfg, args.out, progress=not args.quiet)
+    last = meta["history"][-1]
+    log.info("wrote %s/model.pt: %d parameters, validation F1 %.4f, %.1f s", args.out,
+             meta["parameters"], last["val_f1"], meta["training_time_s"])
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .store import MovieStore
 
@@ -248,6 +280,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask", action="append", default=[], metavar="NAME=STORE.zarr")
     p.add_argument("--truth", type=Path, help="ground-truth label array to outline as well")
     p.set_defaults(func=cmd_overlay)
+
+    p = sub.add_parser("models", parents=[common], help="list the architectures and their sizes")
+    p.add_argument("--json", action="store_true", help="machine-readable listing")
+    p.set_defaults(func=cmd_models)
+
+    from .train import TrainConfig
+
+    p = sub.add_parser("train", parents=[common], help="train a CNN on pseudo-labels",
+                       description="Train a segmentation CNN (Adam, cross-entropy, augmented random "
+                       "crops, validation on full frames) on frames + pseudo-labels. Writes "
+                       "OUT/model.pt, OUT/metrics.csv, OUT/curve.png; resumes from "
+                       "OUT/checkpoint.pt after a kill.")
+    p.add_argument("--pair", nargs=2, action="append", required=True,
+                   metavar=("FRAMES.zarr", "PSEUDO.zarr"), help="training movie (repeatable)")
+    p.add_argument("--out", type=Path, required=True, help="output folder, e.g. models/unet4-norm")
+    p.add_argument("--frame-stride", type=int, default=1, help="use every N-th frame")
+    p.add_argument("--max-frames", type=int, help="at most this many frames per movie")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    _dataclass_arguments(p, TrainConfig, unset_default=True)
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("info", parents=[common], help="print a movie store's shape and metadata")
     p.add_argument("store", type=Path)

@@ -13,12 +13,18 @@ INGEST = {"codec": "blosc-zstd", "clevel": 3, "zarr_chunk_frames": None, **confi
 MOVIES = config["movies"]
 PSEUDOLABEL = {"preset": "default", "params": {}, "method": "fast", "threads": 1, "qa_frames": 3,
                **config.get("pseudolabel", {})}
+TRAIN = {"movies": None, "frame_stride": 1, "max_frames": None, "threads": 2, "gpus": 1,
+         "settings": {}, **config.get("train", {})}
+TRAIN_THREADS = int(TRAIN["threads"])
+TRAIN_GPUS = int(TRAIN["gpus"])
+MODELS = list(config.get("models", []))
 
 
 wildcard_constraints:
     movie="|".join(sorted(MOVIES)) or "^$",
     k=r"\d+",
     t=r"\d+",
+    model=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
 
 
 def movie_cfg(movie):
@@ -68,13 +74,7 @@ def chunk_receipts(stage, movie):
 def pseudolabel_options(wildcards=None):
     """CLI options of `etemseg pseudolabel` from the config (preset plus overrides)."""
     opts = [f"--preset {PSEUDOLABEL['preset']}", f"--method {PSEUDOLABEL['method']}"]
-    for key, value in sorted(PSEUDOLABEL["params"].items()):
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            opts.append(flag if value else "--no-" + key.replace("_", "-"))
-        else:
-            opts.append(f"{flag} {value}")
-    return " ".join(opts)
+    return " ".join(opts + _cli_options(PSEUDOLABEL["params"]))
 
 
 def qa_frames(movie):
@@ -88,6 +88,41 @@ def pseudolabel_qa_input(wildcards):
     return f"results/{wildcards.movie}/receipts/pseudolabel/chunk-{k}.json"
 
 
+def train_movies():
+    return TRAIN["movies"] or sorted(MOVIES)
+
+
+def train_input(wildcards):
+    files = []
+    for movie in train_movies():
+        files += chunk_receipts("pseudolabel", movie) + chunk_receipts("ingest", movie)
+    return files
+
+
+def train_pairs(wildcards):
+    return " ".join(
+        f"--pair results/{m}/frames.zarr results/{m}/pseudo.zarr" for m in train_movies()
+    )
+
+
+def _cli_options(values):
+    opts = []
+    for key, value in sorted(values.items()):
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            opts.append(flag if value else "--no-" + key.replace("_", "-"))
+        elif value is not None:
+            opts.append(f"{flag} {value}")
+    return opts
+
+
+def train_options(wildcards):
+    opts = [f"--frame-stride {TRAIN['frame_stride']}"]
+    if TRAIN["max_frames"]:
+        opts.append(f"--max-frames {TRAIN['max_frames']}")
+    return " ".join(opts + _cli_options(TRAIN["settings"]))
+
+
 def all_targets():
     targets = []
     for movie in MOVIES:
@@ -96,4 +131,6 @@ def all_targets():
         targets += [f"results/{movie}/qa/pseudo-frame-{t}.png" for t in qa_frames(movie)]
         if "synthetic" in movie_cfg(movie):
             targets.append(f"results/{movie}/pseudo_scores.json")
+    for model in MODELS:
+        targets.append(f"models/{model}/model.pt")
     return targets

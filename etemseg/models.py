@@ -1,0 +1,716 @@
+"""Segmentation CNNs of the paper: UNet variants, hourglass, single-filter and shallow-wide CNNs.
+
+Every model maps a normalised frame ``(N, in_channels, H, W)`` float32 to logits
+``(N, n_classes, H, W)`` (class 0 = background, class 1 = particle) for *any* ``H x W``; training
+uses cross-entropy on the logits, inference ``softmax`` (see :func:`probabilities`).
+
+Families
+--------
+``unet``
+    ``levels`` resolution levels with ``base_channels * 2**i`` channels at level ``i`` (4 levels:
+    8-16-32-64; 3 levels: 8-16-32).  Encoder level = conv block; 2x2 max-pool between levels
+    (``levels - 1`` poolings); the deepest level is the bottleneck.  Decoder level = 2x2 stride-2
+    transposed conv (no activation), concatenation with the encoder skip, conv block; final 1x1
+    conv to ``n_classes``.  A conv block is one ``k x k`` conv (two with ``two_conv``), each
+    followed by BatchNorm (``norm``; the conv then has no bias) and ReLU / LeakyReLU(0.01).
+    The input is reflect-padded at the bottom/right to a multiple of ``2**(levels - 1)`` (the
+    total pooling factor) and the output cropped back, so e.g. 1792x1920, 100x130, 65x67 work.
+``hourglass``
+    The same encoder-decoder *without* skip connections (decoder conv: ``c_i -> c_i``).
+``single_filter``
+    ONE learnable ``k x k`` filter (+ bias) on the input: ``z = w * x + b``, logistic output.
+    For the 2-class interface the logits are ``[0, z]`` so ``softmax(...)[:, 1] = sigmoid(z)``
+    and cross-entropy equals the binary logistic loss on ``z``.  ``model.kernel`` is the filter
+    ``(k, k)`` (``(in_channels, k, k)`` if several input channels), for the Gabor/Gaussian fit.
+``shallow_wide``
+    One layer of ``n_filters`` ``k x k`` filters (+ bias, activation), then a 1x1 conv to the
+    classes.  ``model.filters`` is ``(n_filters, k, k)``.
+
+Modifiers: ``norm`` (BatchNorm after each k x k conv; unet/hourglass), ``two_conv`` (a second
+conv per level; unet/hourglass), ``blur_sigma`` (fixed, non-learned Gaussian pre-filter, a
+separable depthwise conv with the kernel of ``scipy.ndimage.gaussian_filter`` (truncate 4) and
+its ``reflect`` boundary; a buffer, not a parameter; any family), ``kernel_size`` (3 or 7 for
+unet/hourglass/shallow-wide, 9 or 7 for the single filter; any odd size is accepted),
+``activation`` (``relu`` | ``leaky_relu``).  Convolutions use zero 'same' padding (``k // 2``).
+
+Names
+-----
+Explicit names are lower-case and '-'-separated: a family (``unet4``, ``unet3``, ``unet`` = unet4,
+``hourglass`` = hourglass4, ``hourglass3``, ``single-filter``, ``shallow-wide``) followed by
+modifiers ``norm``, ``twoconv``, ``blur1`` / ``blur2`` / ``blur<sigma>``, ``k7`` / ``k<n>``,
+``leaky``, and rarely ``c<n>`` (base channels), ``f<n>`` (shallow-wide filters), ``in<n>`` (input
+channels), ``cls<n>`` (classes).  The paper's figure names ("Norm", "TwoConv_Norm",
+"TwoConvNorm_Blur1", "Blur2", "Base", "UNet", ...) are parsed the same way, case-insensitively,
+tokens split on '_' or '-', and a token may concatenate modifiers ("TwoConvNorm"); without a
+family they are 4-level UNets (the paper's 1024x1024 study).  :func:`canonical_name` gives the
+unique explicit name (``unet4-twoconv-norm-blur1``), which :func:`parse_arch` maps back.
+
+Inference speed: only standard modules (Conv2d, BatchNorm2d, MaxPool2d, ConvTranspose2d,
+ReLU) and tensor-level padding/cropping are used, the forward passes are TorchScript-scriptable,
+and :func:`fuse_for_inference` folds BatchNorm into the preceding convolutions.
+:func:`receptive_field`, :func:`halo` and :func:`size_multiple` give what tiled inference needs.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from .errors import ConfigError
+
+__all__ = [
+    "FAMILIES",
+    "PAPER_MODELS",
+    "ArchConfig",
+    "GaussianBlur",
+    "ShallowWideCNN",
+    "SingleFilterCNN",
+    "UNet",
+    "build_model",
+    "canonical_name",
+    "count_parameters",
+    "describe",
+    "fuse_for_inference",
+    "halo",
+    "model_table",
+    "parse_arch",
+    "probabilities",
+    "receptive_field",
+    "size_multiple",
+]
+
+FAMILIES = ("unet", "hourglass", "single_filter", "shallow_wide")
+ACTIVATIONS = ("relu", "leaky_relu")
+LEAKY_SLOPE = 0.01
+BLUR_TRUNCATE = 4.0  # scipy.ndimage.gaussian_filter default
+
+_DEFAULT_KERNEL = {"unet": 3, "hourglass": 3, "single_filter": 9, "shallow_wide": 3}
+
+
+# --------------------------------------------------------------------------------------------
+# configuration
+# --------------------------------------------------------------------------------------------
+
+def _check_int(name: str, value: Any, lo: int, hi: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name}: expected an integer, got {value!r}")
+    if value < lo or (hi is not None and value > hi):
+        rng = f">= {lo}" if hi is None else f"in {lo}..{hi}"
+        raise ConfigError(f"{name}: must be {rng}, got {value}")
+
+
+@dataclass(frozen=True)
+class ArchConfig:
+    """Architecture of a segmentation CNN (see the module docstring).
+
+    ``kernel_size=None`` means the family default (9 for ``single_filter``, else 3).  Fields that
+    do not apply to a family must keep their defaults, so every model has exactly one config and
+    one :func:`canonical_name`.
+    """
+
+    family: str                       # "unet" | "hourglass" | "single_filter" | "shallow_wide"
+    levels: int = 4                   # unet/hourglass resolution levels (2..5)
+    base_channels: int = 8            # unet/hourglass channels at level 0
+    norm: bool = False                # BatchNorm after each k x k conv
+    two_conv: bool = False            # two convs per level instead of one
+    blur_sigma: float = 0.0           # 0 = none, else fixed Gaussian pre-filter
+    kernel_size: int | None = None  # None -> family default (3; single_filter 9)
+    activation: str = "relu"          # "relu" | "leaky_relu"
+    n_filters: int = 32               # shallow_wide
+    in_channels: int = 1
+    n_classes: int = 2
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ConfigError(f"family: must be one of {', '.join(FAMILIES)}, got {self.family!r}")
+        fam = self.family
+        if self.kernel_size is None:
+            object.__setattr__(self, "kernel_size", _DEFAULT_KERNEL[fam])
+        _check_int("levels", self.levels, 2, 5)
+        _check_int("base_channels", self.base_channels, 1, 4096)
+        _check_int("kernel_size", self.kernel_size, 1, 63)
+        if self.kernel_size % 2 == 0:
+            raise ConfigError(f"kernel_size: must be odd ('same' padding), got {self.kernel_size}")
+        _check_int("n_filters", self.n_filters, 1, 4096)
+        _check_int("in_channels", self.in_channels, 1, 64)
+        _check_int("n_classes", self.n_classes, 2, 256)
+        for key in ("norm", "two_conv"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"{key}: expected true/false, got {getattr(self, key)!r}")
+        sigma = self.blur_sigma
+        if (isinstance(sigma, bool) or not isinstance(sigma, (int, float))
+                or not math.isfinite(sigma)):
+            raise ConfigError(f"blur_sigma: expected a number, got {sigma!r}")
+        if sigma < 0 or (0 < sigma < 0.1) or sigma > 16:
+            raise ConfigError(f"blur_sigma: must be 0 (none) or in 0.1..16, got {sigma}")
+        object.__setattr__(self, "blur_sigma", float(sigma))
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"activation: must be one of {', '.join(ACTIVATIONS)}, "
+                              f"got {self.activation!r}")
+        # fields that do not apply to the family must keep their defaults
+        bad = []
+        if fam in ("single_filter", "shallow_wide"):
+            bad += [k for k in ("levels", "base_channels", "norm", "two_conv")
+                    if getattr(self, k) != _FIELD_DEFAULTS[k]]
+        if fam != "shallow_wide" and self.n_filters != _FIELD_DEFAULTS["n_filters"]:
+            bad.append("n_filters")
+        if fam == "single_filter":
+            if self.activation != "relu":
+                bad.append("activation")
+            if self.n_classes != 2:
+                bad.append("n_classes")
+        if bad:
+            raise ConfigError(f"{', '.join(bad)}: not applicable to family {fam!r} "
+                              f"(leave at the default)")
+
+    def to_dict(self) -> dict:
+        """JSON-safe dict of all fields (kernel size resolved), for checkpoints."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ArchConfig:
+        """Inverse of :meth:`to_dict`; unknown keys or a missing ``family`` raise ConfigError."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"architecture: expected a mapping, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown architecture key(s): {', '.join(map(str, unknown))} "
+                              f"(valid: {', '.join(sorted(known))})")
+        if "family" not in d:
+            raise ConfigError("family: missing from the architecture")
+        return cls(**d)
+
+    @property
+    def name(self) -> str:
+        return canonical_name(self)
+
+
+_FIELD_DEFAULTS = {f.name: f.default for f in fields(ArchConfig)}
+
+
+# --------------------------------------------------------------------------------------------
+# names
+# --------------------------------------------------------------------------------------------
+
+_NUM = r"\d+(?:\.\d+)?"
+_TOKEN_RE = re.compile(
+    r"(?P<single>single[-_]?filter)"
+    r"|(?P<shallow>shallow[-_]?wide)"
+    r"|hourglass(?P<hourglass>\d?)"
+    r"|unet(?P<unet>\d?)"
+    r"|(?P<base>base)"
+    r"|(?P<twoconv>two[-_]?conv)"
+    r"|(?P<norm>batchnorm|norm|bn)"
+    r"|(?P<leaky>leaky(?:[-_]?relu)?)"
+    r"|(?P<relu>relu)"
+    r"|blur(?P<blur>" + _NUM + r")"
+    r"|k(?P<k>\d+)"
+    r"|cls(?P<cls>\d+)"
+    r"|c(?P<c>\d+)"
+    r"|f(?P<f>\d+)"
+    r"|in(?P<inch>\d+)"
+)
+
+VALID_TOKENS = ("unet", "unet2..unet5", "hourglass", "hourglass2..hourglass5", "single-filter",
+                "shallow-wide", "base", "norm", "twoconv", "blur1", "blur2", "blur<sigma>", "k3",
+                "k7", "k9", "k<odd n>", "leaky", "relu", "c<base channels>",
+                "f<shallow-wide filters>", "in<input channels>", "cls<classes>")
+
+
+def parse_arch(name: str | ArchConfig) -> ArchConfig:
+    """Architecture name (explicit like ``unet4-norm`` or the paper's like ``TwoConvNorm_Blur1``)
+    -> :class:`ArchConfig`.  Unknown tokens raise :class:`ConfigError` naming the token."""
+    if isinstance(name, ArchConfig):
+        return name
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"architecture name: expected a non-empty string, got {name!r}")
+    original = name.strip()
+    s = original.lower()
+    seps = "-_"
+    values: dict[str, Any] = {}
+    seen: dict[str, str] = {}
+
+    def put(key: str, value: Any, token: str) -> None:
+        if key in values:
+            raise ConfigError(f"architecture {original!r}: token {token!r} conflicts with "
+                              f"{seen[key]!r} (both set {key})")
+        values[key] = value
+        seen[key] = token
+
+    pos = 0
+    while pos < len(s):
+        if s[pos] in seps:
+            pos += 1
+            continue
+        m = _TOKEN_RE.match(s, pos)
+        if m is None:
+            start = pos
+            while start > 0 and s[start - 1] not in seps:
+                start -= 1
+            end = pos
+            while end < len(s) and s[end] not in seps:
+                end += 1
+            bad, chunk = original[pos:end], original[start:end]
+            where = f" (in {chunk!r})" if chunk != bad else ""
+            raise ConfigError(f"architecture {original!r}: unknown token {bad!r}{where}; valid "
+                              f"tokens: {', '.join(VALID_TOKENS)} (joined by '-' or '_', e.g. "
+                              f"unet4-norm, TwoConvNorm_Blur1, single-filter-k7)")
+        tok = original[m.start():m.end()]
+        g = m.lastgroup
+        if g == "single":
+            put("family", "single_filter", tok)
+        elif g == "shallow":
+            put("family", "shallow_wide", tok)
+        elif g in ("hourglass", "unet"):
+            put("family", g, tok)
+            if m.group(g):
+                put("levels", int(m.group(g)), tok)
+        elif g == "base":
+            put("base", True, tok)
+        elif g == "twoconv":
+            put("two_conv", True, tok)
+        elif g == "norm":
+            put("norm", True, tok)
+        elif g == "leaky":
+            put("activation", "leaky_relu", tok)
+        elif g == "relu":
+            put("activation", "relu", tok)
+        elif g == "blur":
+            put("blur_sigma", float(m.group(g)), tok)
+        elif g == "k":
+            put("kernel_size", int(m.group(g)), tok)
+        elif g == "cls":
+            put("n_classes", int(m.group(g)), tok)
+        elif g == "c":
+            put("base_channels", int(m.group(g)), tok)
+        elif g == "f":
+            put("n_filters", int(m.group(g)), tok)
+        elif g == "inch":
+            put("in_channels", int(m.group(g)), tok)
+        else:  # pragma: no cover - regex and branches out of sync
+            raise AssertionError(g)
+        pos = m.end()
+    base = values.pop("base", False)
+    values.setdefault("family", "unet")
+    if base and values["family"] != "unet":
+        raise ConfigError(f"architecture {original!r}: 'Base' names the plain UNet, not a "
+                          f"{values['family']}")
+    try:
+        return ArchConfig(**values)
+    except ConfigError as exc:
+        raise ConfigError(f"architecture {original!r}: {exc}") from None
+
+
+def _fmt_sigma(sigma: float) -> str:
+    s = f"{sigma:g}"
+    if "e" in s or float(s) != sigma:
+        s = f"{sigma:.6f}".rstrip("0").rstrip(".")
+    return s
+
+
+def canonical_name(cfg: ArchConfig | str) -> str:
+    """Unique explicit name, e.g. ``unet4-twoconv-norm-blur1-k7-leaky``; parse_arch round-trips."""
+    cfg = parse_arch(cfg)
+    d = _FIELD_DEFAULTS
+    fam = cfg.family
+    if fam in ("unet", "hourglass"):
+        parts = [f"{fam}{cfg.levels}"]
+        if cfg.two_conv:
+            parts.append("twoconv")
+        if cfg.norm:
+            parts.append("norm")
+    else:
+        parts = [fam.replace("_", "-")]
+    if cfg.blur_sigma > 0:
+        parts.append(f"blur{_fmt_sigma(cfg.blur_sigma)}")
+    if cfg.kernel_size != _DEFAULT_KERNEL[fam]:
+        parts.append(f"k{cfg.kernel_size}")
+    if cfg.activation == "leaky_relu":
+        parts.append("leaky")
+    if cfg.base_channels != d["base_channels"]:
+        parts.append(f"c{cfg.base_channels}")
+    if cfg.n_filters != d["n_filters"]:
+        parts.append(f"f{cfg.n_filters}")
+    if cfg.in_channels != d["in_channels"]:
+        parts.append(f"in{cfg.in_channels}")
+    if cfg.n_classes != d["n_classes"]:
+        parts.append(f"cls{cfg.n_classes}")
+    return "-".join(parts)
+
+
+# --------------------------------------------------------------------------------------------
+# layers
+# --------------------------------------------------------------------------------------------
+
+def gaussian_kernel1d(sigma: float, truncate: float = BLUR_TRUNCATE) -> torch.Tensor:
+    """Normalised 1-D kernel of ``scipy.ndimage.gaussian_filter``, radius int(truncate*s + .5)."""
+    radius = int(truncate * sigma + 0.5)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    phi = torch.exp(-0.5 / sigma ** 2 * x ** 2)
+    return (phi / phi.sum()).to(torch.float32)
+
+
+def _pad_axis_symmetric(x: torch.Tensor, r: int, dim: int) -> torch.Tensor:
+    """Pad ``r`` samples on both ends of ``dim`` (-1 or -2) like scipy's 'reflect'
+    (d c b a | a b c d).
+
+    Falls back to edge replication where the axis is shorter than ``r``.
+    """
+    n = x.shape[dim]
+    if r <= n:
+        lo = x.narrow(dim, 0, r).flip(dim)
+        hi = x.narrow(dim, n - r, r).flip(dim)
+        return torch.cat([lo, x, hi], dim=dim)
+    pad = [r, r, 0, 0] if dim == -1 else [0, 0, r, r]
+    return F.pad(x, pad, mode="replicate")
+
+
+class GaussianBlur(nn.Module):
+    """Fixed Gaussian pre-filter: separable depthwise conv, weights are buffers (not learned).
+
+    Equals ``scipy.ndimage.gaussian_filter(x, sigma)`` (mode 'reflect', truncate 4) per channel.
+    """
+
+    def __init__(self, sigma: float, channels: int = 1):
+        super().__init__()
+        k1 = gaussian_kernel1d(sigma)
+        self.sigma = float(sigma)
+        self.radius = (k1.numel() - 1) // 2
+        self.channels = channels
+        n = k1.numel()
+        # non-persistent: derived from the config, so checkpoints do not depend on it
+        self.register_buffer("weight_x", k1.view(1, 1, 1, n).repeat(channels, 1, 1, 1),
+                             persistent=False)
+        self.register_buffer("weight_y", k1.view(1, 1, n, 1).repeat(channels, 1, 1, 1),
+                             persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r = self.radius
+        wx = self.weight_x.to(dtype=x.dtype)
+        wy = self.weight_y.to(dtype=x.dtype)
+        x = F.conv2d(_pad_axis_symmetric(x, r, -1), wx, groups=self.channels)
+        x = F.conv2d(_pad_axis_symmetric(x, r, -2), wy, groups=self.channels)
+        return x
+
+    def extra_repr(self) -> str:
+        return f"sigma={self.sigma:g}, radius={self.radius}, channels={self.channels}"
+
+
+def _activation(name: str) -> nn.Module:
+    if name == "leaky_relu":
+        return nn.LeakyReLU(LEAKY_SLOPE, inplace=True)
+    return nn.ReLU(inplace=True)
+
+
+def _blur(cfg: ArchConfig) -> nn.Module:
+    return GaussianBlur(cfg.blur_sigma, cfg.in_channels) if cfg.blur_sigma > 0 else nn.Identity()
+
+
+def _conv_block(cin: int, cout: int, cfg: ArchConfig, n_convs: int) -> nn.Sequential:
+    """[Conv k x k (no bias if BN) -> (BatchNorm) -> activation] x n_convs, one flat Sequential."""
+    layers: list[nn.Module] = []
+    k = cfg.kernel_size
+    for i in range(n_convs):
+        layers.append(nn.Conv2d(cin if i == 0 else cout, cout, k, padding=k // 2,
+                                bias=not cfg.norm))
+        if cfg.norm:
+            layers.append(nn.BatchNorm2d(cout))
+        layers.append(_activation(cfg.activation))
+    return nn.Sequential(*layers)
+
+
+class _UpBlock(nn.Module):
+    """Transposed conv 2x2 stride 2 (cin -> cout), optional skip concatenation, conv block."""
+
+    def __init__(self, cin: int, cout: int, cfg: ArchConfig, skip: bool):
+        super().__init__()
+        self.skip = skip
+        self.up = nn.ConvTranspose2d(cin, cout, kernel_size=2, stride=2)
+        self.conv = _conv_block(2 * cout if skip else cout, cout, cfg, 2 if cfg.two_conv else 1)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = self.up(x)
+        if self.skip:
+            x = torch.cat([x, skip], dim=1)
+        return self.conv(x)
+
+
+class UNet(nn.Module):
+    """UNet (``skip=True``) or hourglass (``skip=False``) for any input size; see module doc."""
+
+    def __init__(self, cfg: ArchConfig):
+        super().__init__()
+        if cfg.family not in ("unet", "hourglass"):
+            raise ConfigError(f"UNet: family must be unet or hourglass, got {cfg.family!r}")
+        self.cfg = cfg
+        self.multiple = 2 ** (cfg.levels - 1)
+        self.blur = _blur(cfg)
+        n_convs = 2 if cfg.two_conv else 1
+        ch = [cfg.base_channels * 2 ** i for i in range(cfg.levels)]
+        self.down = nn.ModuleList(
+            _conv_block(cfg.in_channels if i == 0 else ch[i - 1], ch[i], cfg, n_convs)
+            for i in range(cfg.levels))
+        self.pool = nn.MaxPool2d(2)
+        skip = cfg.family == "unet"
+        self.ups = nn.ModuleList(_UpBlock(ch[i + 1], ch[i], cfg, skip)
+                                 for i in reversed(range(cfg.levels - 1)))
+        self.head = nn.Conv2d(ch[0], cfg.n_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2], x.shape[-1]
+        x = self.blur(x)
+        m = self.multiple
+        ph, pw = (m - h % m) % m, (m - w % m) % m
+        if ph > 0 or pw > 0:
+            mode = "reflect" if (ph < h and pw < w) else "replicate"
+            x = F.pad(x, [0, pw, 0, ph], mode=mode)
+        skips: list[torch.Tensor] = []
+        for i, block in enumerate(self.down):
+            if i > 0:
+                x = self.pool(x)
+            x = block(x)
+            skips.append(x)
+        n = len(skips)
+        for j, up in enumerate(self.ups):
+            x = up(x, skips[n - 2 - j])
+        x = self.head(x)
+        if ph > 0 or pw > 0:
+            x = x[:, :, :h, :w]
+        return x
+
+
+class SingleFilterCNN(nn.Module):
+    """One learnable ``k x k`` filter + bias -> logit ``z``; returns logits ``[0, z]``.
+
+    ``softmax(logits)[:, 1] == sigmoid(z)``: logistic regression on a ``k x k`` neighbourhood.
+    """
+
+    __jit_unused_properties__: ClassVar[list[str]] = ["kernel", "bias"]
+
+    def __init__(self, cfg: ArchConfig):
+        super().__init__()
+        self.cfg = cfg
+        k = cfg.kernel_size
+        self.blur = _blur(cfg)
+        self.conv = nn.Conv2d(cfg.in_channels, 1, k, padding=k // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.conv(self.blur(x))
+        return torch.cat([torch.zeros_like(z), z], dim=1)
+
+    @property
+    def kernel(self) -> torch.Tensor:
+        """The filter ``(k, k)`` (``(in_channels, k, k)`` for several channels), detached copy."""
+        w = self.conv.weight.detach()[0].clone()
+        return w[0] if w.shape[0] == 1 else w
+
+    @property
+    def bias(self) -> float:
+        return float(self.conv.bias.detach()[0])
+
+
+class ShallowWideCNN(nn.Module):
+    """``n_filters`` ``k x k`` filters (+ bias, activation), then a 1x1 conv to the classes."""
+
+    __jit_unused_properties__: ClassVar[list[str]] = ["filters"]
+
+    def __init__(self, cfg: ArchConfig):
+        super().__init__()
+        self.cfg = cfg
+        k = cfg.kernel_size
+        self.blur = _blur(cfg)
+        self.features = nn.Sequential(
+            nn.Conv2d(cfg.in_channels, cfg.n_filters, k, padding=k // 2),
+            _activation(cfg.activation))
+        self.head = nn.Conv2d(cfg.n_filters, cfg.n_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(self.blur(x)))
+
+    @property
+    def filters(self) -> torch.Tensor:
+        """The first-layer filters, ``(n_filters, k, k)`` (channel 0 if several); detached copy."""
+        return self.features[0].weight.detach()[:, 0].clone()
+
+
+# --------------------------------------------------------------------------------------------
+# public helpers
+# --------------------------------------------------------------------------------------------
+
+def build_model(cfg: ArchConfig | str) -> nn.Module:
+    """Model for a config or a name (see :func:`parse_arch`); ``model.cfg`` is its ArchConfig."""
+    cfg = parse_arch(cfg)
+    if cfg.family in ("unet", "hourglass"):
+        return UNet(cfg)
+    if cfg.family == "single_filter":
+        return SingleFilterCNN(cfg)
+    return ShallowWideCNN(cfg)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters (fixed blur kernels are buffers and do not count)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def size_multiple(cfg: ArchConfig | str) -> int:
+    """Inputs are padded internally to a multiple of this (``2**(levels-1)``; 1 if no pooling).
+
+    The UNet/hourglass output is translation-equivariant only for shifts by this multiple."""
+    cfg = parse_arch(cfg)
+    return 2 ** (cfg.levels - 1) if cfg.family in ("unet", "hourglass") else 1
+
+
+def _rf_windows(cfg: ArchConfig) -> list[tuple[int, int]]:
+    """Input window ``(lo, hi)`` (per axis, inclusive) of output pixel ``p`` for each
+    ``p in range(size_multiple)``, by exact interval back-propagation: a 'same' conv widens
+    ``[a, b]`` by ``k // 2`` on each side, a 2x2 max-pool maps coarse ``[a, b]`` to fine
+    ``[2a, 2b + 1]``, a 2x2 stride-2 transposed conv maps fine ``[a, b]`` to coarse
+    ``[a // 2, b // 2]``; skip paths are united with the deep path."""
+    r = cfg.kernel_size // 2
+    rb = int(BLUR_TRUNCATE * cfg.blur_sigma + 0.5) if cfg.blur_sigma > 0 else 0
+    if cfg.family in ("single_filter", "shallow_wide"):
+        return [(-r - rb, r + rb)]
+    n = 2 if cfg.two_conv else 1
+    top = cfg.levels - 1
+
+    def enc(i: int, a: int, b: int) -> tuple[int, int]:
+        a, b = a - n * r, b + n * r
+        if i == 0:
+            return a - rb, b + rb
+        return enc(i - 1, 2 * a, 2 * b + 1)
+
+    def dec(i: int, a: int, b: int) -> tuple[int, int]:
+        a, b = a - n * r, b + n * r
+        ca, cb = a // 2, b // 2
+        lo, hi = dec(i + 1, ca, cb) if i + 1 < top else enc(top, ca, cb)
+        if cfg.family == "unet":
+            sa, sb = enc(i, a, b)
+            lo, hi = min(lo, sa), max(hi, sb)
+        return lo, hi
+
+    return [dec(0, p, p) for p in range(2 ** top)]
+
+
+def receptive_field(cfg: ArchConfig | str) -> int:
+    """Theoretical receptive field in input pixels: the widest input window (per axis) that one
+    output pixel depends on, over all paths and all output positions (with pooling it depends on
+    the position modulo :func:`size_multiple`), including the blur kernel."""
+    cfg = parse_arch(cfg)
+    return max(hi - lo + 1 for lo, hi in _rf_windows(cfg))
+
+
+def halo(cfg: ArchConfig | str) -> int:
+    """Largest distance (px, per axis) from an output pixel to an input pixel it depends on.
+
+    Tiled inference equals whole-frame inference away from the frame border when tiles overlap
+    by this many pixels on each side and tile origins are multiples of :func:`size_multiple`.
+    """
+    cfg = parse_arch(cfg)
+    return max(max(p - lo, hi - p) for p, (lo, hi) in enumerate(_rf_windows(cfg)))
+
+
+def describe(cfg: ArchConfig | str) -> str:
+    """One-line human description of an architecture."""
+    cfg = parse_arch(cfg)
+    k = cfg.kernel_size
+    act = "LeakyReLU" if cfg.activation == "leaky_relu" else "ReLU"
+    blur = f", fixed Gaussian blur sigma={cfg.blur_sigma:g}" if cfg.blur_sigma > 0 else ""
+    if cfg.family in ("unet", "hourglass"):
+        ch = "-".join(str(cfg.base_channels * 2 ** i) for i in range(cfg.levels))
+        what = "UNet" if cfg.family == "unet" else "hourglass (no skips)"
+        convs = "2 convs" if cfg.two_conv else "1 conv"
+        norm = " + BatchNorm" if cfg.norm else ""
+        return f"{cfg.levels}-level {what}, {ch} ch, {convs}/level {k}x{k}{norm}, {act}{blur}"
+    if cfg.family == "single_filter":
+        return f"one learnable {k}x{k} filter + bias, logistic output{blur}"
+    return f"{cfg.n_filters} {k}x{k} filters + {act}, 1x1 conv to {cfg.n_classes} classes{blur}"
+
+
+# The paper's model study.  The 15 UNet variants of Supplementary Fig. 3 are not all recoverable
+# from the figure names; the full factorial of the named modifiers on the 4-level UNet gives 12
+# ({plain, TwoConv} x {plain, Norm} x {no blur, Blur1, Blur2}, "Base" = plain).  To these we add the
+# 7x7-kernel variant (Norm_K7), the 3-level UNet of the 512x512 model, the hourglass (no skips),
+# the single-filter CNN (9x9 and 7x7) and the shallow-wide CNN.
+PAPER_MODELS: list[str] = [
+    "Base", "Norm", "TwoConv", "TwoConv_Norm",
+    "Blur1", "Norm_Blur1", "TwoConv_Blur1", "TwoConvNorm_Blur1",
+    "Blur2", "Norm_Blur2", "TwoConv_Blur2", "TwoConvNorm_Blur2",
+    "Norm_K7",
+    "unet3",
+    "hourglass",
+    "single-filter", "single-filter-k7",
+    "shallow-wide",
+]
+
+
+def model_table(names: list[str] | None = None) -> list[dict]:
+    """Rows ``{name, canonical, family, parameters, receptive_field, size_multiple, description}``
+    for ``names`` (default :data:`PAPER_MODELS`), for ``etemseg models``."""
+    rows = []
+    for name in (PAPER_MODELS if names is None else names):
+        cfg = parse_arch(name)
+        rows.append({
+            "name": name,
+            "canonical": canonical_name(cfg),
+            "family": cfg.family,
+            "parameters": count_parameters(build_model(cfg)),
+            "receptive_field": receptive_field(cfg),
+            "size_multiple": size_multiple(cfg),
+            "description": describe(cfg),
+        })
+    return rows
+
+
+def probabilities(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Particle probability ``softmax(model(x))[:, 1]``, shape ``(N, H, W)``.
+
+    Runs under ``torch.inference_mode`` with the model temporarily in eval mode (its training
+    flag is restored).  For 2 classes this is computed as ``sigmoid(l1 - l0)`` (identical).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            logits = model(x)
+            if logits.shape[1] == 2:
+                return torch.sigmoid(logits[:, 1] - logits[:, 0])
+            return torch.softmax(logits, dim=1)[:, 1]
+    finally:
+        model.train(was_training)
+
+
+def _fold_bn(module: nn.Module) -> None:
+    for child in module.children():
+        _fold_bn(child)
+    if isinstance(module, nn.Sequential):
+        mods = list(module)
+        for i in range(len(mods) - 1):
+            conv, bn = mods[i], mods[i + 1]
+            if (type(conv) is nn.Conv2d and isinstance(bn, nn.BatchNorm2d)
+                    and bn.track_running_stats and bn.running_mean is not None):
+                fused = fuse_conv_bn_eval(conv, bn)
+                module[i] = fused
+                module[i + 1] = nn.Identity()
+
+
+def fuse_for_inference(model: nn.Module) -> nn.Module:
+    """Eval-mode deep copy with every BatchNorm folded into the preceding conv (weights+bias).
+
+    The result computes the same as ``model.eval()`` (to float rounding) with fewer ops; it is
+    meant for inference only (no BatchNorm left to train).
+    """
+    fused = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        _fold_bn(fused)
+    for p in fused.parameters():
+        p.requires_grad_(False)
+    return fused
