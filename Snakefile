@@ -17,6 +17,7 @@ include: "workflow/rules/synth.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/pseudolabel.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/infer.smk"
 
 
 rule all:

@@ -191,6 +191,49 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_infer(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .atomic import atomic_path, write_json
+    from .infer import InferConfig, infer_chunk, open_model
+    from .store import MovieStore
+    from .train import load_model, pick_device
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    cfg = InferConfig(**_dataclass_values(args, InferConfig))
+    cfg.validate()
+    device = pick_device(cfg.device)
+    frames = MovieStore.open(args.frames)
+    _, meta = load_model(args.model, expect=args.expect)   # refuse bad models before writing
+    attrs = {"model": meta["name"], "model_file": str(args.model), "infer": dataclasses.asdict(cfg)}
+    prob_path, mask_path = args.out / "prob.zarr", args.out / "mask.zarr"
+    if args.init:
+        frames.like(prob_path, np.uint8, attrs={**attrs, "stage": "infer-probability",
+                                                "values": "particle probability = value / 255"})
+        frames.like(mask_path, np.uint8, attrs={**attrs, "stage": "infer-mask",
+                                                "values": "1 = particle, 0 = background"})
+        return 0
+    model, meta = open_model(args.model, device, cfg.optimised)
+    if args.chunk is not None:
+        receipt = infer_chunk(frames, MovieStore.open(prob_path, "r+"),
+                              MovieStore.open(mask_path, "r+"), args.chunk, model, meta, cfg,
+                              device, progress=not args.quiet)
+        if args.receipt:
+            write_json(receipt, args.receipt)
+        log.info("chunk %d: %d frames at %.2f frames/s on %s", args.chunk, receipt["frames"],
+                 receipt["frames_per_s"], device)
+        return 0
+    with atomic_path(args.out, directory=True) as tmp:
+        prob = frames.like(tmp / "prob.zarr", np.uint8, attrs={**attrs, "stage": "infer-probability"})
+        mask = frames.like(tmp / "mask.zarr", np.uint8, attrs={**attrs, "stage": "infer-mask"})
+        for k in range(frames.n_chunks):
+            infer_chunk(frames, prob, mask, k, model, meta, cfg, device, progress=not args.quiet)
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .store import MovieStore
 
@@ -300,6 +343,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     _dataclass_arguments(p, TrainConfig, unset_default=True)
     p.set_defaults(func=cmd_train)
+
+    from .infer import InferConfig
+
+    p = sub.add_parser("infer", parents=[common], help="segment every frame with a trained model",
+                       description="Particle probability (uint8, p = value/255) and mask of every "
+                       "frame of FRAMES.zarr with MODEL.pt, written to OUT/prob.zarr and "
+                       "OUT/mask.zarr (same chunking as the frames).")
+    p.add_argument("frames", type=Path)
+    p.add_argument("model", type=Path, help="model file written by `etemseg train`")
+    p.add_argument("out", type=Path, help="output folder, e.g. results/movie/unet4-norm")
+    p.add_argument("--expect", help="refuse a model file of another architecture")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--init", action="store_true", help="only create the empty output stores")
+    mode.add_argument("--chunk", type=int, metavar="K", help="only time chunk K")
+    p.add_argument("--receipt", type=Path, help="with --chunk: write the chunk's receipt JSON here")
+    _dataclass_arguments(p, InferConfig, unset_default=True)
+    p.set_defaults(func=cmd_infer)
 
     p = sub.add_parser("info", parents=[common], help="print a movie store's shape and metadata")
     p.add_argument("store", type=Path)

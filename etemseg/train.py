@@ -162,7 +162,7 @@ class TrainConfig:
 class TrainingData:
     """Frames (normalised float32) and 0/1 labels, with the train/validation split."""
 
-    images: np.ndarray            # (N, H, W) float32
+    images: np.ndarray            # (N, H, W) normalised, float16 in memory (float32 per crop)
     labels: np.ndarray            # (N, H, W) uint8
     train: np.ndarray             # indices into images
     val: np.ndarray
@@ -212,7 +212,9 @@ def load_training_data(pairs: Sequence[tuple[str | Path, str | Path]], cfg: Trai
                                  f"the other training movies' {shape}; crop or resize first")
         shape = frames.frame_shape
         idx = select_frames(frames.n_frames, stride, max_frames)
-        images.append(normalise_frames(frames.array.get_orthogonal_selection((idx,))))
+        for b in range(0, len(idx), 64):  # float16 halves the memory of the training set
+            images.append(normalise_frames(
+                frames.array.get_orthogonal_selection((idx[b:b + 64],))).astype(np.float16))
         labels.append(pseudo.array.get_orthogonal_selection((idx,)).astype(np.uint8))
         sources += [f"{frames_path}:{i}" for i in idx]
     images_a, labels_a = np.concatenate(images), np.concatenate(labels)
@@ -235,7 +237,8 @@ def sample_batch(data: TrainingData, cfg: TrainConfig, gen: torch.Generator
         side = max(8, min(side, H, W))
         y0 = int(torch.randint(H - side + 1, (1,), generator=gen))
         x0 = int(torch.randint(W - side + 1, (1,), generator=gen))
-        x = torch.from_numpy(data.images[i, y0:y0 + side, x0:x0 + side].copy())[None, None]
+        x = torch.from_numpy(data.images[i, y0:y0 + side, x0:x0 + side].astype(np.float32))[
+            None, None]
         y = torch.from_numpy(data.labels[i, y0:y0 + side, x0:x0 + side].copy())[None, None]
         if side != c:
             x = F.interpolate(x, size=(c, c), mode="bilinear", align_corners=False)
@@ -289,7 +292,7 @@ def validation_scores(model, data: TrainingData, cfg: TrainConfig, device, weigh
     tp = fp = fn = 0
     loss = 0.0
     for i in val:
-        x = torch.from_numpy(data.images[i])[None, None].to(device)
+        x = torch.from_numpy(data.images[i].astype(np.float32))[None, None].to(device)
         y = torch.from_numpy(data.labels[i].astype(np.int64))[None].to(device)
         logits = model(x).float()
         loss += float(F.cross_entropy(logits, y, weight=weight))

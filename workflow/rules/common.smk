@@ -18,6 +18,7 @@ TRAIN = {"movies": None, "frame_stride": 1, "max_frames": None, "threads": 2, "g
 TRAIN_THREADS = int(TRAIN["threads"])
 TRAIN_GPUS = int(TRAIN["gpus"])
 MODELS = list(config.get("models", []))
+INFER = {"threads": 1, "gpus": 0, "settings": {}, **config.get("infer", {})}
 
 
 wildcard_constraints:
@@ -123,6 +124,10 @@ def train_options(wildcards):
     return " ".join(opts + _cli_options(TRAIN["settings"]))
 
 
+def infer_options(wildcards):
+    return " ".join(_cli_options(INFER["settings"]))
+
+
 def all_targets():
     targets = []
     for movie in MOVIES:
@@ -133,4 +138,7 @@ def all_targets():
             targets.append(f"results/{movie}/pseudo_scores.json")
     for model in MODELS:
         targets.append(f"models/{model}/model.pt")
+        for movie in MOVIES:
+            targets += [f"results/{movie}/{model}/receipts/infer/chunk-{k}.json"
+                        for k in movie_chunks(movie)]
     return targets

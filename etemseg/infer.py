@@ -1,0 +1,249 @@
+"""Inference: particle probability and masks for full frames, one time chunk per job.
+
+Frames are normalised exactly as in training (the model file says how), run through the model
+in batches, and the particle probability (softmax, class 1) is stored quantised to uint8
+(``round(255 p)``): half the bytes of float16, compresses several times better since most pixels are
+near 0 or 1, and a resolution of 1/255 is far finer than any threshold study needs (the paper
+compares 0.4 and 0.7; the evaluation steps by 0.05).
+
+Large frames are processed in tiles with overlap: tile origins sit on the model's pooling grid and
+every tile carries the model's halo (its receptive-field radius) on each side; only the tile's
+interior is kept. Each output pixel then sees exactly the input it sees in a whole-frame pass, so
+tiled and whole-frame results agree to float rounding — a blend with a hard (0/1) window is
+exact, where soft blending would only average two different errors.
+
+The optimised path (default) folds BatchNorm into the convolutions, uses channels-last memory
+layout and ``torch.inference_mode``; on CUDA it also runs in bf16/fp16 autocast.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from skimage.morphology import remove_small_objects
+
+from .errors import ConfigError, InputFileError
+from .models import fuse_for_inference, halo, parse_arch, size_multiple
+from .store import MovieStore, map_chunk
+from .train import NORMALISATION, load_model, normalise_frames
+
+log = logging.getLogger(__name__)
+
+THRESHOLD_MODES = ("fixed", "otsu_frame", "otsu_chunk")
+
+
+@dataclass(frozen=True)
+class InferConfig:
+    """Inference settings.
+
+    Attributes
+    ----------
+    threshold : str
+        ``fixed`` (``fixed_threshold``), ``otsu_frame`` (Otsu of each frame's probabilities) or
+        ``otsu_chunk`` (one Otsu threshold over the whole time chunk).
+    fixed_threshold : float
+        Probability threshold for ``fixed`` (the paper compares 0.4 and 0.7).
+    min_area_px : int
+        Remove mask components smaller than this (false-positive clusters are much smaller than
+        real particles).
+    batch_size : int
+        Frames (or tiles) per forward pass.
+    max_tile_px : int
+        Largest tile side; frames larger than this in either axis are tiled (0 = never tile).
+    optimised : bool
+        Fold BatchNorm, channels-last, inference mode (and autocast on CUDA).
+    device : str
+        ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+    """
+
+    threshold: str = "otsu_frame"
+    fixed_threshold: float = 0.5
+    min_area_px: int = 20
+    batch_size: int = 4
+    max_tile_px: int = 2048
+    optimised: bool = True
+    device: str = "auto"
+
+    def validate(self) -> None:
+        checks = {"threshold": self.threshold in THRESHOLD_MODES,
+                  "fixed_threshold": 0 < self.fixed_threshold < 1,
+                  "min_area_px": self.min_area_px >= 0, "batch_size": self.batch_size >= 1,
+                  "max_tile_px": self.max_tile_px == 0 or self.max_tile_px >= 32,
+                  "device": self.device in ("auto", "cpu", "cuda")}
+        for name, ok in checks.items():
+            if not ok:
+                raise ConfigError(f"infer.{name}: invalid value {getattr(self, name)!r}")
+
+
+def prepare_model(model: torch.nn.Module, device: torch.device, optimised: bool
+                  ) -> torch.nn.Module:
+    """Eval-mode model on ``device``; optimised: BatchNorm folded, channels-last."""
+    model = model.eval().to(device)
+    if optimised:
+        model = fuse_for_inference(model).to(device).to(memory_format=torch.channels_last)
+    return model
+
+
+def tiles(length: int, tile: int, multiple: int, margin: int) -> list[tuple[int, int, int, int]]:
+    """Split ``[0, length)`` into kept ranges with their padded input ranges.
+
+    Returns ``(in0, in1, keep0, keep1)`` per tile: run the model on ``[in0, in1)`` and keep output
+    ``[keep0, keep1)``. Kept ranges start on multiples of ``multiple`` and inputs extend ``margin``
+    (rounded up to ``multiple``) beyond them, clipped to the frame.
+    """
+    margin = math.ceil(margin / multiple) * multiple
+    step = max(multiple, (tile - 2 * margin) // multiple * multiple)
+    if length <= tile:
+        return [(0, length, 0, length)]
+    out = []
+    for k0 in range(0, length, step):
+        k1 = min(length, k0 + step)
+        out.append((max(0, k0 - margin), min(length, k1 + margin), k0, k1))
+    return out
+
+
+def _forward(model, x: np.ndarray, device, optimised: bool) -> np.ndarray:
+    """Particle probability of normalised (B, H, W) float32 input."""
+    t = torch.from_numpy(x)[:, None].to(device)
+    if optimised:
+        t = t.contiguous(memory_format=torch.channels_last)
+    amp = optimised and device.type == "cuda"
+    dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=amp):
+        p = torch.softmax(model(t).float(), dim=1)[:, 1]
+    return p.cpu().numpy()
+
+
+def predict(model, frames: np.ndarray, *, arch, cfg: InferConfig, device) -> np.ndarray:
+    """Particle probability (T, H, W) float32 of raw frames (T, H, W).
+
+    ``model`` must come from :func:`prepare_model`. Non-finite frames are normalised to zeros
+    (and the caller masks them out).
+    """
+    device = torch.device(device)
+    x = normalise_frames(frames)
+    T, H, W = x.shape
+    out = np.empty((T, H, W), np.float32)
+    tile = cfg.max_tile_px or max(H, W)
+    m, margin = size_multiple(arch), halo(arch)
+    ys, xs = tiles(H, tile, m, margin), tiles(W, tile, m, margin)
+    for b0 in range(0, T, cfg.batch_size):
+        batch = x[b0:b0 + cfg.batch_size]
+        for y0, y1, ky0, ky1 in ys:
+            for x0, x1, kx0, kx1 in xs:
+                p = _forward(model, np.ascontiguousarray(batch[:, y0:y1, x0:x1]), device,
+                             cfg.optimised)
+                out[b0:b0 + len(batch), ky0:ky1, kx0:kx1] = p[:, ky0 - y0:ky1 - y0,
+                                                              kx0 - x0:kx1 - x0]
+    return out
+
+
+def quantise(prob: np.ndarray) -> np.ndarray:
+    """Probability [0, 1] -> uint8 0..255."""
+    return np.clip(np.rint(prob * 255.0), 0, 255).astype(np.uint8)
+
+
+def dequantise(q: np.ndarray) -> np.ndarray:
+    """uint8 0..255 -> probability float32."""
+    return q.astype(np.float32) / 255.0
+
+
+def otsu_level(hist: np.ndarray) -> int:
+    """Otsu threshold of a 256-bin histogram of uint8 probabilities: mask is ``q > level``.
+
+    The probabilities are stored as 256 levels, so Otsu on their histogram is exact (no binning).
+    A histogram with fewer than two occupied levels gives 127 (p > 0.5).
+    """
+    hist = np.asarray(hist, dtype=np.float64)
+    if np.count_nonzero(hist) < 2:
+        return 127
+    levels = np.arange(hist.size)
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * levels)
+    mu0 = m0 / np.where(w0 > 0, w0, 1)
+    mu1 = (m0[-1] - m0) / np.where(w1 > 0, w1, 1)
+    between = w0 * w1 * (mu0 - mu1) ** 2
+    between[(w0 == 0) | (w1 == 0)] = -1
+    return int(np.argmax(between))
+
+
+def level_of(cfg: InferConfig) -> int:
+    """Fixed threshold as a uint8 level: ``q > level`` is ``p > fixed_threshold`` (to 1/255)."""
+    return int(np.floor(cfg.fixed_threshold * 255.0))
+
+
+def mask_from_levels(q: np.ndarray, level: int, min_area_px: int) -> np.ndarray:
+    """Binary mask (H, W) uint8 of ``q > level`` without components under ``min_area_px``."""
+    m = q > level
+    if min_area_px > 1:
+        m = remove_small_objects(m, max_size=min_area_px - 1)
+    return m.astype(np.uint8)
+
+
+def infer_chunk(frames: MovieStore, prob_store: MovieStore, mask_store: MovieStore, k: int,
+                model, meta: dict, cfg: InferConfig, device, *, progress: bool = False) -> dict:
+    """Probabilities and masks of time chunk ``k``; returns the chunk's receipt.
+
+    Streams one Zarr chunk of frames at a time. ``otsu_chunk`` accumulates the chunk's histogram
+    while predicting, then thresholds the stored probabilities in a second pass.
+    """
+    arch = parse_arch(meta["name"])
+    start = time.perf_counter()
+    t0, t1 = frames.chunk_bounds(k)
+    nonfinite, levels, coverage = [], {}, {}
+    chunk_hist = np.zeros(256, np.int64)
+
+    def write_masks(q, b0):
+        masks = np.stack([mask_from_levels(f, levels[b0 + i], cfg.min_area_px)
+                          for i, f in enumerate(q)])
+        for i, m in enumerate(masks):
+            coverage[b0 + i] = float(m.mean())
+        mask_store.array[b0:b0 + len(q)] = masks
+
+    def run(block, b0):
+        bad = (~np.isfinite(block).all(axis=(1, 2)) if block.dtype.kind == "f"
+               else np.zeros(len(block), bool))
+        q = quantise(predict(model, block, arch=arch, cfg=cfg, device=device))
+        q[bad] = 0
+        nonfinite.extend((np.flatnonzero(bad) + b0).tolist())
+        for i, f in enumerate(q):
+            hist = np.bincount(f.ravel(), minlength=256)
+            if not bad[i]:
+                chunk_hist[:] += hist
+            levels[b0 + i] = (level_of(cfg) if cfg.threshold == "fixed" else
+                              255 if bad[i] else otsu_level(hist))
+        if cfg.threshold != "otsu_chunk":
+            write_masks(q, b0)
+        return q
+
+    map_chunk(frames, prob_store, k, run, progress=progress, desc=f"infer chunk {k}")
+    if cfg.threshold == "otsu_chunk":
+        level = otsu_level(chunk_hist)
+        for i in levels:
+            levels[i] = 255 if i in nonfinite else level
+        for b0, q in prob_store.read_chunk(k):
+            write_masks(q, b0)
+    if nonfinite:
+        log.warning("%s chunk %d: frames %s contain NaN/inf; their masks are empty",
+                    frames.path, k, nonfinite)
+    seconds = time.perf_counter() - start
+    return {"stage": "infer", "chunk": k, "t0": t0, "t1": t1, "frames": t1 - t0,
+            "model": meta["name"], "threshold_mode": cfg.threshold,
+            "thresholds": [round(levels[i] / 255.0, 4) for i in sorted(levels)],
+            "coverage": [round(coverage[i], 5) for i in sorted(coverage)],
+            "nonfinite_frames": nonfinite, "elapsed_s": round(seconds, 3),
+            "frames_per_s": round((t1 - t0) / seconds, 3), "device": str(device)}
+
+
+def open_model(path, device: torch.device, optimised: bool):
+    """Load a model file for inference: (prepared model, metadata)."""
+    model, meta = load_model(path, device="cpu")
+    if meta.get("normalisation", {}).get("method") != NORMALISATION["method"]:
+        raise InputFileError(path, f"unknown input normalisation {meta.get('normalisation')}")
+    return prepare_model(model, device, optimised), meta

@@ -1,0 +1,355 @@
+"""Pseudo-labelling: fast path == reference, exact morphology kernels, accuracy, bad input."""
+
+from __future__ import annotations
+
+import logging
+from functools import cache
+
+import numpy as np
+import pytest
+from skimage import filters, morphology
+
+from etemseg import pseudolabel as pl
+from etemseg.errors import ConfigError, EtemsegError
+from etemseg.pseudolabel import (
+    PRESETS,
+    PseudoLabelParams,
+    pseudolabel_fast,
+    pseudolabel_reference,
+    pseudolabel_stack,
+)
+from etemseg.synth import SynthParams, simulate
+
+LOGGER = "etemseg.pseudolabel"
+
+
+@cache
+def sim_frame(height: int, width: int, contrast: float = 0.45, dose: float = 200.0,
+              seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    p = SynthParams(frames=1, height=height, width=width, contrast=contrast, dose=dose, seed=seed)
+    img, lab = next(iter(simulate(p)))
+    img.setflags(write=False)
+    lab.setflags(write=False)
+    return img, lab
+
+
+@cache
+def demo_frames(n: int = 3) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    return tuple(simulate(SynthParams(frames=n)))
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    a = a.astype(bool)
+    b = b.astype(bool)
+    union = np.count_nonzero(a | b)
+    return 1.0 if union == 0 else np.count_nonzero(a & b) / union
+
+
+def f1(mask: np.ndarray, truth: np.ndarray) -> float:
+    m = mask.astype(bool)
+    t = truth.astype(bool)
+    return 2.0 * np.count_nonzero(m & t) / (np.count_nonzero(m) + np.count_nonzero(t))
+
+
+# --------------------------------------------------------------------------------------------
+# fast == reference
+# --------------------------------------------------------------------------------------------
+
+CASES = [
+    (h, w, c, d)
+    for (h, w) in ((128, 160), (256, 256), (300, 200))
+    for c in (0.2, 0.45, 0.7)
+    for d in (50, 500)
+]
+
+
+@pytest.mark.parametrize("h,w,contrast,dose", CASES)
+def test_fast_equals_reference(h, w, contrast, dose):
+    img, _ = sim_frame(h, w, contrast, dose, seed=h + w)
+    inverted = (img.max() - img).astype(np.uint16)  # bright particles on a dark background
+    for name, preset in PRESETS.items():
+        for frame, polarity in ((img, "dark"), (inverted, "bright")):
+            p = PseudoLabelParams(**{**preset.to_dict(), "polarity": polarity})
+            ref = pseudolabel_reference(frame, p)
+            fast = pseudolabel_fast(frame, p)
+            assert fast.shape == (h, w) and fast.dtype == np.uint8 and ref.dtype == np.uint8
+            assert set(np.unique(fast)) <= {0, 1}
+            assert iou(fast, ref) >= 0.99, (name, polarity, iou(fast, ref))
+
+
+@pytest.mark.parametrize("threshold", ["li", "fixed"])
+def test_fast_equals_reference_other_thresholds(threshold):
+    img, _ = sim_frame(256, 256)
+    p = PseudoLabelParams(threshold=threshold, fixed_threshold=0.3)
+    assert iou(pseudolabel_fast(img, p), pseudolabel_reference(img, p)) >= 0.99
+
+
+def test_polarity_bright_is_dark_of_inverted():
+    img, _ = sim_frame(256, 256)
+    inv = (img.max() - img).astype(np.uint16)
+    a = pseudolabel_fast(img, PRESETS["default"])
+    b = pseudolabel_fast(inv, PseudoLabelParams(**{**PRESETS["default"].to_dict(),
+                                                     "polarity": "bright"}))
+    assert iou(a, b) >= 0.999
+
+
+def test_input_dtypes_and_layouts():
+    img, _ = sim_frame(128, 160)
+    base = pseudolabel_fast(img)
+    for variant in (img.astype(np.float64), img.astype(np.float32), img.astype(np.int32),
+                    np.asfortranarray(img), img.astype(np.float64) * 1e-3 + 7.0):
+        assert iou(pseudolabel_fast(variant), base) >= 0.999
+    assert iou(pseudolabel_reference(np.asfortranarray(img)), pseudolabel_reference(img)) == 1.0
+    view = np.pad(img, 3)[3:-3, 3:-3]  # non-contiguous view
+    assert iou(pseudolabel_fast(view), base) == 1.0
+
+
+# --------------------------------------------------------------------------------------------
+# exact kernels
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("radius", range(1, 8))
+def test_opening_equals_skimage(radius):
+    rng = np.random.default_rng(radius)
+    for shape in ((37, 53), (64, 29), (5, 90)):
+        x = rng.random(shape).astype(np.float32)
+        ties = np.round(x * 8).astype(np.float32)  # many equal values
+        for a in (x, ties):
+            want = morphology.opening(a, morphology.disk(radius))
+            got = pl.opening_disk_fast(a, radius)
+            np.testing.assert_array_equal(got, want)
+
+
+def test_opening_radius_zero_is_identity():
+    x = np.random.default_rng(0).random((20, 30)).astype(np.float32)
+    np.testing.assert_array_equal(pl.opening_disk_fast(x, 0), x)
+
+
+@pytest.mark.parametrize("method", ["dilation", "erosion"])
+def test_flood_equals_skimage_reconstruction(method):
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(7)
+    for shape, levels in (((61, 47), 256), ((40, 75), 65536), ((1, 9), 16), ((2, 2), 16),
+                          ((3, 30), 64)):
+        q = rng.integers(0, levels, shape)
+        if min(shape) > 3:
+            q = ndi.uniform_filter(q.astype(float), 3).round().astype(np.int64)
+        seed = q.copy()
+        seed[1:-1, 1:-1] = q.min() if method == "dilation" else q.max()
+        want = morphology.reconstruction(seed, q, method=method)
+        got = pl.flood_reconstruct(q, method, levels)
+        assert got.dtype == np.uint16
+        np.testing.assert_array_equal(got, want)
+
+
+def test_flood_rejects_bad_input():
+    with pytest.raises(ConfigError, match="method"):
+        pl.flood_reconstruct(np.zeros((4, 4), np.uint8), "closing")
+    with pytest.raises(EtemsegError):
+        pl.flood_reconstruct(np.full((4, 4), 300), "erosion", levels=256)
+
+
+def test_gaussian_matches_skimage():
+    x = np.random.default_rng(1).random((50, 70))
+    want = filters.gaussian(x, sigma=2.0)
+    np.testing.assert_allclose(pl.gaussian_fast(x, 2.0), want, atol=1e-6)
+
+
+def test_pad_frame_keeps_centre_and_continues_a_gradient():
+    def trend(yy, xx):
+        return 0.3 + 0.01 * yy - 0.002 * xx + 1e-4 * xx * xx
+
+    yy, xx = np.mgrid[:40, :50].astype(np.float64)
+    ramp = trend(yy, xx)
+    p = pl.pad_frame(ramp, 6)
+    np.testing.assert_array_equal(p[6:-6, 6:-6], ramp)
+    # the trend continues into the pad (clamped to its range inside the frame): no mirror valley
+    yy2, xx2 = np.mgrid[-6:46, -6:56].astype(np.float64)
+    want = np.clip(trend(yy2, xx2), ramp.min(), ramp.max())
+    np.testing.assert_allclose(p, want, atol=1e-9)
+    assert pl.pad_frame(ramp, 0) is ramp
+
+
+def test_pad_frame_mirrors_a_particle_cut_by_the_edge():
+    yy, xx = np.mgrid[:60, :80].astype(np.float64)
+    g = 1.0 - 0.5 * np.exp(-((yy - 30) ** 2 + xx**2) / 50.0)  # dark blob centred on the edge
+    p = pl.pad_frame(g, 10)
+    np.testing.assert_allclose(p[10:-10, 10:20], p[10:-10, 9::-1], atol=0.01)  # ~mirror
+    assert p[40, 10] < 0.6 and p[40, 0] > 0.9  # closed basin: high again beyond the mirror
+
+
+# --------------------------------------------------------------------------------------------
+# accuracy vs ground truth
+# --------------------------------------------------------------------------------------------
+
+
+def test_default_preset_f1_on_demo_frames():
+    scores = {"paper": [], "default": []}
+    for img, lab in demo_frames(3):
+        for name, values in scores.items():
+            values.append(f1(pseudolabel_fast(img, PRESETS[name]), lab > 0))
+    assert min(scores["default"]) >= 0.9, scores
+    assert min(scores["paper"]) >= 0.8, scores  # particles cut by the frame edge are missed
+    img, lab = demo_frames(3)[0]
+    assert f1(pseudolabel_reference(img, PRESETS["default"]), lab > 0) >= 0.9
+
+
+def test_paper_preset_is_the_published_recipe():
+    p = PRESETS["paper"]
+    assert (p.sigma, p.opening_radius, p.threshold, p.polarity) == (2.0, 5, "otsu", "dark")
+    assert (p.min_area_px, p.fill_holes, p.border_pad_px) == (0, False, 0)
+    assert PseudoLabelParams() == p
+
+
+# --------------------------------------------------------------------------------------------
+# bad input
+# --------------------------------------------------------------------------------------------
+
+
+def _no_particle_frame() -> np.ndarray:
+    p = SynthParams(frames=1, height=256, width=256, n_particles=0, appear_rate=0.0, seed=5)
+    return next(iter(simulate(p)))[0]
+
+
+def _huge_particle_frame(touching: bool) -> tuple[np.ndarray, np.ndarray]:
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:200, :240]
+    radius = 130 if touching else 98
+    disc = (yy - 100) ** 2 + (xx - 120) ** 2 < radius**2
+    thick = ndi.gaussian_filter(disc.astype(float), 1.5)
+    return rng.poisson(200 * (1 - 0.45 * thick)).astype(np.uint16), disc
+
+
+def _bad_frames() -> dict[str, np.ndarray]:
+    img, _ = sim_frame(128, 160)
+    partly = img.astype(np.float64)
+    partly[10:20, 30:35] = np.nan
+    partly[50, :] = np.inf
+    partly[60, 7] = -np.inf
+    return {
+        "constant": np.full((64, 80), 123, np.uint16),
+        "constant_float": np.full((64, 80), 0.5),
+        "all_nan": np.full((64, 80), np.nan),
+        "all_inf": np.full((64, 80), np.inf),
+        "partly_nonfinite": partly,
+        "no_particles": _no_particle_frame(),
+        "pure_poisson": np.random.default_rng(2).poisson(100, (200, 220)).astype(np.uint16),
+        "uniform_noise": np.random.default_rng(3).random((150, 150)),
+        "huge_particle": _huge_particle_frame(False)[0],
+        "huge_particle_touching_border": _huge_particle_frame(True)[0],
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_frames()))
+@pytest.mark.parametrize("impl", [pseudolabel_fast, pseudolabel_reference])
+@pytest.mark.parametrize("preset", ["paper", "default"])
+def test_bad_input(case, impl, preset, caplog):
+    frame = _bad_frames()[case]
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        mask = impl(frame, PRESETS[preset])
+    assert mask.shape == frame.shape and mask.dtype == np.uint8
+    assert not np.isnan(mask.astype(float)).any()
+    assert mask.min() == 0  # never all ones
+    assert any(r.name == LOGGER and r.levelno == logging.WARNING for r in caplog.records), case
+    cov = mask.mean()
+    if case in ("constant", "constant_float", "all_nan", "all_inf", "no_particles",
+                "pure_poisson", "uniform_noise"):
+        assert cov == 0.0
+    if case == "partly_nonfinite":
+        ref = impl(sim_frame(128, 160)[0], PRESETS[preset])
+        assert iou(mask, ref) > 0.9
+    if case == "huge_particle":
+        assert f1(mask, _huge_particle_frame(False)[1]) > 0.95
+    if case == "huge_particle_touching_border":
+        assert cov < 0.96
+
+
+def test_huge_particle_touching_border_default_finds_it():
+    img, disc = _huge_particle_frame(True)
+    assert f1(pseudolabel_fast(img, PRESETS["default"]), disc) > 0.95
+    assert pseudolabel_fast(img, PRESETS["paper"]).sum() == 0  # border-connected: not a basin
+
+
+def test_wrong_shape_or_dtype_raises():
+    with pytest.raises(EtemsegError, match="2-D"):
+        pseudolabel_fast(np.zeros((2, 3, 4)))
+    with pytest.raises(EtemsegError, match="empty"):
+        pseudolabel_reference(np.zeros((0, 5)))
+    with pytest.raises(EtemsegError, match="dtype"):
+        pseudolabel_fast(np.zeros((4, 4), complex))
+
+
+def test_tiny_frames_do_not_crash():
+    rng = np.random.default_rng(0)
+    for shape in ((1, 1), (1, 10), (10, 1), (2, 2), (3, 3), (5, 7), (16, 16)):
+        img = rng.poisson(100, shape).astype(np.uint16)
+        for p in PRESETS.values():
+            for impl in (pseudolabel_fast, pseudolabel_reference):
+                m = impl(img, p)
+                assert m.shape == shape and m.dtype == np.uint8
+
+
+# --------------------------------------------------------------------------------------------
+# stack
+# --------------------------------------------------------------------------------------------
+
+
+def test_stack_equals_per_frame():
+    frames = np.stack([f[0] for f in demo_frames(3)])[:, :192, :256]
+    frames = np.concatenate([frames, np.full((1, 192, 256), 7, np.uint16)])  # + a bad frame
+    for p in PRESETS.values():
+        got = pseudolabel_stack(frames, p)
+        assert got.shape == frames.shape and got.dtype == np.uint8
+        for k in range(len(frames)):
+            np.testing.assert_array_equal(got[k], pseudolabel_fast(frames[k], p))
+    ref = pseudolabel_stack(frames[:2], PRESETS["paper"], method="reference")
+    for k in range(2):
+        np.testing.assert_array_equal(ref[k], pseudolabel_reference(frames[k], PRESETS["paper"]))
+    assert pseudolabel_stack(frames[0], PRESETS["paper"]).shape == (1, 192, 256)
+
+
+def test_stack_rejects_bad_method_and_shape():
+    with pytest.raises(ConfigError, match="method"):
+        pseudolabel_stack(np.zeros((1, 8, 8)), method="gpu")
+    with pytest.raises(EtemsegError):
+        pseudolabel_stack(np.zeros(8))
+
+
+# --------------------------------------------------------------------------------------------
+# parameters
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("sigma", 0.0), ("sigma", -1.0), ("sigma", float("nan")), ("sigma", "2"),
+        ("opening_radius", -1), ("opening_radius", 2.5), ("opening_radius", True),
+        ("threshold", "triangle"), ("threshold", None),
+        ("fixed_threshold", 0.0), ("fixed_threshold", 1.0), ("fixed_threshold", float("inf")),
+        ("polarity", "grey"),
+        ("min_area_px", -5), ("min_area_px", 1.5),
+        ("fill_holes", "yes"), ("fill_holes", 1),
+        ("border_pad_px", -1), ("border_pad_px", 2.0),
+    ],
+)
+def test_params_validation_names_field(field, value):
+    p = PseudoLabelParams(**{field: value})
+    with pytest.raises(ConfigError, match=rf"pseudolabel\.{field}"):
+        p.validate()
+    with pytest.raises(ConfigError, match=rf"pseudolabel\.{field}"):
+        pseudolabel_fast(np.zeros((8, 8)), p)
+
+
+def test_params_from_dict_roundtrip_and_unknown_key():
+    for p in PRESETS.values():
+        p.validate()
+        assert PseudoLabelParams.from_dict(p.to_dict()) == p
+    with pytest.raises(ConfigError, match=r"pseudolabel\.radius"):
+        PseudoLabelParams.from_dict({"radius": 3})
+    with pytest.raises(ConfigError, match="PseudoLabelParams"):
+        pseudolabel_fast(np.zeros((8, 8)), {"sigma": 2.0})
