@@ -185,9 +185,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     log.info("training %s on %d frames (%d train / %d validation, split %s)", cfg.model,
              len(data.images), len(data.train), len(data.val), cfg.split)
     meta = train(data, cfg, args.out, progress=not args.quiet)
-    last = meta["history"][-1]
-    log.info("wrote %s/model.pt: %d parameters, validation F1 %.4f, %.1f s", args.out,
-             meta["parameters"], last["val_f1"], meta["training_time_s"])
+    log.info("wrote %s/model.pt: %d parameters, validation F1 %.4f (epoch %d), %.1f s", args.out,
+             meta["parameters"], meta["val_f1"], meta["saved_epoch"], meta["training_time_s"])
     return 0
 
 

@@ -104,6 +104,8 @@ class TrainConfig:
         ``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda``.
     max_val_frames : int
         Cap on validation frames scored each epoch.
+    keep_best : bool
+        Save the weights of the epoch with the best validation F1 (else those of the last epoch).
     """
 
     model: str = "unet4-norm"
@@ -122,6 +124,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     max_val_frames: int = 64
+    keep_best: bool = True
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first invalid field."""
@@ -379,6 +382,7 @@ def train(data: TrainingData, cfg: TrainConfig, out_dir: str | Path, *, progress
                    "frame_shape": list(data.images.shape[1:]),
                    "label_fraction": float(data.labels.mean())}
     history: list[dict] = []
+    best: dict = {"f1": -1.0, "epoch": 0, "state": None}
     start_epoch = 0
     ckpt_path = out_dir / "checkpoint.pt"
     if ckpt_path.exists():
@@ -393,6 +397,7 @@ def train(data: TrainingData, cfg: TrainConfig, out_dir: str | Path, *, progress
             if "scaler" in ckpt:
                 scaler.load_state_dict(ckpt["scaler"])
             history = list(ckpt["history"])
+            best = dict(ckpt["best"])
             start_epoch = int(ckpt["epoch"]) + 1
             log.info("resuming %s from epoch %d", cfg.model, start_epoch + 1)
         elif ckpt:
@@ -424,11 +429,14 @@ def train(data: TrainingData, cfg: TrainConfig, out_dir: str | Path, *, progress
         if device.type == "cuda":
             row["peak_gpu_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         history.append(row)
+        if row["val_f1"] > best["f1"]:
+            best = {"f1": row["val_f1"], "epoch": epoch + 1,
+                    "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
         log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val F1 %.4f (%.1f s)", epoch + 1,
                  cfg.epochs, row["train_loss"], row["val_loss"], row["val_f1"], seconds)
         _save({"fingerprint": fingerprint, "model": model.state_dict(),
                "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
-               "history": history, "epoch": epoch}, ckpt_path)
+               "history": history, "best": best, "epoch": epoch}, ckpt_path)
         _write_metrics_csv(history, out_dir / "metrics.csv")
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             return {"stopped_after_epoch": epoch + 1}
@@ -444,12 +452,15 @@ def train(data: TrainingData, cfg: TrainConfig, out_dir: str | Path, *, progress
                  "n_val": len(data.val), "frame_shape": list(data.images.shape[1:]),
                  "label_fraction": float(data.labels.mean()), "sources": data.sources[:4096]},
         "history": history,
+        "saved_epoch": best["epoch"] if cfg.keep_best else cfg.epochs,
+        "val_f1": best["f1"] if cfg.keep_best else history[-1]["val_f1"],
         "training_time_s": round(sum(h["epoch_s"] for h in history), 3),
         "wall_time_s_this_run": round(time.perf_counter() - started, 3),
         "device": str(device),
         "versions": versions(),
     }
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    state = (best["state"] if cfg.keep_best else
+             {k: v.detach().cpu() for k, v in model.state_dict().items()})
     _save({**meta, "state_dict": state}, out_dir / "model.pt")
     return meta
 

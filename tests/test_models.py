@@ -130,7 +130,7 @@ def test_explicit_names():
     assert parse_arch("single-filter") == ArchConfig("single_filter", kernel_size=9)
     assert parse_arch("single-filter").kernel_size == 9
     assert parse_arch("single-filter-k7").kernel_size == 7
-    assert parse_arch("shallow-wide") == ArchConfig("shallow_wide", kernel_size=3, n_filters=32)
+    assert parse_arch("shallow-wide") == ArchConfig("shallow_wide", kernel_size=9, n_filters=32)
     assert parse_arch("shallow-wide-k7").kernel_size == 7
     assert parse_arch("single_filter") == parse_arch("SingleFilter") == parse_arch("single-filter")
     cfg = ArchConfig("unet")
@@ -267,7 +267,8 @@ def unet_params(levels, k=3, c=8, norm=False, two=False, skip=True, cin=1, ncls=
 @pytest.mark.parametrize("name, expected", [
     ("single-filter", 9 * 9 + 1),
     ("single-filter-k7", 7 * 7 + 1),
-    ("shallow-wide", 32 * 9 + 32 + 32 * 2 + 2),           # 386
+    ("shallow-wide", 32 * 81 + 32 + 32 * 2 + 2),          # 2690
+    ("shallow-wide-k3", 32 * 9 + 32 + 32 * 2 + 2),        # 386
     ("shallow-wide-k7", 32 * 49 + 32 + 32 * 2 + 2),
     ("unet3", 80 + 1168 + 4640 + 2064 + 4624 + 520 + 1160 + 18),  # 14274, by hand
     ("unet4", 59458),
@@ -402,7 +403,7 @@ def test_receptive_field_values():
     assert receptive_field("single-filter") == 9
     assert receptive_field("single-filter-k7") == 7
     assert receptive_field("single-filter-blur1") == 9 + 8
-    assert receptive_field("shallow-wide") == 3
+    assert receptive_field("shallow-wide") == 9
     assert receptive_field("unet3") == 26
     assert receptive_field("unet4") == 54
     assert size_multiple("unet4") == 8 and size_multiple("unet3") == 4
