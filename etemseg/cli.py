@@ -244,30 +244,17 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .store import CODECS, DEFAULT_CLEVEL, DEFAULT_CODEC
-
-    parser = argparse.ArgumentParser(prog="etemseg", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"etemseg {__version__}")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
-                        help="no progress bars")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("synth", parents=[common], help="simulate an ETEM sintering movie with ground truth",
-                       description="Write a simulated ETEM movie of sintering Au nanoparticles as a "
-                       "K2-style frame dump (OUT_DIR/frames) with ground truth (OUT_DIR/truth).")
-    p.add_argument("out_dir", type=Path)
-    p.add_argument("--params-json", help="parameters as a JSON object (overrides the options)")
+def _args_synth(p: argparse.ArgumentParser) -> None:
     from .synth import SynthParams
 
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--params-json", help="parameters as a JSON object (overrides the options)")
     _dataclass_arguments(p, SynthParams)
-    p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("ingest", parents=[common], help="convert a frame dump into a chunked Zarr movie store",
-                       description="Convert a folder of .dm4/.dm3/.tif/.npy frames into a Zarr v3 "
-                       "(t, y, x) store. Without --init/--chunk: the whole movie, atomically.")
+
+def _args_ingest(p: argparse.ArgumentParser) -> None:
+    from .store import CODECS, DEFAULT_CLEVEL, DEFAULT_CODEC
+
     p.add_argument("src", type=Path, help="frame dump folder")
     p.add_argument("out", type=Path, help="output store, e.g. results/movie/frames.zarr")
     p.add_argument("--fps", type=float, default=400.0, help="frames/s (default 400, K2-IS)")
@@ -278,62 +265,52 @@ def build_parser() -> argparse.ArgumentParser:
                    help="frames per Zarr chunk, divides --chunk-frames (default: <= 64 MiB)")
     p.add_argument("--codec", choices=CODECS, default=DEFAULT_CODEC)
     p.add_argument("--clevel", type=int, default=DEFAULT_CLEVEL, help="compression level")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--init", action="store_true", help="only create the empty store")
-    mode.add_argument("--chunk", type=int, metavar="K", help="only fill time chunk K")
-    p.add_argument("--receipt", type=Path, help="with --chunk: write the chunk's receipt JSON here")
-    p.set_defaults(func=cmd_ingest)
+    _chunk_mode_arguments(p, "fill")
 
+
+def _chunk_mode_arguments(p: argparse.ArgumentParser, verb: str) -> None:
+    """--init / --chunk K / --receipt: how every per-chunk stage runs under Snakemake."""
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--init", action="store_true", help="only create the empty output store(s)")
+    mode.add_argument("--chunk", type=int, metavar="K", help=f"only {verb} time chunk K")
+    p.add_argument("--receipt", type=Path, help="with --chunk: write the chunk's receipt JSON here")
+
+
+def _args_pseudolabel(p: argparse.ArgumentParser) -> None:
     from .pseudolabel import PRESETS, PseudoLabelParams
 
-    p = sub.add_parser("pseudolabel", parents=[common],
-                       help="classical pseudo-labels (the paper's recipe, fast) per time chunk",
-                       description="Label particles in every frame of FRAMES.zarr with the paper's "
-                       "classical recipe (Gaussian, border reconstructions, Sobel, opening, Otsu); "
-                       "writes OUT.zarr (uint8 0/1) with the same chunking. Options override "
-                       "the preset.")
     p.add_argument("frames", type=Path, help="movie store, e.g. results/movie/frames.zarr")
     p.add_argument("out", type=Path, help="output store, e.g. results/movie/pseudo.zarr")
     p.add_argument("--preset", default="default", help=f"one of {', '.join(PRESETS)}")
     p.add_argument("--method", choices=("fast", "reference"), default="fast")
     p.add_argument("--threads", type=int, default=1, help="frames labelled in parallel")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--init", action="store_true", help="only create the empty output store")
-    mode.add_argument("--chunk", type=int, metavar="K", help="only label time chunk K")
-    p.add_argument("--receipt", type=Path, help="with --chunk: write the chunk's receipt JSON here")
+    _chunk_mode_arguments(p, "label")
     _dataclass_arguments(p, PseudoLabelParams, unset_default=True)
-    p.set_defaults(func=cmd_pseudolabel)
 
-    p = sub.add_parser("score", parents=[common],
-                       help="score a mask store against ground-truth labels",
-                       description="Pixel precision/recall/F1/IoU, particle detection F1 (matched "
-                       "by IoU) and equivalent-diameter error (px and nm) of PRED against TRUTH.")
+
+def _args_score(p: argparse.ArgumentParser) -> None:
     p.add_argument("pred", type=Path, help="mask store (pseudo.zarr or mask.zarr)")
-    p.add_argument("truth", type=Path, help="truth label array, e.g. results/movie/synth/truth/labels.zarr")
+    p.add_argument("truth", type=Path,
+                   help="truth label array, e.g. results/movie/synth/truth/labels.zarr")
     p.add_argument("--out", type=Path, help="write the scores JSON here")
     p.add_argument("--iou-min", type=float, default=0.5, help="IoU for a particle match")
-    p.set_defaults(func=cmd_score)
 
-    p = sub.add_parser("overlay", parents=[common],
-                       help="PNG of one frame with mask outlines and a scale bar")
+
+def _args_overlay(p: argparse.ArgumentParser) -> None:
     p.add_argument("frames", type=Path)
     p.add_argument("out", type=Path, help="PNG to write")
     p.add_argument("--frame", type=int, default=0, help="frame index (t)")
     p.add_argument("--mask", action="append", default=[], metavar="NAME=STORE.zarr")
     p.add_argument("--truth", type=Path, help="ground-truth label array to outline as well")
-    p.set_defaults(func=cmd_overlay)
 
-    p = sub.add_parser("models", parents=[common], help="list the architectures and their sizes")
+
+def _args_models(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable listing")
-    p.set_defaults(func=cmd_models)
 
+
+def _args_train(p: argparse.ArgumentParser) -> None:
     from .train import TrainConfig
 
-    p = sub.add_parser("train", parents=[common], help="train a CNN on pseudo-labels",
-                       description="Train a segmentation CNN (Adam, cross-entropy, augmented random "
-                       "crops, validation on full frames) on frames + pseudo-labels. Writes "
-                       "OUT/model.pt, OUT/metrics.csv, OUT/curve.png; resumes from "
-                       "OUT/checkpoint.pt after a kill.")
     p.add_argument("--pair", nargs=2, action="append", required=True,
                    metavar=("FRAMES.zarr", "PSEUDO.zarr"), help="training movie (repeatable)")
     p.add_argument("--out", type=Path, required=True, help="output folder, e.g. models/unet4-norm")
@@ -341,35 +318,83 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, help="at most this many frames per movie")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     _dataclass_arguments(p, TrainConfig, unset_default=True)
-    p.set_defaults(func=cmd_train)
 
+
+def _args_infer(p: argparse.ArgumentParser) -> None:
     from .infer import InferConfig
 
-    p = sub.add_parser("infer", parents=[common], help="segment every frame with a trained model",
-                       description="Particle probability (uint8, p = value/255) and mask of every "
-                       "frame of FRAMES.zarr with MODEL.pt, written to OUT/prob.zarr and "
-                       "OUT/mask.zarr (same chunking as the frames).")
     p.add_argument("frames", type=Path)
     p.add_argument("model", type=Path, help="model file written by `etemseg train`")
     p.add_argument("out", type=Path, help="output folder, e.g. results/movie/unet4-norm")
     p.add_argument("--expect", help="refuse a model file of another architecture")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--init", action="store_true", help="only create the empty output stores")
-    mode.add_argument("--chunk", type=int, metavar="K", help="only time chunk K")
-    p.add_argument("--receipt", type=Path, help="with --chunk: write the chunk's receipt JSON here")
+    _chunk_mode_arguments(p, "segment")
     _dataclass_arguments(p, InferConfig, unset_default=True)
-    p.set_defaults(func=cmd_infer)
 
-    p = sub.add_parser("info", parents=[common], help="print a movie store's shape and metadata")
+
+def _args_info(p: argparse.ArgumentParser) -> None:
     p.add_argument("store", type=Path)
-    p.set_defaults(func=cmd_info)
+
+
+#: name -> (one-line help, description, argument builder, handler)
+COMMANDS = {
+    "synth": ("simulate an ETEM sintering movie with ground truth",
+              "Write a simulated ETEM movie of sintering Au nanoparticles as a K2-style frame "
+              "dump (OUT_DIR/frames) with ground truth (OUT_DIR/truth).",
+              _args_synth, cmd_synth),
+    "ingest": ("convert a frame dump into a chunked Zarr movie store",
+               "Convert a folder of .dm4/.dm3/.tif/.npy frames into a Zarr v3 (t, y, x) store. "
+               "Without --init/--chunk: the whole movie, atomically.",
+               _args_ingest, cmd_ingest),
+    "pseudolabel": ("classical pseudo-labels (the paper's recipe, fast) per time chunk",
+                    "Label particles in every frame of FRAMES.zarr with the paper's classical "
+                    "recipe (Gaussian, border reconstructions, Sobel, opening, Otsu); writes "
+                    "OUT.zarr (uint8 0/1) with the same chunking. Options override the preset.",
+                    _args_pseudolabel, cmd_pseudolabel),
+    "score": ("score a mask store against ground-truth labels",
+              "Pixel precision/recall/F1/IoU, particle detection F1 (matched by IoU) and "
+              "equivalent-diameter error (px and nm) of PRED against TRUTH.",
+              _args_score, cmd_score),
+    "overlay": ("PNG of one frame with mask outlines and a scale bar", None,
+                _args_overlay, cmd_overlay),
+    "models": ("list the architectures and their sizes", None, _args_models, cmd_models),
+    "train": ("train a CNN on pseudo-labels",
+              "Train a segmentation CNN (Adam, cross-entropy, augmented random crops, validation "
+              "on full frames) on frames + pseudo-labels. Writes OUT/model.pt, OUT/metrics.csv, "
+              "OUT/curve.png; resumes from OUT/checkpoint.pt after a kill.",
+              _args_train, cmd_train),
+    "infer": ("segment every frame with a trained model",
+              "Particle probability (uint8, p = value/255) and mask of every frame of FRAMES.zarr "
+              "with MODEL.pt, written to OUT/prob.zarr and OUT/mask.zarr (same chunking as the "
+              "frames).",
+              _args_infer, cmd_infer),
+    "info": ("print a movie store's shape and metadata", None, _args_info, cmd_info),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The CLI parser. With ``only``, just that subcommand gets its options, so a per-chunk job
+    imports only what its stage needs (``etemseg ingest`` never imports torch)."""
+    parser = argparse.ArgumentParser(prog="etemseg", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"etemseg {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_, description, add_arguments, handler) in COMMANDS.items():
+        p = sub.add_parser(name, parents=[common], help=help_, description=description or help_)
+        p.set_defaults(func=handler)
+        if only is None or only == name:
+            add_arguments(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), "")
+    args = build_parser(only=command).parse_args(argv)
     try:
         return args.func(args)
     except EtemsegError as exc:

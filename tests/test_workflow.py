@@ -20,7 +20,11 @@ TINY = {
             "synthetic": {"frames": 10, "height": 64, "width": 96, "seed": 3},
             "chunk_frames": 4,
         }
-    }
+    },
+    "models": ["shallow-wide"],
+    "train": {"threads": 1, "settings": {"epochs": 2, "batch_size": 2, "crop_px": 32,
+                                         "samples_per_epoch": 4, "lr": 0.01}},
+    "infer": {"settings": {"threshold": "otsu_chunk"}},
 }
 
 
@@ -63,6 +67,12 @@ def test_tiny_run_then_nothing_to_do(tmp_path):
         "pseudo-frame-0.png", "pseudo-frame-4.png", "pseudo-frame-9.png"]
     scores = json.loads((wd / "results/tiny/pseudo_scores.json").read_text())
     assert scores["frames"] == 10 and scores["pixel"]["f1"] > 0.8
+    assert (wd / "models/shallow-wide/model.pt").exists()
+    assert (wd / "models/shallow-wide/curve.png").exists()
+    mask = zarr.open_array(wd / "results/tiny/shallow-wide/mask.zarr/0")[:]
+    assert mask.shape == frames.shape
+    receipts = wd / "results/tiny/shallow-wide/receipts/infer"
+    assert len(list(receipts.iterdir())) == 3
     again = snakemake(wd, "-n")
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
