@@ -450,7 +450,10 @@ def train(data: TrainingData, cfg: TrainConfig, out_dir: str | Path, *, progress
         "train": cfg.to_dict(),
         "data": {"n_frames": len(data.images), "n_train": len(data.train),
                  "n_val": len(data.val), "frame_shape": list(data.images.shape[1:]),
-                 "label_fraction": float(data.labels.mean()), "sources": data.sources[:4096]},
+                 "label_fraction": float(data.labels.mean()),
+                 # "store:frame" of every training / validation frame (evaluation uses val)
+                 "train_sources": [data.sources[i] for i in data.train] if data.sources else [],
+                 "val_sources": [data.sources[i] for i in data.val] if data.sources else []},
         "history": history,
         "saved_epoch": best["epoch"] if cfg.keep_best else cfg.epochs,
         "val_f1": best["f1"] if cfg.keep_best else history[-1]["val_f1"],
