@@ -233,6 +233,26 @@ def cmd_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_measure(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .measure import empty_table, measure_chunk, write_parquet
+    from .store import MovieStore
+
+    masks = MovieStore.open(args.masks)
+    chunks = [args.chunk] if args.chunk is not None else range(masks.n_chunks)
+    parts = [measure_chunk(masks, args.frames, k, movie=args.movie, model=args.model,
+                           min_area_px=args.min_area_px) for k in chunks]
+    parts = [p for p in parts if len(p)]
+    table = pd.concat(parts, ignore_index=True) if parts else empty_table(args.movie, args.model)
+    meta = {"movie": args.movie, "model": args.model, "pixel_size_nm": masks.pixel_size_nm,
+            "chunk": args.chunk, "frames_store": str(args.frames), "mask_store": str(args.masks),
+            "min_area_px": args.min_area_px}
+    write_parquet(table, args.out, metadata=meta)
+    log.info("%s: %d particles in %d frames", args.out, len(table), table["frame"].nunique())
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .store import MovieStore
 
@@ -332,6 +352,16 @@ def _args_infer(p: argparse.ArgumentParser) -> None:
     _dataclass_arguments(p, InferConfig, unset_default=True)
 
 
+def _args_measure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("frames", type=Path, help="raw frame store (mean intensity, times, pixel size)")
+    p.add_argument("masks", type=Path, help="mask store, e.g. results/movie/model/mask.zarr")
+    p.add_argument("out", type=Path, help="Parquet file to write")
+    p.add_argument("--chunk", type=int, metavar="K", help="only time chunk K (default: all)")
+    p.add_argument("--movie", default="", help="value of the movie column")
+    p.add_argument("--model", default="", help="value of the model column")
+    p.add_argument("--min-area-px", type=int, default=0, help="drop smaller components")
+
+
 def _args_info(p: argparse.ArgumentParser) -> None:
     p.add_argument("store", type=Path)
 
@@ -368,6 +398,11 @@ COMMANDS = {
               "with MODEL.pt, written to OUT/prob.zarr and OUT/mask.zarr (same chunking as the "
               "frames).",
               _args_infer, cmd_infer),
+    "measure": ("measure every particle of every frame into a Parquet table",
+                "Connected components of MASKS (8-connected), one row per particle per frame: "
+                "centroid, area, equivalent diameter, axes, eccentricity, orientation, "
+                "perimeter (nm), mean intensity (counts), border contact.",
+                _args_measure, cmd_measure),
     "info": ("print a movie store's shape and metadata", None, _args_info, cmd_info),
 }
 

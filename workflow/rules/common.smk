@@ -19,6 +19,7 @@ TRAIN_THREADS = int(TRAIN["threads"])
 TRAIN_GPUS = int(TRAIN["gpus"])
 MODELS = list(config.get("models", []))
 INFER = {"threads": 1, "gpus": 0, "settings": {}, **config.get("infer", {})}
+MEASURE = {"min_area_px": 20, **config.get("measure", {})}
 
 
 wildcard_constraints:
@@ -139,6 +140,6 @@ def all_targets():
     for model in MODELS:
         targets.append(f"models/{model}/model.pt")
         for movie in MOVIES:
-            targets += [f"results/{movie}/{model}/receipts/infer/chunk-{k}.json"
+            targets += [f"results/{movie}/{model}/particles/chunk-{k}.parquet"
                         for k in movie_chunks(movie)]
     return targets
