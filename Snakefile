@@ -19,6 +19,7 @@ include: "workflow/rules/pseudolabel.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/infer.smk"
 include: "workflow/rules/measure.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 rule all:

@@ -10,19 +10,28 @@ softmax; batch 1):
 ``optimised``
     ``etemseg.infer.prepare_model(optimised=True)`` + ``etemseg.infer.predict``: BatchNorm folded
     into the convolutions, channels-last memory layout, ``torch.inference_mode``.
-``jit``
-    The optimised model additionally compiled with ``torch.jit.freeze(torch.jit.script(...))``
-    (TorchScript freezing: constant weights, oneDNN conv + ReLU fusion), run through
-    ``infer.predict`` the same way.  Scripting (not tracing) keeps the padding branches, so the
-    frozen module is valid for every frame size.  Its one-off build time is reported.
+``optimised+heap``
+    The optimised path in a process whose allocator keeps freed memory (glibc ``mallopt``:
+    ``M_MMAP_THRESHOLD`` 1 GiB, ``M_TRIM_THRESHOLD`` 2 GiB; see :func:`retain_heap`).  By default
+    glibc serves every block over 32 MiB (a 1792x1920 feature map of 8 channels is 110 MB) by a
+    fresh ``mmap`` and unmaps it on free, so every forward pass page-faults all its large
+    activations in again (zero-filled by the kernel): up to half the CPU time as system time.
+    A process-wide setting, so it runs in a child process after the other paths (timings at a
+    different moment: compare the CPU-time columns too).
+``jit`` (opt-in, ``--paths optimised,jit``)
+    The optimised model compiled with ``torch.jit.freeze(torch.jit.script(...))`` (TorchScript
+    freezing, oneDNN conv + ReLU fusion; scripting keeps the padding branches, so it is valid
+    for every frame size), run through ``infer.predict``; its build time is reported.
 ``compile`` (opt-in, ``--compile``)
-    ``torch.compile`` (inductor) of the optimised model; compile time is reported.  Off by
-    default: on a 2-core CPU it compiles for over a minute per model and shape.
+    ``torch.compile`` (inductor) of the optimised model; compile time is reported (over a minute
+    per model and shape on a 2-core CPU).
 
-Paths are timed frame by frame in rotating order after one warm-up call each (oneDNN primitive
-creation, TorchScript profiling runs), so that all paths see the same machine load; the speed-up
-is the median of the per-frame ratios.  Agreement with eager: IoU of the masks ``p > 0.5`` (min
-over frames) and the largest absolute probability difference.
+Paths are timed frame by frame in rotating order after a warm-up call each (oneDNN primitive
+creation, TorchScript profiling runs), so that they see the same machine load; the speed-up is
+the median of the per-frame ratios of wall time.  Process CPU time per frame (user + system, all
+threads) is reported as well: on a shared machine it is steadier than wall time.  Agreement with
+eager: IoU of the masks ``p > 0.5`` (min over frames) and the largest absolute probability
+difference.
 
 Models are randomly initialised (speed does not depend on the weights) with non-trivial
 BatchNorm statistics (a few training-mode passes over normalised frames, random affine
@@ -31,6 +40,7 @@ p > 0.5 (many pixels near the threshold make the mask comparison meaningful).  F
 synthetic: dark disks of 5 nm particles (14 px radius) on a Poisson background.
 
     python benchmarks/inference.py                 # 7 architectures x 2 sizes, < 5 minutes
+    python benchmarks/inference.py --heap none     # skip the optimised+heap child process
     python benchmarks/inference.py --archs unet4-norm --sizes 1024x1024 --frames 5
     python benchmarks/inference.py --archs unet4-norm --sizes 1024x1024 --compile
 """
@@ -47,26 +57,44 @@ for _i, _a in enumerate(sys.argv):
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ[_var] = _THREADS
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import time  # noqa: E402
-import warnings  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import hashlib
+import json
+import platform
+import time
+import warnings
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from etemseg.infer import InferConfig, predict, prepare_model  # noqa: E402
-from etemseg.models import build_model, canonical_name, count_parameters, parse_arch  # noqa: E402
-from etemseg.train import normalise_frames  # noqa: E402
+from etemseg.infer import InferConfig, predict, prepare_model
+from etemseg.models import build_model, canonical_name, count_parameters, parse_arch
+from etemseg.train import normalise_frames
 
 ARCHS = ["unet4-norm", "unet3-norm", "unet4", "hourglass", "single-filter", "shallow-wide",
          "unet4-twoconv-norm"]
 SIZES = ["1024x1024", "1792x1920"]
+
+
+def retain_heap() -> bool:
+    """Keep freed memory in the process (glibc): large blocks from the heap, no trimming.
+
+    Returns False where ``mallopt`` is unavailable (not glibc).
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, 1 << 30)
+                    and libc.mallopt(m_trim_threshold, 1 << 31))
+    except (OSError, AttributeError):
+        return False
 
 
 def synthetic_frames(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -133,7 +161,9 @@ def bench_case(name: str, h: int, w: int, n_frames: int, paths: list[str], compi
     cpu = torch.device("cpu")
     cfg = InferConfig(batch_size=1, optimised=True, device="cpu")
     build_s = {}
-    fns = {"eager": lambda f: eager_probability(model, f)}
+    fns = {}
+    if "eager" in paths:
+        fns["eager"] = lambda f: eager_probability(model, f)
     opt = prepare_model(model, cpu, optimised=True)
     if "optimised" in paths:
         fns["optimised"] = lambda f: predict(opt, f[None], arch=arch, cfg=cfg, device=cpu)[0:1]
@@ -157,31 +187,70 @@ def bench_case(name: str, h: int, w: int, n_frames: int, paths: list[str], compi
             build_s["compile"] = time.perf_counter() - t0
     keys = list(fns)
     times = {k: [] for k in keys}
+    cpu_times = {k: [] for k in keys}
     probs = {k: [] for k in keys}
     for i, frame in enumerate(frames):
         order = keys[i % len(keys):] + keys[:i % len(keys)]
         for key in order:
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             p = fns[key](frame)
             times[key].append(time.perf_counter() - t0)
+            cpu_times[key].append(time.process_time() - c0)
             probs[key].append(p[0])
     res = {"arch": canonical_name(arch), "size": f"{h}x{w}", "frames": n_frames,
            "parameters": count_parameters(model), "build_s": {k: round(v, 2) for k, v in
                                                                 build_s.items()}, "paths": {}}
-    eager_t = np.array(times["eager"])
+    eager_t = np.array(times.get("eager", []))
     for key in keys:
         t = np.array(times[key])
         entry = {"median_s": float(np.median(t)), "min_s": float(t.min()),
                  "frames_per_s": float(1.0 / np.median(t)),
-                 "speedup_vs_eager": float(np.median(eager_t / t))}
-        if key != "eager":
+                 "cpu_s_per_frame": float(np.median(cpu_times[key])),
+                 "speedup_vs_eager": float(np.median(eager_t / t)) if len(eager_t) else None}
+        if key != "eager" and probs.get("eager"):
             entry["mask_iou_min"] = min(iou(a > 0.5, b > 0.5)
                                         for a, b in zip(probs["eager"], probs[key]))
             entry["max_abs_prob_diff"] = float(max(np.abs(a - b).max()
                                                    for a, b in zip(probs["eager"], probs[key])))
         res["paths"][key] = entry
-    res["positive_fraction"] = float(np.mean([np.mean(p > 0.5) for p in probs["eager"]]))
+    res["positive_fraction"] = float(np.mean([np.mean(p > 0.5) for p in probs[keys[0]]]))
+    res["digests"] = {k: hashlib.sha1(b"".join(np.ascontiguousarray(p).tobytes()
+                                                for p in probs[k])).hexdigest() for k in keys}
     return res
+
+
+def _fmt_row(r: dict) -> str:
+    p = r["paths"]
+    e = p.get("eager")
+    line = f"{r['arch']:20s} {r['size']:>9s} {r['parameters']:7d} |"
+    line += f" {e['frames_per_s']:6.2f} {e['cpu_s_per_frame']:6.2f} |" if e else " " * 16 + "|"
+    for key in ("optimised", "optimised+heap", "jit", "compile"):
+        if key not in p:
+            continue
+        o = p[key]
+        x = o.get("speedup_vs_eager")
+        iou_ = o.get("mask_iou_min")
+        line += (f" {o['frames_per_s']:6.2f} {o['cpu_s_per_frame']:6.2f} "
+                 f"{'' if x is None else f'{x:4.2f}x':>5s}")
+        if key == "optimised":
+            line += f" {iou_:7.5f} {o['max_abs_prob_diff']:7.1e}"
+        elif key == "optimised+heap":
+            line += f" {'same' if o.get('identical_to_optimised') else 'DIFF':>4s}"
+        elif iou_ is not None:
+            line += f" {iou_:7.5f}"
+        line += " |"
+    return line
+
+
+def run_child(args, paths_out: Path) -> dict:
+    """The optimised path again in a child process with :func:`retain_heap`."""
+    import subprocess
+
+    cmd = [sys.executable, __file__, "--child-heap", "--archs", args.archs, "--sizes",
+           args.sizes, "--frames", str(args.frames), "--threads", str(args.threads),
+           "--paths", "optimised", "--out", str(paths_out)]
+    subprocess.run(cmd, check=True)
+    return json.loads(paths_out.read_text())
 
 
 def main(argv=None) -> int:
@@ -190,46 +259,66 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", default=",".join(SIZES))
     ap.add_argument("--frames", type=int, default=3, help="timed frames per case")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--paths", default="optimised,jit", help="besides eager")
+    ap.add_argument("--paths", default="optimised", help="besides eager: optimised, jit")
+    ap.add_argument("--heap", choices=("retain", "none"), default="retain",
+                    help="also time the optimised path with retain_heap() (child process)")
     ap.add_argument("--compile", action="store_true", help="also torch.compile (slow to build)")
+    ap.add_argument("--child-heap", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "inference.json"))
     args = ap.parse_args(argv)
+    child = args.child_heap
+    if child and not retain_heap():
+        print("mallopt unavailable: heap retention not applied", file=sys.stderr)
     torch.set_num_threads(args.threads)
     paths = [p for p in args.paths.split(",") if p]
+    if not child:
+        paths = ["eager"] + [p for p in paths if p != "eager"]
     start = time.perf_counter()
     load0 = os.getloadavg()
     cases = []
-    head = (f"{'arch':22s} {'size':>9s} {'params':>7s} | {'eager f/s':>9s} {'opt f/s':>8s} "
-            f"{'x':>5s} {'IoU':>7s} {'maxdiff':>8s} | {'jit f/s':>8s} {'x':>5s} {'IoU':>7s}")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"CPU capability {torch.backends.cpu.get_cpu_capability()}, load {load0[0]:.1f}")
-    print(head)
-    print("-" * len(head))
+    if not child:
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
+              f"{torch.backends.cpu.get_cpu_capability()}, load average {load0[0]:.1f}")
+        print("per path: frames/s (wall, median), CPU s/frame (user+sys, all threads), "
+              "speed-up vs eager (median of per-frame wall ratios)")
+        print(f"columns: arch, size, params | eager | {' | '.join(paths[1:])}")
     for size in args.sizes.split(","):
         h, w = (int(v) for v in size.lower().split("x"))
         for name in args.archs.split(","):
-            r = bench_case(name, h, w, args.frames, paths, args.compile)
+            r = bench_case(name, h, w, args.frames, paths, args.compile and not child)
             cases.append(r)
-            p = r["paths"]
-            line = (f"{r['arch']:22s} {r['size']:>9s} {r['parameters']:7d} | "
-                    f"{p['eager']['frames_per_s']:9.2f} ")
-            if "optimised" in p:
-                o = p["optimised"]
-                line += (f"{o['frames_per_s']:8.2f} {o['speedup_vs_eager']:5.2f} "
-                         f"{o['mask_iou_min']:7.5f} {o['max_abs_prob_diff']:8.1e} ")
-            if "jit" in p:
-                j = p["jit"]
-                line += (f"| {j['frames_per_s']:8.2f} {j['speedup_vs_eager']:5.2f} "
-                         f"{j['mask_iou_min']:7.5f}")
-            if "compile" in p:
-                c = p["compile"]
-                line += (f" | compile {c['frames_per_s']:.2f} f/s x{c['speedup_vs_eager']:.2f} "
-                         f"(build {r['build_s']['compile']:.0f} s)")
-            print(line, flush=True)
+            if not child:
+                print(_fmt_row(r), flush=True)
+    if child:
+        Path(args.out).write_text(json.dumps({"cases": cases}) + "\n")
+        return 0
+    if args.heap == "retain":
+        print("optimised path again in a child process with retain_heap() ...", flush=True)
+        tmp = Path(args.out).with_suffix(".heap.json")
+        try:
+            heap = run_child(args, tmp)["cases"]
+        finally:
+            tmp.unlink(missing_ok=True)
+        for r, hr in zip(cases, heap):
+            o, e = hr["paths"]["optimised"], r["paths"]["eager"]
+            o["speedup_vs_eager"] = e["median_s"] / o["median_s"]
+            o["cpu_speedup_vs_eager"] = e["cpu_s_per_frame"] / o["cpu_s_per_frame"]
+            o["identical_to_optimised"] = (hr["digests"]["optimised"]
+                                           == r["digests"]["optimised"])
+            o["note"] = ("separate process, timed after the other paths: speed-up = ratio of "
+                         "median wall times")
+            r["paths"]["optimised+heap"] = o
+        head = ("arch                      size  params | eager f/s cpu-s | optimised f/s cpu-s"
+                "   x     IoU maxdiff | +heap f/s cpu-s   x  mask |")
+        print("\n" + head)
+        print("-" * len(head))
+        for r in cases:
+            print(_fmt_row(r))
     total = time.perf_counter() - start
     out = {
         "benchmark": "inference", "threads": args.threads, "frames_per_case": args.frames,
-        "paths": ["eager"] + paths + (["compile"] if args.compile else []),
+        "paths": paths + (["optimised+heap"] if args.heap == "retain" else [])
+        + (["compile"] if args.compile else []),
         "machine": {"processor": platform.processor() or platform.machine(),
                     "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                     "cpu_count": os.cpu_count(), "torch": str(torch.__version__),

@@ -194,10 +194,11 @@ def cmd_infer(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .atomic import atomic_path, write_json
-    from .infer import InferConfig, infer_chunk, open_model
+    from .infer import InferConfig, infer_chunk, open_model, retain_heap
     from .store import MovieStore
     from .train import load_model, pick_device
 
+    retain_heap()
     if args.threads:
         import torch
 
@@ -250,6 +251,36 @@ def cmd_measure(args: argparse.Namespace) -> int:
             "min_area_px": args.min_area_px}
     write_parquet(table, args.out, metadata=meta)
     log.info("%s: %d particles in %d frames", args.out, len(table), table["frame"].nunique())
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_model
+
+    result = evaluate_model(args.movie_dir, args.model_name, args.model, out_dir=args.out,
+                            max_frames=args.max_frames)
+    print(json.dumps(result["summary"], indent=1, default=str))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .atomic import atomic_path
+    from .evaluate import compare_models, plot_model_contours
+
+    rows = []
+    for path in args.scores:
+        try:
+            rows.append(json.loads(Path(path).read_text()))
+        except (OSError, ValueError) as exc:
+            raise EtemsegError(f"{path}: cannot read evaluation scores ({exc})") from exc
+    table = compare_models(rows)
+    with atomic_path(args.out) as tmp:
+        table.to_csv(tmp, index=False)
+    if args.contours:
+        movie_dir = Path(args.contours[0])
+        models = [r["model"] for r in rows if r["movie"] == movie_dir.name][:6]
+        plot_model_contours(movie_dir.parent, movie_dir.name, models, args.contours[1])
+    print(table.to_string(index=False))
     return 0
 
 
@@ -362,6 +393,21 @@ def _args_measure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-area-px", type=int, default=0, help="drop smaller components")
 
 
+def _args_evaluate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("movie_dir", type=Path, help="results/{movie}")
+    p.add_argument("model_name", help="the model's folder under MOVIE_DIR")
+    p.add_argument("model", type=Path, help="models/{model}/model.pt")
+    p.add_argument("out", type=Path, help="output folder for figures, CSV and scores.json")
+    p.add_argument("--max-frames", type=int, default=32, help="evaluation frames at most")
+
+
+def _args_compare(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out", type=Path, help="comparison CSV, e.g. results/model_comparison.csv")
+    p.add_argument("scores", nargs="+", type=Path, help="scores.json of each evaluation")
+    p.add_argument("--contours", nargs=2, metavar=("MOVIE_DIR", "PNG"),
+                   help="also draw every model's Otsu contours on one frame of MOVIE_DIR")
+
+
 def _args_info(p: argparse.ArgumentParser) -> None:
     p.add_argument("store", type=Path)
 
@@ -403,6 +449,11 @@ COMMANDS = {
                 "centroid, area, equivalent diameter, axes, eccentricity, orientation, "
                 "perimeter (nm), mean intensity (counts), border contact.",
                 _args_measure, cmd_measure),
+    "evaluate": ("evaluate a trained model: P/R/F1 vs threshold, profiles, kernels",
+                 "Precision/recall/F1 against threshold (vs pseudo-labels and ground truth), "
+                 "Otsu thresholds, line profiles, learned kernels and their Gabor fit, scores.",
+                 _args_evaluate, cmd_evaluate),
+    "compare": ("model study table from several evaluations", None, _args_compare, cmd_compare),
     "info": ("print a movie store's shape and metadata", None, _args_info, cmd_info),
 }
 

@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -283,7 +283,8 @@ def pick_particles(reference_mask: np.ndarray, n: int = 3, *, min_area_px: int =
         ``particle`` (0..), ``kind`` (largest / median / smallest for n=3, else rank), ``label``,
         ``y``, ``x`` (centroid, px), ``area_px``, ``diameter_px``, ``gap_px``; largest first.
     """
-    from skimage.measure import label as cc_label, regionprops
+    from skimage.measure import label as cc_label
+    from skimage.measure import regionprops
 
     cols = ["particle", "kind", "label", "y", "x", "area_px", "diameter_px", "gap_px"]
     mask = np.asarray(reference_mask, dtype=bool)
@@ -367,7 +368,7 @@ def line_profiles(frame: np.ndarray, probs: Mapping[str, np.ndarray],
                              f"{frame.shape}")
     if not half_length_px > 0 or not step_px > 0:
         raise ValueError("half_length_px and step_px must be positive")
-    m = int(math.floor(half_length_px / step_px + 1e-9))
+    m = math.floor(half_length_px / step_px + 1e-9)
     s = np.arange(-m, m + 1) * step_px
     a = math.radians(angle)
     dy, dx = -math.sin(a), math.cos(a)
@@ -1066,7 +1067,7 @@ def evaluate_model(movie_dir: str | Path, model_name: str, model_path: str | Pat
     summary = {
         "model": model_name, "canonical": meta.get("name"), "movie": movie_dir.name,
         "parameters": meta.get("parameters"), "training_time_s": meta.get("training_time_s"),
-        "n_frames": int(len(idx)), "frame_selection": how,
+        "n_frames": len(idx), "frame_selection": how,
         "f1_otsu": vs_pseudo["otsu"]["f1_mean"], "f1_otsu_std": vs_pseudo["otsu"]["f1_std"],
         "best_f1": vs_pseudo["best"]["f1_mean"], "best_threshold": vs_pseudo["best"]["threshold"],
         "otsu_threshold_mean": float(otsu_thr.mean()),

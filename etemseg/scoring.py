@@ -160,3 +160,103 @@ def score_stores(pred_path, truth_path, *, iou_min: float = 0.5) -> dict:
 
     scores = score_frames(pairs(), pixel_size_nm=pred.pixel_size_nm, iou_min=iou_min)
     return {"pred": str(pred_path), "truth": str(truth_path), **scores}
+
+
+def match_to_truth(measured: pd.DataFrame, truth: pd.DataFrame, *,
+                   max_dist_factor: float = 1.0) -> pd.DataFrame:
+    """Match measured particles to truth particles frame by frame by centroid distance.
+
+    A measured particle matches the nearest truth particle of the same frame whose centre is
+    within ``max_dist_factor`` times the truth radius; matches are one-to-one (mutual nearest).
+
+    Parameters
+    ----------
+    measured : DataFrame
+        ``frame``, ``particle`` (track id), ``x_nm``, ``y_nm``.
+    truth : DataFrame
+        ``frame``, ``particle`` (truth id), ``x_nm``, ``y_nm``, ``radius_nm``.
+
+    Returns
+    -------
+    DataFrame
+        ``frame``, ``truth``, ``track``, ``dist_nm``.
+    """
+    from scipy.spatial import cKDTree
+
+    rows = []
+    by_frame = dict(tuple(measured.groupby("frame")))
+    for frame, tr in truth.groupby("frame"):
+        me = by_frame.get(frame)
+        if me is None or not len(me):
+            continue
+        tp = tr[["x_nm", "y_nm"]].to_numpy()
+        mp = me[["x_nm", "y_nm"]].to_numpy()
+        d_tm, i_tm = cKDTree(mp).query(tp)          # truth -> nearest measured
+        _, i_mt = cKDTree(tp).query(mp)             # measured -> nearest truth
+        mutual = i_mt[i_tm] == np.arange(len(tp))
+        ok = mutual & (d_tm <= max_dist_factor * tr["radius_nm"].to_numpy())
+        rows.append(pd.DataFrame({"frame": frame, "truth": tr["particle"].to_numpy()[ok],
+                                  "track": me["particle"].to_numpy()[i_tm[ok]],
+                                  "dist_nm": d_tm[ok]}))
+    if not rows:
+        return pd.DataFrame(columns=["frame", "truth", "track", "dist_nm"])
+    return pd.concat(rows, ignore_index=True)
+
+
+def match_events(measured: pd.DataFrame, truth: pd.DataFrame, *, kind: str,
+                 frame_tol: int = 2, dist_nm: float = 3.0) -> dict:
+    """Precision and recall of measured events of one ``kind`` against truth events.
+
+    Events match one-to-one when their frames differ by at most ``frame_tol`` and their
+    positions by at most ``dist_nm``.
+    """
+    from scipy.spatial import cKDTree
+
+    m = measured[measured["kind"] == kind].reset_index(drop=True) if len(measured) else measured
+    t = truth[truth["kind"] == kind].reset_index(drop=True) if len(truth) else truth
+    used, found = set(), 0
+    if len(m) and len(t):
+        tree = cKDTree(m[["x_nm", "y_nm"]].to_numpy())
+        for _, ev in t.iterrows():
+            for j in sorted(tree.query_ball_point([ev["x_nm"], ev["y_nm"]], dist_nm)):
+                if j not in used and abs(int(m.loc[j, "frame"]) - int(ev["frame"])) <= frame_tol:
+                    used.add(j)
+                    found += 1
+                    break
+    n_m, n_t = len(m), len(t)
+    return {"kind": kind, "truth": n_t, "measured": n_m, "matched": found,
+            "recall": found / n_t if n_t else float("nan"),
+            "precision": found / n_m if n_m else float("nan")}
+
+
+def score_tracking(trajectories: pd.DataFrame, events: pd.DataFrame,
+                   truth_particles: pd.DataFrame, truth_events: pd.DataFrame, *,
+                   follow_fraction: float = 0.9, frame_tol: int = 2) -> dict:
+    """Tracking quality against the simulator's truth.
+
+    Returns identity switches (a truth particle's matched track id changing while it lives),
+    the fraction of truth trajectories followed by one track for at least ``follow_fraction`` of
+    their life in view, and precision/recall of coalescence and vanish events. Only truth
+    particles and events inside the field of view (``in_frame``) count.
+    """
+    truth = truth_particles
+    if "in_frame" in truth:
+        truth = truth[truth["in_frame"].astype(bool)]
+    tev = truth_events
+    if "in_frame" in tev:
+        tev = tev[tev["in_frame"].astype(bool)]
+    matches = match_to_truth(trajectories, truth).sort_values(["truth", "frame"])
+    switches = int((matches.groupby("truth")["track"].diff().fillna(0) != 0).sum())
+    life = truth.groupby("particle").size()
+    dominant = matches.groupby(["truth", "track"]).size().groupby("truth").max()
+    followed = (dominant.reindex(life.index, fill_value=0) / life) >= follow_fraction
+    return {
+        "truth_trajectories": int(len(life)),
+        "followed_fraction": float(followed.mean()) if len(life) else float("nan"),
+        "follow_threshold": follow_fraction,
+        "identity_switches": switches,
+        "matched_detections": int(len(matches)),
+        "truth_detections": int(len(truth)),
+        "coalescence": match_events(events, tev, kind="coalescence", frame_tol=frame_tol),
+        "vanish": match_events(events, tev, kind="vanish", frame_tol=frame_tol),
+    }

@@ -28,7 +28,8 @@ For a pair ``t -> t+1``:
    with an ``overlaps`` table) an edge joins label ``i`` at ``t`` and ``j`` at ``t+1`` when their
    masks share pixels; without, when the equivalent-area discs (drift-corrected) intersect, the
    intersection area playing the part of the pixel count.  An edge counts when the shared area is
-   at least ``min_overlap`` of the *smaller* of the two particles.
+   at least ``min_overlap`` of the *smaller* of the two particles and the drift-corrected centroids
+   are closer than the sum of the equivalent radii plus ``max_disp_nm``.
 3. **Fallbacks.**  A particle of ``t`` and one of ``t+1`` that still have no edge are joined when
    they are mutually nearest within ``max_disp_nm`` (drift-corrected) and their volumes agree
    within a factor 3 (a small particle that jumped off its old footprint).  A particle of ``t``
@@ -40,21 +41,23 @@ For a pair ``t -> t+1``:
 4. **Events**, from the connected components of the bipartite graph (``m`` particles at ``t``,
    ``n`` at ``t+1``):
 
-   ============  ========  ============================================================
-   m : n         kind      trajectory ids
-   ============  ========  ============================================================
-   1 : 1         --        the particle at ``t+1`` continues the trajectory
-   >=2 : 1       coalescence  parents end; the merged particle is a NEW trajectory
-   1 : >=2       split     the parent ends; every child is a new trajectory (usually a
-                           segmentation artefact: a neck that thinned below one pixel)
-   >=2 : >=2     complex   as split (all children new); only after trying to cut the
-                           component into simpler ones by its strong edges (shared area
-                           >= 0.5 of the smaller particle)
-   1 : 0         vanish    the trajectory ends; ``exit`` instead when the particle touched
-                           the image border in ``t`` (it drifted out of view)
-   0 : 1         appear    a new trajectory; ``enter`` instead when the particle touches the
-                           border in ``t+1`` (it drifted into view)
-   ============  ========  ============================================================
+   ==========  ===========  ======================================================
+   m : n       kind         trajectory ids
+   ==========  ===========  ======================================================
+   1 : 1       --           the particle at ``t+1`` continues the trajectory
+   >=2 : 1     coalescence  parents end; the merged particle is a NEW trajectory
+   1 : >=2     split        the parent ends; every child is a new trajectory
+                            (usually a segmentation artefact: a neck that thinned
+                            below one pixel, or touching particles flickering
+                            between one and two components)
+   >=2 : >=2   complex      as split (all children new); only after trying to cut
+                            the component into simpler ones along its strong edges
+                            (shared area >= 0.5 of the smaller particle)
+   1 : 0       vanish       the trajectory ends; ``exit`` instead when the particle
+                            touched the image border in ``t`` (drifted out of view)
+   0 : 1       appear       a new trajectory; ``enter`` instead when the particle
+                            touches the border in ``t+1`` (drifted into view)
+   ==========  ===========  ======================================================
 
    Particles of the first frame start trajectories without an event.  Coalescence is not judged
    by area alone, but every multi-parent event records ``volume_ratio`` (children / parents,
@@ -68,6 +71,16 @@ For a pair ``t -> t+1``:
 
 New trajectory ids are given in order of frame, then label, so the result depends only on the
 detections (and label images), never on how the movie was cut into chunks.
+
+Implementation
+--------------
+Label images are streamed (each requested once, two held at a time); their overlaps are counted
+by a compiled one-pass contingency kernel.  Everything else runs on all frame pairs at once: a
+point of the ``k``-th frame moved into layer ``k + 1`` finds its neighbours in the next frame
+through one sorted-grid sweep over the whole movie, and the bipartite graphs of all pairs are one
+sparse graph (parent side and child side of every detection are separate nodes) whose connected
+components are the events.  No Python loop runs per frame or per particle, except over the few
+multi-particle events and unmatched particles.
 
 Conventions (shared with :mod:`etemseg.synth`)
 ---------------------------------------------
@@ -91,7 +104,6 @@ import pandas as pd
 import pyarrow as pa
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
-from scipy.spatial import cKDTree
 
 from .errors import ConfigError, EtemsegError
 
@@ -153,14 +165,15 @@ class LinkParams:
         Default 0.2.
     min_absorbed_volume : float
         Smallest volume fraction of the merged particle that a weakly overlapping particle must
-        hold to be counted as a coalescence parent instead of a vanish.  Default 0.05.
+        hold to be counted as a coalescence parent instead of a vanish.  Default 0.03 (about a
+        third of the merged diameter; smaller ones drown in the noise of the merged volume).
     memory : int
         Present frames a particle may be missing and keep its id (0 = no bridging).  Default 0.
     """
 
     max_disp_nm: float = 1.0
     min_overlap: float = 0.2
-    min_absorbed_volume: float = 0.05
+    min_absorbed_volume: float = 0.03
     memory: int = 0
 
     def validate(self) -> None:
@@ -314,16 +327,143 @@ def _frame_times(det: _Det, seq: np.ndarray, time_s: Any = None, fps: float | No
 
 
 # --------------------------------------------------------------------------------------------
-# vectorised helpers
+# neighbour search (all frame pairs at once)
 # --------------------------------------------------------------------------------------------
 #
-# Frame pairs are handled all at once: a point of frame index k gets a third coordinate k * Z
-# (Z larger than any search radius), so one KD-tree over the whole movie answers "neighbours in
-# the next frame" for every particle in one query.
+# Points carry a layer (the index of their frame in the movie's frame sequence); a query point
+# moved into layer k + 1 finds the points of frame k + 1 near it.  A uniform grid (cell = the
+# largest search radius) with sorted cell keys answers all queries of the whole movie in one
+# compiled pass -- no per-frame Python loop, no KD-tree per frame.
 
 
-def _layered(y: np.ndarray, x: np.ndarray, k: np.ndarray, z: float) -> np.ndarray:
-    return np.column_stack([y, x, k.astype(float) * z])
+@numba.njit(cache=True, nogil=True)
+def _near_pairs_kernel(ya, xa, reach, keys_a, order_a, yb, xb, sk, order_b, ncx
+                       ):  # pragma: no cover - numba
+    na = ya.size
+    nb = yb.size
+    # queries in key order: the three candidate rows (cell row above, same, below; three cells
+    # each, contiguous in key space) move forward monotonically -- a merge, no searching
+    lo = np.zeros(3, np.int64)
+    hi = np.zeros(3, np.int64)
+    cap = 4 * na + 16
+    out_i = np.empty(cap, np.int64)
+    out_j = np.empty(cap, np.int64)
+    out_d = np.empty(cap, np.float64)
+    idx = 0
+    for t in range(na):
+        i = order_a[t]
+        r2 = reach[i] * reach[i]
+        for row in range(3):
+            base = keys_a[t] + (row - 1) * ncx
+            while lo[row] < nb and sk[lo[row]] < base - 1:
+                lo[row] += 1
+            if hi[row] < lo[row]:
+                hi[row] = lo[row]
+            while hi[row] < nb and sk[hi[row]] <= base + 1:
+                hi[row] += 1
+            for q in range(lo[row], hi[row]):
+                j = order_b[q]
+                ddy = yb[j] - ya[i]
+                ddx = xb[j] - xa[i]
+                d2 = ddy * ddy + ddx * ddx
+                if d2 < r2:
+                    if idx == cap:
+                        cap *= 2
+                        ni = np.empty(cap, np.int64)
+                        nj = np.empty(cap, np.int64)
+                        nd = np.empty(cap, np.float64)
+                        ni[:idx] = out_i[:idx]
+                        nj[:idx] = out_j[:idx]
+                        nd[:idx] = out_d[:idx]
+                        out_i = ni
+                        out_j = nj
+                        out_d = nd
+                    out_i[idx] = i
+                    out_j[idx] = j
+                    out_d[idx] = math.sqrt(d2)
+                    idx += 1
+    return out_i[:idx].copy(), out_j[:idx].copy(), out_d[:idx].copy()
+
+
+def _near_pairs(ya: np.ndarray, xa: np.ndarray, ka: np.ndarray, reach: np.ndarray | float,
+                yb: np.ndarray, xb: np.ndarray, kb: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All (i, j, distance) with ``ka[i] == kb[j]`` and distance < ``reach[i]`` (px)."""
+    reach = np.ascontiguousarray(np.broadcast_to(np.asarray(reach, dtype=np.float64), ya.shape))
+    e = np.zeros(0, np.int64)
+    if ya.size == 0 or yb.size == 0 or float(reach.max()) <= 0:
+        return e, e, np.zeros(0)
+    cell = float(reach.max())
+    ymin = min(float(ya.min()), float(yb.min()))
+    xmin = min(float(xa.min()), float(xb.min()))
+    ncy = int((max(float(ya.max()), float(yb.max())) - ymin) / cell) + 3
+    ncx = int((max(float(xa.max()), float(xb.max())) - xmin) / cell) + 3
+
+    def keys(y, x, k):
+        cy = ((y - ymin) / cell).astype(np.int64) + 1
+        cx = ((x - xmin) / cell).astype(np.int64) + 1
+        return (k.astype(np.int64) * ncy + cy) * ncx + cx
+
+    ka_, kb_ = keys(ya, xa, ka), keys(yb, xb, kb)
+    order_a = np.argsort(ka_, kind="stable")
+    order_b = np.argsort(kb_, kind="stable")
+    f64 = np.float64
+    return _near_pairs_kernel(np.ascontiguousarray(ya, dtype=f64),
+                              np.ascontiguousarray(xa, dtype=f64), reach, ka_[order_a],
+                              order_a, np.ascontiguousarray(yb, dtype=f64),
+                              np.ascontiguousarray(xb, dtype=f64), kb_[order_b], order_b, ncx)
+
+
+@numba.njit(cache=True, nogil=True)
+def _nearest_kernel(i, j, d, na, nb):  # pragma: no cover - numba
+    best_j = np.full(na, -1, np.int64)
+    best_i = np.full(nb, -1, np.int64)
+    dj = np.full(na, np.inf)
+    di = np.full(nb, np.inf)
+    for q in range(i.size):
+        if d[q] < dj[i[q]]:
+            dj[i[q]] = d[q]
+            best_j[i[q]] = j[q]
+        if d[q] < di[j[q]]:
+            di[j[q]] = d[q]
+            best_i[j[q]] = i[q]
+    return best_j, best_i
+
+
+def _mutual_nearest(ya: np.ndarray, xa: np.ndarray, ka: np.ndarray, yb: np.ndarray,
+                    xb: np.ndarray, kb: np.ndarray, gate: float
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Mutually nearest pairs (i, j) of the same layer within ``gate``."""
+    i, j, d = _near_pairs(ya, xa, ka, gate, yb, xb, kb)
+    if i.size == 0:
+        e = np.zeros(0, np.int64)
+        return e, e
+    best_j, best_i = _nearest_kernel(i, j, d, ya.size, yb.size)
+    a = np.flatnonzero(best_j >= 0)
+    b = best_j[a]
+    m = best_i[b] == a
+    return a[m].astype(np.int64), b[m].astype(np.int64)
+
+
+def _robust_steps(g: np.ndarray, dy: np.ndarray, dx: np.ndarray, n: int, min_matches: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Per group ``g`` (0..n-1): mean of the displacements within 3 robust sigma (1.4826 MAD, at
+    least 0.25 px) of the median on both axes; NaN for groups under ``min_matches``."""
+    cnt = np.bincount(g, minlength=n).astype(np.int64)
+    disp = np.column_stack([dy, dx])
+    med = np.column_stack([_group_median(g, dy, n), _group_median(g, dx, n)])
+    dev = np.abs(disp - med[g])
+    mad = np.column_stack([_group_median(g, dev[:, 0], n), _group_median(g, dev[:, 1], n)])
+    tol = np.maximum(3.0 * 1.4826 * mad, 0.25)
+    inl = (dev <= tol[g]).all(axis=1)
+    c = np.bincount(g[inl], minlength=n)
+    out = med.copy()
+    has = c > 0
+    for ax in (0, 1):
+        s_ = np.bincount(g[inl], weights=disp[inl, ax], minlength=n)
+        out[has, ax] = s_[has] / c[has]
+    out[cnt < min_matches] = np.nan
+    return out, cnt
 
 
 def _group_median(g: np.ndarray, v: np.ndarray, n: int) -> np.ndarray:
@@ -343,31 +483,6 @@ def _group_median(g: np.ndarray, v: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def _mutual_nn_layers(y: np.ndarray, x: np.ndarray, k: np.ndarray, shift: np.ndarray,
-                      n: int, gate: float) -> tuple[np.ndarray, np.ndarray]:
-    """Mutually nearest (i in frame index k, j in k + 1) pairs within ``gate`` over all pairs.
-
-    ``shift[k + 1]`` (dy, dx) is added to the points of frame index k first."""
-    e = np.zeros(0, np.int64)
-    if y.size == 0 or n < 2:
-        return e, e
-    z = 2.0 * gate + 10.0
-    src = np.flatnonzero(k < n - 1)
-    if src.size == 0:
-        return e, e
-    s = shift[k[src] + 1]
-    moved = _layered(y[src] + s[:, 0], x[src] + s[:, 1], k[src] + 1, z)
-    fixed = _layered(y, x, k, z)
-    t_fixed = cKDTree(fixed)
-    t_moved = cKDTree(moved)
-    _, j = t_fixed.query(moved, k=1, distance_upper_bound=gate)
-    _, i = t_moved.query(fixed, k=1, distance_upper_bound=gate)
-    ok = np.flatnonzero(j < y.size)  # index into src
-    jj = j[ok]
-    mutual = i[jj] == ok
-    return src[ok[mutual]].astype(np.int64), jj[mutual].astype(np.int64)
-
-
 def _kseq(det: _Det, seq: np.ndarray) -> np.ndarray:
     return np.searchsorted(seq, det.frame).astype(np.int64)
 
@@ -380,34 +495,22 @@ def _kseq(det: _Det, seq: np.ndarray) -> np.ndarray:
 def _drift(det: _Det, seq: np.ndarray, max_disp_px: float, min_matches: int,
            smooth: int) -> pd.DataFrame:
     n = seq.size
+    if n == 0:
+        return pd.DataFrame({c: np.zeros(0, np.int64 if c in ("frame", "n_matches") else float)
+                             for c in ("frame", "dy_px", "dx_px", "step_dy_px", "step_dx_px",
+                                       "smooth_dy_px", "smooth_dx_px", "n_matches")})
     kseq = _kseq(det, seq)
     rows = np.flatnonzero(~det.border)
     y, x, k, area = det.y[rows], det.x[rows], kseq[rows], det.area[rows]
     rmed = float(np.median(det.radius)) if det.radius.size else 0.0
-    prior = np.zeros((n + 1, 2))
-    raw = np.full((n, 2), np.nan)
-    nm = np.zeros(n, np.int64)
-    for gate in (max(max_disp_px, rmed), max_disp_px):
-        i, j = _mutual_nn_layers(y, x, k, prior, n, gate)
-        r = area[i] / np.maximum(area[j], 1e-9)
-        ok = (r > 2 / 3) & (r < 1.5)
-        i, j = i[ok], j[ok]
-        g = k[j]
-        disp = np.column_stack([y[j] - y[i], x[j] - x[i]])
-        nm = np.bincount(g, minlength=n).astype(np.int64)
-        med = np.column_stack([_group_median(g, disp[:, 0], n), _group_median(g, disp[:, 1], n)])
-        dev = np.abs(disp - med[g])
-        mad = np.column_stack([_group_median(g, dev[:, 0], n), _group_median(g, dev[:, 1], n)])
-        tol = np.maximum(3.0 * 1.4826 * mad, 0.25)
-        inl = (dev <= tol[g]).all(axis=1)
-        cnt = np.bincount(g[inl], minlength=n)
-        est = med.copy()
-        has = cnt > 0
-        for ax in (0, 1):
-            s_ = np.bincount(g[inl], weights=disp[inl, ax], minlength=n)
-            est[has, ax] = s_[has] / cnt[has]
-        raw = np.where((nm >= min_matches)[:, None], est, np.nan)
-        prior[:n] = np.nan_to_num(raw)
+    src = np.flatnonzero(k < n - 1)
+    i, j = _mutual_nearest(y[src], x[src], k[src] + 1, y, x, k, max(max_disp_px, rmed))
+    i = src[i]
+    r = area[i] / np.maximum(area[j], 1e-9)
+    ok = (r > 2 / 3) & (r < 1.5)
+    i, j = i[ok], j[ok]
+    g = k[j]
+    raw, nm = _robust_steps(g, y[j] - y[i], x[j] - x[i], n, int(min_matches))
     raw[0] = np.nan
     nm[0] = 0
     # running median of the steps (window ``smooth``), then forward fill, then zeros
@@ -445,9 +548,8 @@ def estimate_drift(detections: pd.DataFrame, *, pixel_size_nm: float | None = No
     """Global stage drift of every frame, from the detections alone.
 
     For each pair of consecutive present frames the particles not touching the border are matched
-    as mutual nearest neighbours (first within the larger of ``max_disp_nm`` and the median
-    particle radius, then within ``max_disp_nm`` around the first estimate), keeping pairs whose
-    areas agree within a factor 1.5.  The pair's displacement is the mean of the matched
+    as mutual nearest neighbours within the larger of ``max_disp_nm`` and the median particle
+    radius, keeping pairs whose areas agree within a factor 1.5.  The pair's displacement is the mean of the matched
     displacements that lie within three robust standard deviations (1.4826 MAD, at least 0.25 px)
     of their median: robust to the odd wrong match, and over a stable set of particles the
     centroids' pixelisation errors cancel in the cumulative sum.  A pair with fewer than
@@ -507,18 +609,24 @@ _SLOTS = 16  # distinct b labels one a label may overlap before the kernel gives
 @numba.njit(cache=True, nogil=True)
 def _count_kernel(a, b, y0a, x0a, y0b, x0b, hh, ww, capa, capb, tab_b, tab_n, fill
                   ):  # pragma: no cover - numba
-    """Pair counts of labels a (<= capa) and b (<= capb) over a window; False on overflow."""
+    """Pair counts of labels a (<= capa) and b (<= capb) over a window of two C-contiguous
+    images of equal shape; per a label up to ``tab_b.shape[1]`` b labels (False on overflow)."""
     slots = tab_b.shape[1]
+    w = a.shape[1]
+    af = a.ravel()
+    bf = b.ravel()
     last_a = -1
     last_b = -1
     last_s = -1
     for i in range(hh):
+        pa = (y0a + i) * w + x0a
+        pb = (y0b + i) * w + x0b
         for j in range(ww):
-            la = a[y0a + i, x0a + j]
-            if la <= 0 or la > capa:
+            la = af[pa + j]
+            if la == 0:
                 continue
-            lb = b[y0b + i, x0b + j]
-            if lb <= 0 or lb > capb:
+            lb = bf[pb + j]
+            if lb == 0 or la < 0 or lb < 0 or la > capa or lb > capb:
                 continue
             if la == last_a and lb == last_b:
                 tab_n[la, last_s] += 1
@@ -562,11 +670,13 @@ def _overlap_arrays(la: np.ndarray, lb: np.ndarray, shift: tuple[int, int],
         capb = int(lb.max()) if lb.size else 0
     if capa <= 0 or capb <= 0:
         return e, e, e
-    tab_b = np.empty((capa + 1, _SLOTS), np.int64)
-    tab_n = np.empty((capa + 1, _SLOTS), np.int64)
-    fill = np.zeros(capa + 1, np.int64)
-    ok = _count_kernel(la, lb, y0a, x0a, y0a + dy, x0a + dx, hh, ww, capa, capb, tab_b, tab_n,
-                       fill)
+    ok = False
+    if capa < 4 * hh * ww + 1024:  # the per-label table stays small (ids ~ a labelling's)
+        tab_b = np.empty((capa + 1, _SLOTS), np.int64)
+        tab_n = np.empty((capa + 1, _SLOTS), np.int64)
+        fill = np.zeros(capa + 1, np.int64)
+        ok = _count_kernel(la, lb, y0a, x0a, y0a + dy, x0a + dx, hh, ww, capa, capb, tab_b,
+                           tab_n, fill)
     if ok:
         used = np.arange(_SLOTS)[None, :] < fill[:, None]
         a_ = np.broadcast_to(np.arange(capa + 1)[:, None], used.shape)[used]
@@ -574,14 +684,17 @@ def _overlap_arrays(la: np.ndarray, lb: np.ndarray, shift: tuple[int, int],
         n_ = tab_n[used]
         order = np.lexsort((b_, a_))
         return a_[order].astype(np.int64), b_[order], n_[order]
-    # a label overlapping very many others: contingency table by sorting
+    # huge ids, or a label overlapping very many others: contingency table by sorting
     a = la[y0a:y1a, x0a:x1a]
     b = lb[y0a + dy:y1a + dy, x0a + dx:x1a + dx]
     both = (a > 0) & (b > 0) & (a <= capa) & (b <= capb)
     av = a[both].astype(np.int64)
     bv = b[both].astype(np.int64)
-    u, n = np.unique(av * (capb + 1) + bv, return_counts=True)
-    return u // (capb + 1), u % (capb + 1), n.astype(np.int64)
+    if (capa + 1) * (capb + 1) < 2**62:
+        u, n = np.unique(av * (capb + 1) + bv, return_counts=True)
+        return u // (capb + 1), u % (capb + 1), n.astype(np.int64)
+    u, n = np.unique(np.column_stack([av, bv]), axis=0, return_counts=True)
+    return u[:, 0].copy(), u[:, 1].copy(), n.astype(np.int64)
 
 
 def _check_labels(lab: Any, name: str) -> np.ndarray:
@@ -630,34 +743,40 @@ def _shift_of(step: np.ndarray) -> tuple[int, int]:
     return int(np.round(step[0])), int(np.round(step[1]))
 
 
+def _drift_columns(seq: np.ndarray, drift: pd.DataFrame, cols: tuple[str, ...]) -> np.ndarray:
+    """Values of ``cols`` of the drift table at every frame of ``seq`` (len(seq), len(cols))."""
+    for c in ("frame", *cols):
+        if c not in drift.columns:
+            raise EtemsegError(f"drift: missing column {c!r}")
+    f = drift["frame"].to_numpy(np.int64)
+    order = np.argsort(f, kind="stable")
+    fs = f[order]
+    pos = np.minimum(np.searchsorted(fs, seq), max(fs.size - 1, 0))
+    have = fs[pos] == seq if fs.size else np.zeros(seq.size, bool)
+    if not have.all():
+        raise EtemsegError(f"drift: no row for frame {int(seq[~have][0])}")
+    rows = order[pos]
+    return np.column_stack([drift[c].to_numpy(float)[rows] for c in cols]) if cols else \
+        np.zeros((seq.size, 0))
+
+
 def _steps_for(seq: np.ndarray, drift: pd.DataFrame | None) -> np.ndarray:
     """Per-pair displacement (dy, dx) from a drift table's cumulative columns."""
     steps = np.zeros((seq.size, 2))
-    if drift is None:
+    if drift is None or seq.size == 0:
         return steps
-    for c in ("frame", "dy_px", "dx_px"):
-        if c not in drift.columns:
-            raise EtemsegError(f"drift: missing column {c!r}")
-    have = np.isin(seq, drift["frame"].to_numpy())
-    if not have.all():
-        raise EtemsegError(f"drift: no row for frame {int(seq[~have][0])}")
-    d = drift.drop_duplicates("frame").set_index("frame")
-    cum = np.column_stack([d.loc[seq, "dy_px"].to_numpy(float),
-                           d.loc[seq, "dx_px"].to_numpy(float)])
+    cum = _drift_columns(seq, drift, ("dy_px", "dx_px"))
     steps[1:] = np.diff(cum, axis=0)
     return steps
 
 
 def _shift_steps(seq: np.ndarray, drift: pd.DataFrame | None) -> np.ndarray:
     """Per-pair displacement to round for shifting label images."""
-    steps = _steps_for(seq, drift)
-    if drift is not None and {"smooth_dy_px", "smooth_dx_px"} <= set(drift.columns):
-        d = drift.drop_duplicates("frame").set_index("frame")
-        steps = np.column_stack([d.loc[seq, "smooth_dy_px"].to_numpy(float),
-                                 d.loc[seq, "smooth_dx_px"].to_numpy(float)])
-        if steps.size:
-            steps[0] = 0.0
-    return steps
+    if drift is not None and seq.size and {"smooth_dy_px", "smooth_dx_px"} <= set(drift.columns):
+        steps = _drift_columns(seq, drift, ("smooth_dy_px", "smooth_dx_px"))
+        steps[0] = 0.0
+        return steps
+    return _steps_for(seq, drift)
 
 
 def overlap_table(label_source: Callable[[int], np.ndarray], frames: Iterable[int],
@@ -714,32 +833,10 @@ def _disc_edges(det: _Det, kseq: np.ndarray, n: int, step: np.ndarray
     if src.size == 0 or n < 2:
         return e, e, np.zeros(0)
     r = det.radius
-    reach = 2.0 * float(r.max()) + 1e-9
-    z = 2.0 * reach + 10.0
     s = step[kseq[src] + 1]
-    moved = _layered(det.y[src] + s[:, 0], det.x[src] + s[:, 1], kseq[src] + 1, z)
-    tree = cKDTree(_layered(det.y, det.x, kseq, z))
-    kq = min(16, len(det.y))
-    d, j = tree.query(moved, k=kq, distance_upper_bound=reach)
-    d = d.reshape(len(src), kq)
-    j = j.reshape(len(src), kq)
-    ok = j < len(det.y)
-    crowded = ok[:, -1] if kq < len(det.y) else np.zeros(len(src), bool)
-    ok &= ~crowded[:, None]
-    ii = np.broadcast_to(src[:, None], j.shape)[ok]
-    jj = j[ok].astype(np.int64)
-    dd = d[ok]
-    full = np.flatnonzero(crowded)
-    if full.size:  # more than kq candidates within reach: take them all
-        lists = tree.query_ball_point(moved[full], reach)
-        more_i = [np.full(len(lst), src[q], np.int64) for q, lst in zip(full, lists)]
-        more_j = [np.asarray(lst, np.int64) for lst in lists]
-        mj = np.concatenate(more_j)
-        mi = np.concatenate(more_i)
-        ii = np.concatenate([ii, mi])
-        jj = np.concatenate([jj, mj])
-        dd = np.concatenate([dd, np.linalg.norm(tree.data[mj] - moved[np.repeat(full, [
-            len(lst) for lst in lists])], axis=1)])
+    ii, jj, dd = _near_pairs(det.y[src] + s[:, 0], det.x[src] + s[:, 1], kseq[src] + 1,
+                             r[src] + float(r.max()), det.y, det.x, kseq)
+    ii = src[ii]
     r1, r2 = r[ii], r[jj]
     hit = dd < r1 + r2
     ii, jj, dd, r1, r2 = ii[hit], jj[hit], dd[hit], r1[hit], r2[hit]
@@ -796,7 +893,9 @@ def _link_all(det: _Det, seq: np.ndarray, cum: np.ndarray, times: np.ndarray,
     else:
         ia, ib, w = edges
     frac = w / np.maximum(np.minimum(area[ia], area[ib]), 1.0)
-    keep = frac >= p.min_overlap
+    # gate: drift-corrected centroids within the sum of the equivalent radii plus max_disp
+    dist = np.hypot(y[ib] - ym[ia], x[ib] - xm[ia])
+    keep = (frac >= p.min_overlap) & (dist < rad[ia] + rad[ib] + maxd)
     ia, ib, frac = ia[keep], ib[keep], frac[keep]
 
     # fallback 1: mutually nearest, both still unmatched, within max_disp, similar volume
@@ -807,14 +906,8 @@ def _link_all(det: _Det, seq: np.ndarray, cum: np.ndarray, times: np.ndarray,
     ua = np.flatnonzero(~has_a & (kseq < n - 1))
     ub = np.flatnonzero(~has_b & (kseq > 0))
     if ua.size and ub.size:
-        z = 2.0 * maxd + 10.0
-        ta = cKDTree(_layered(ym[ua], xm[ua], kseq[ua] + 1, z))
-        tb = cKDTree(_layered(y[ub], x[ub], kseq[ub], z))
-        _, j = tb.query(ta.data, k=1, distance_upper_bound=maxd)
-        _, i = ta.query(tb.data, k=1, distance_upper_bound=maxd)
-        okj = np.flatnonzero(j < ub.size)
-        mutual = okj[i[j[okj]] == okj]
-        fa, fb = ua[mutual], ub[j[mutual]]
+        i, j = _mutual_nearest(ym[ua], xm[ua], kseq[ua] + 1, y[ub], x[ub], kseq[ub], maxd)
+        fa, fb = ua[i], ub[j]
         r = vol[fa] / np.maximum(vol[fb], 1e-12)
         good = ((r < _FALLBACK_VOLUME) & (r > 1 / _FALLBACK_VOLUME)) | border[fa] | border[fb]
         fa, fb = fa[good], fb[good]
@@ -831,18 +924,21 @@ def _link_all(det: _Det, seq: np.ndarray, cum: np.ndarray, times: np.ndarray,
         npred = np.bincount(ib, minlength=N)
         pvol = np.bincount(ib, weights=vol[ia], minlength=N)
         rmax = float(rad.max())
-        z = 2.0 * (2 * rmax + maxd) + 10.0
-        tree = cKDTree(_layered(y, x, kseq, z))
-        pts = _layered(ym[ua], xm[ua], kseq[ua] + 1, z)
-        cand = tree.query_ball_point(pts, rad[ua] + rmax + maxd)
+        rows = np.flatnonzero(np.isin(kseq, kseq[ua] + 1))
+        ci, cj, cd = _near_pairs(ym[ua], xm[ua], kseq[ua] + 1, rad[ua] + rmax + maxd, y[rows],
+                                 x[rows], kseq[rows])
+        cj = rows[cj]
+        o = np.argsort(ci, kind="stable")
+        ci, cj, cd = ci[o], cj[o], cd[o]
+        lo = np.searchsorted(ci, np.arange(ua.size), side="left")
+        hi = np.searchsorted(ci, np.arange(ua.size), side="right")
         add_a: list[int] = []
         add_b: list[int] = []
         for q in np.lexsort((-vol[ua], kseq[ua])):  # per pair, biggest first
             a = int(ua[q])
-            js = np.asarray(cand[q], dtype=np.int64)
-            if js.size == 0:
+            if hi[q] == lo[q]:
                 continue
-            d = np.hypot(y[js] - ym[a], x[js] - xm[a])
+            js, d = cj[lo[q]:hi[q]], cd[lo[q]:hi[q]]
             gain = vol[js] - pvol[js]
             ok = ((d < rad[a] + rad[js] + maxd) & (npred[js] > 0)
                   & (vol[a] >= p.min_absorbed_volume * vol[js]) & (gain >= 0.5 * vol[a]))
@@ -993,8 +1089,6 @@ def _bridges(det: _Det, kseq: np.ndarray, cum: np.ndarray, lost: np.ndarray, bor
     """One-to-one (lost row, born row) pairs: at most ``memory`` present frames missing, within
     ``maxd`` px of the drift-corrected last position, volume within a factor 2; nearest first."""
     y, x, vol = det.y, det.x, det.vol
-    z = 2.0 * maxd + 10.0
-    tb = cKDTree(_layered(y[born], x[born], kseq[born], z))
     cand = []
     n = cum.shape[0]
     for gap in range(2, memory + 2):
@@ -1002,13 +1096,11 @@ def _bridges(det: _Det, kseq: np.ndarray, cum: np.ndarray, lost: np.ndarray, bor
         if src.size == 0:
             continue
         d = cum[kseq[src] + gap] - cum[kseq[src]]
-        ta = cKDTree(_layered(y[src] + d[:, 0], x[src] + d[:, 1], kseq[src] + gap, z))
-        m = ta.sparse_distance_matrix(tb, maxd, output_type="ndarray")
-        if m.size == 0:
-            continue
-        a, b, dist = src[m["i"]], born[m["j"]], m["v"]
+        i, j, dist = _near_pairs(y[src] + d[:, 0], x[src] + d[:, 1], kseq[src] + gap, maxd,
+                                 y[born], x[born], kseq[born])
+        a, b = src[i], born[j]
         r = vol[b] / np.maximum(vol[a], 1e-12)
-        ok = (dist < maxd) & (r < _MEMORY_VOLUME) & (r > 1 / _MEMORY_VOLUME)
+        ok = (r < _MEMORY_VOLUME) & (r > 1 / _MEMORY_VOLUME)
         cand.append(np.column_stack([dist[ok], a[ok], b[ok]]))
     if not cand:
         e = np.zeros(0, np.int64)
@@ -1074,15 +1166,15 @@ def _setup(detections: pd.DataFrame, pixel_size_nm: float | None,
     if drift is None:
         drift = _drift(det, seq, params.max_disp_nm / det.ps, 3, 9)
     else:
-        _steps_for(seq, drift)  # validates
-        drift = drift.drop_duplicates("frame").set_index("frame").loc[seq].reset_index()
+        cum = _drift_columns(seq, drift, ("dy_px", "dx_px"))
+        drift = pd.DataFrame({"frame": seq, "dy_px": cum[:, 0], "dx_px": cum[:, 1]})
     times = _frame_times(det, seq, time_s, fps)
     return det, seq, drift, times
 
 
 def link(detections: pd.DataFrame, *, overlaps: pd.DataFrame | None = None,
          pixel_size_nm: float | None = None, max_disp_nm: float = 1.0,
-         min_overlap: float = 0.2, min_absorbed_volume: float = 0.05, memory: int = 0,
+         min_overlap: float = 0.2, min_absorbed_volume: float = 0.03, memory: int = 0,
          frame_shape: tuple[int, int] | None = None, all_frames: Iterable[int] | None = None,
          drift: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Link per-frame detections into trajectories, with coalescence / vanish / appear events.
@@ -1171,7 +1263,7 @@ def link_movie(detections: pd.DataFrame,
                pixel_size_nm: float | None = None, frame_shape: tuple[int, int] | None = None,
                all_frames: Iterable[int] | None = None, time_s: Any = None,
                fps: float | None = None, max_disp_nm: float = 1.0, min_overlap: float = 0.2,
-               min_absorbed_volume: float = 0.05, memory: int = 0
+               min_absorbed_volume: float = 0.03, memory: int = 0
                ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Link a whole movie, streaming frame pairs, and summarise every frame.
 
@@ -1361,7 +1453,7 @@ def frames_table(trajectories: pd.DataFrame, *, frame_shape: tuple[int, int],
                 a, b = np.polyfit(seq[known].astype(float), t[known], 1)
                 t[~known] = a * seq[~known] + b
     field_um2 = h * w * ps * ps * 1e-6
-    out = pd.DataFrame({
+    cols: dict[str, np.ndarray] = {
         "frame": seq,
         "time_s": t,
         "count": count.astype(np.int64),
@@ -1370,22 +1462,20 @@ def frames_table(trajectories: pd.DataFrame, *, frame_shape: tuple[int, int],
         "median_eq_diameter_nm": median,
         "std_eq_diameter_nm": std,
         "number_density_per_um2": count / field_um2,
-    })
-    if drift is not None:
-        _steps_for(seq, drift)  # checks the columns and that every frame has a row
-        d = drift.set_index("frame")
-        cum = np.column_stack([d.loc[seq, "dy_px"].to_numpy(float),
-                               d.loc[seq, "dx_px"].to_numpy(float)])
-        out["drift_x_nm"] = cum[:, 1] * ps
-        out["drift_y_nm"] = cum[:, 0] * ps
+    }
+    if drift is not None and n:
+        cum = _drift_columns(seq, drift, ("dy_px", "dx_px"))
+        cols["drift_x_nm"] = cum[:, 1] * ps
+        cols["drift_y_nm"] = cum[:, 0] * ps
     else:
-        out["drift_x_nm"] = np.nan
-        out["drift_y_nm"] = np.nan
+        cols["drift_x_nm"] = np.full(n, np.nan)
+        cols["drift_y_nm"] = np.full(n, np.nan)
     if events is not None:
         ef = events["frame"].to_numpy(np.int64) if len(events) else np.zeros(0, np.int64)
         ek = events["kind"].to_numpy(object) if len(events) else np.zeros(0, object)
         inside = np.isin(ef, seq)
         kk = np.searchsorted(seq, ef[inside])
+        ek = ek[inside]
         for kind in EVENT_KINDS:
-            out[f"n_{kind}"] = np.bincount(kk[ek[inside] == kind], minlength=n).astype(np.int64)
-    return out
+            cols[f"n_{kind}"] = np.bincount(kk[ek == kind], minlength=n).astype(np.int64)
+    return pd.DataFrame(cols)

@@ -11,17 +11,37 @@ import torch
 import zarr
 from skimage.measure import label as cc_label
 
-from etemseg.evaluate import (GABOR_PARAMS, THRESHOLDS, compare_models, evaluate_model,
-                              evaluation_frames, fit_gabor_gauss, gabor_gauss_model,
-                              line_profiles, otsu_thresholds, pick_particles, plot_contours,
-                              plot_filters, plot_kernel_fit, plot_line_profiles,
-                              plot_model_contours, plot_single_kernel, plot_threshold_sweep,
-                              threshold_sweep)
-from etemseg.infer import (InferConfig, mask_from_levels, otsu_level, predict, prepare_model,
-                           quantise)
+from etemseg.evaluate import (
+    GABOR_PARAMS,
+    THRESHOLDS,
+    compare_models,
+    evaluate_model,
+    evaluation_frames,
+    fit_gabor_gauss,
+    gabor_gauss_model,
+    line_profiles,
+    otsu_thresholds,
+    pick_particles,
+    plot_contours,
+    plot_filters,
+    plot_kernel_fit,
+    plot_line_profiles,
+    plot_model_contours,
+    plot_single_kernel,
+    plot_threshold_sweep,
+    threshold_sweep,
+)
+from etemseg.infer import (
+    InferConfig,
+    mask_from_levels,
+    otsu_level,
+    predict,
+    prepare_model,
+    quantise,
+)
 from etemseg.models import parse_arch
 from etemseg.scoring import pixel_counts, rates
-from etemseg.store import create_store, MovieStore
+from etemseg.store import MovieStore, create_store
 from etemseg.train import TrainConfig, load_model, load_training_data, train
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -41,8 +61,7 @@ def brute_force_sweep(q, ref, thresholds):
     for t in thresholds:
         per = []
         for qi, ri in zip(q, ref):
-            pred = q_int = qi.astype(np.int64)
-            pred = q_int * 100 > int(round(t * 100)) * 255       # p > t, exactly
+            pred = qi.astype(np.int64) * 100 > round(t * 100) * 255       # p > t, exactly
             per.append(rates(**pixel_counts(pred, ri)))
         row = {"threshold": t}
         for key in ("precision", "recall", "f1"):
@@ -99,8 +118,9 @@ def test_otsu_thresholds_per_frame():
 # kernels
 # --------------------------------------------------------------------------------------------
 
-TRUE = dict(x0=0.3, y0=-0.2, a_h=1.0, sigma_h=2.0, freq_h=0.18, phase_h=0.4, a_v=0.7,
-            sigma_v=2.5, freq_v=0.12, phase_v=-0.8, a_g=-1.5, sigma_g=1.5, offset=0.1)
+TRUE = {"x0": 0.3, "y0": -0.2, "a_h": 1.0, "sigma_h": 2.0, "freq_h": 0.18, "phase_h": 0.4,
+        "a_v": 0.7, "sigma_v": 2.5, "freq_v": 0.12, "phase_v": -0.8, "a_g": -1.5,
+        "sigma_g": 1.5, "offset": 0.1}
 
 
 def test_gabor_gauss_fit_recovers_parameters():
@@ -211,8 +231,8 @@ def test_plot_functions_write_pngs(tmp_path):
 # end to end on tiny stores
 # --------------------------------------------------------------------------------------------
 
-FAST = dict(epochs=3, batch_size=4, lr=3e-3, crop_px=32, samples_per_epoch=16, device="cpu",
-            seed=1, split="random", max_val_frames=4)
+FAST = {"epochs": 3, "batch_size": 4, "lr": 3e-3, "crop_px": 32, "samples_per_epoch": 16,
+        "device": "cpu", "seed": 1, "split": "random", "max_val_frames": 4}
 
 
 @pytest.fixture(scope="module")
@@ -234,8 +254,8 @@ def workflow(tmp_path_factory):
         truth[t] = cc_label(lab, connectivity=2)
         frames[t] = rng.poisson(np.where(lab, 120, 200))
     movie = root / "results" / "sim"
-    common = dict(n_frames=T, frame_shape=(H, W), chunk_frames=4, fps=400.0,
-                  pixel_size_nm=0.2)
+    common = {"n_frames": T, "frame_shape": (H, W), "chunk_frames": 4, "fps": 400.0,
+              "pixel_size_nm": 0.2}
     create_store(movie / "frames.zarr", dtype=np.uint16, **common)
     MovieStore.open(movie / "frames.zarr", "r+").array[:] = frames
     pseudo = (truth > 0).astype(np.uint8)
@@ -249,7 +269,7 @@ def workflow(tmp_path_factory):
         cfg = TrainConfig(model=name, **FAST)
         data = load_training_data([(movie / "frames.zarr", movie / "pseudo.zarr")], cfg)
         train(data, cfg, root / "models" / name, progress=False)
-        model, meta = load_model(root / "models" / name / "model.pt")
+        model, _ = load_model(root / "models" / name / "model.pt")
         model = prepare_model(model, torch.device("cpu"), True)
         prob = quantise(predict(model, frames, arch=parse_arch(name), cfg=InferConfig(),
                                 device="cpu"))

@@ -117,6 +117,43 @@ def test_overlap_pairs_contingency_and_shift():
         overlap_pairs(a, b[:5])
 
 
+@pytest.mark.parametrize("shift", [(0, 0), (1, -2), (-3, 4)])
+def test_overlap_pairs_matches_reference(shift):
+    rng = np.random.default_rng(7)
+    smooth = [ndimage.gaussian_filter(rng.standard_normal((70, 90)), 2) for _ in range(2)]
+    la, _ = ndimage.label(smooth[0] > 0.1, np.ones((3, 3)))
+    lb, _ = ndimage.label(smooth[1] > 0.1, np.ones((3, 3)))
+    dy, dx = shift
+    h, w = la.shape
+    a = la[max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)]
+    b = lb[max(0, dy):h + min(0, dy), max(0, dx):w + min(0, dx)]
+    both = (a > 0) & (b > 0)
+    ref = (pd.DataFrame({"a": a[both].astype(np.int64), "b": b[both].astype(np.int64)})
+           .value_counts().rename("n_px").reset_index().sort_values(["a", "b"])
+           .reset_index(drop=True))
+    got = overlap_pairs(la, lb, shift=shift)
+    pd.testing.assert_frame_equal(got, ref, check_dtype=False)
+    assert got.dtypes.tolist() == [np.int64] * 3
+    # uint16 / uint32 label images give the same table
+    pd.testing.assert_frame_equal(overlap_pairs(la.astype(np.uint16), lb.astype(np.uint32),
+                                                shift=shift), got)
+
+
+def test_neighbour_search_matches_brute_force():
+    from etemseg.track import _near_pairs
+
+    rng = np.random.default_rng(3)
+    ya, xa, ka = rng.random(300) * 50, rng.random(300) * 80 - 20, rng.integers(0, 5, 300)
+    yb, xb, kb = rng.random(400) * 50, rng.random(400) * 80 - 20, rng.integers(0, 5, 400)
+    reach = rng.random(300) * 7
+    i, j, d = _near_pairs(ya, xa, ka, reach, yb, xb, kb)
+    dist = np.hypot(ya[:, None] - yb[None], xa[:, None] - xb[None])
+    hit = (dist < reach[:, None]) & (ka[:, None] == kb[None])
+    bi, bj = np.nonzero(hit)
+    assert sorted(zip(i.tolist(), j.tolist())) == sorted(zip(bi.tolist(), bj.tolist()))
+    assert np.allclose(d, dist[i, j])
+
+
 # ------------------------------------------------------------------------------------------
 # events on hand-made movies
 

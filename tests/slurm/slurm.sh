@@ -8,7 +8,7 @@
 #                                     SLURM_CONF=DIR/slurm.conf and PATH=DIR/bin:$PATH
 #
 # Installs nothing. Needs root and, on Debian 12 (SLURM 22.05), what .ci/run installs:
-#   apt-get install -y --no-install-recommends munge slurmctld slurmd slurm-client
+#   apt-get install -y munge slurmctld slurmd slurm-client
 #   pip install snakemake-executor-plugin-slurm
 # Clients (sbatch, squeue, sinfo, srun) find this cluster through SLURM_CONF=DIR/slurm.conf; nothing
 # under /etc is written or read (own munge key and socket in DIR/munge, own ports).
@@ -45,11 +45,11 @@ dump_logs() {
     done
 }
 
-stop_pid_file() {  # stop_pid_file NAME: TERM the pid in DIR/NAME.pid, wait, then KILL
+stop_pid_file() {  # stop_pid_file NAME: TERM the pid in DIR/NAME.pid (if it is still NAME), then KILL
     local pidf="$dir/$1.pid" pid i
     [[ -f $pidf ]] || return 0
     pid=$(cat "$pidf" 2>/dev/null || true)
-    if [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null; then
+    if [[ $pid =~ ^[0-9]+$ ]] && [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$1" ]]; then
         kill -TERM "$pid" 2>/dev/null || true
         for i in $(seq 50); do
             kill -0 "$pid" 2>/dev/null || break
@@ -66,7 +66,7 @@ start() {
     local m
     for m in munged slurmctld slurmd sinfo sbatch squeue; do
         command -v "$m" >/dev/null || [[ -x /usr/sbin/$m ]] || die "$m not found; install with:
-  apt-get install -y --no-install-recommends munge slurmctld slurmd slurm-client"
+  apt-get install -y munge slurmctld slurmd slurm-client"
     done
     [[ $(id -u) -eq 0 ]] || die "must run as root (slurmd launches jobs as their user)"
     [[ -f $dir/slurmctld.pid ]] && die "$dir/slurmctld.pid exists: already started? run: $0 stop $dir"

@@ -1,0 +1,57 @@
+# Model evaluation (the paper's figures) and the model study table.
+
+
+rule evaluate:
+    input:
+        infer=lambda w: [
+            f"results/{w.movie}/{w.model}/receipts/infer/chunk-{k}.json"
+            for k in movie_chunks(w.movie)
+        ],
+        pseudo=lambda w: chunk_receipts("pseudolabel", w.movie),
+        model="models/{model}/model.pt",
+    output:
+        scores="results/{movie}/{model}/eval/scores.json",
+        sweep="results/{movie}/{model}/eval/threshold_sweep.csv",
+        profiles=report(
+            "results/{movie}/{model}/eval/line_profiles.png",
+            caption="../report/line_profiles.rst",
+            category="Evaluation",
+            subcategory="{model}",
+            labels={"movie": "{movie}", "model": "{model}", "figure": "line profiles"},
+        ),
+    log:
+        "logs/{movie}/{model}/evaluate.log",
+    conda:
+        "../../envs/cpu.yaml"
+    shell:
+        "etemseg --quiet evaluate results/{wildcards.movie} {wildcards.model} {input.model}"
+        " results/{wildcards.movie}/{wildcards.model}/eval > {log} 2>&1"
+
+
+rule model_comparison:
+    input:
+        lambda w: [
+            f"results/{movie}/{model}/eval/scores.json" for movie in MOVIES for model in MODELS
+        ],
+    output:
+        table=report(
+            "results/model_comparison.csv",
+            caption="../report/model_comparison.rst",
+            category="Evaluation",
+            labels={"figure": "model comparison table"},
+        ),
+        contours=report(
+            "results/model_contours.png",
+            caption="../report/model_contours.rst",
+            category="Evaluation",
+            labels={"figure": "contours of all models"},
+        ),
+    log:
+        "logs/model_comparison.log",
+    params:
+        movie=lambda w: sorted(MOVIES)[0],
+    conda:
+        "../../envs/cpu.yaml"
+    shell:
+        "etemseg --quiet compare {output.table} {input}"
+        " --contours results/{params.movie} {output.contours} > {log} 2>&1"
