@@ -269,6 +269,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     rows = []
     for path in args.scores:
+        path = path / "scores.json" if path.is_dir() else path
         try:
             rows.append(json.loads(Path(path).read_text()))
         except (OSError, ValueError) as exc:
@@ -280,6 +281,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
         movie_dir = Path(args.contours[0])
         models = [r["model"] for r in rows if r["movie"] == movie_dir.name][:6]
         plot_model_contours(movie_dir.parent, movie_dir.name, models, args.contours[1])
+    if args.sweep_png:
+        import pandas as pd
+
+        from .evaluate import plot_threshold_sweep
+
+        dirs = [p if p.is_dir() else p.parent for p in args.scores]
+        sweeps = {f"{r['model']} ({r['movie']})": pd.read_csv(d / "threshold_sweep.csv")
+                  for r, d in zip(rows, dirs)}
+        otsu = {f"{r['model']} ({r['movie']})":
+                pd.read_csv(d / "otsu_thresholds.csv")["otsu_threshold"].to_numpy()
+                for r, d in zip(rows, dirs)}
+        plot_threshold_sweep(sweeps, otsu, args.sweep_png)
     print(table.to_string(index=False))
     return 0
 
@@ -403,9 +416,12 @@ def _args_evaluate(p: argparse.ArgumentParser) -> None:
 
 def _args_compare(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", type=Path, help="comparison CSV, e.g. results/model_comparison.csv")
-    p.add_argument("scores", nargs="+", type=Path, help="scores.json of each evaluation")
+    p.add_argument("scores", nargs="+", type=Path,
+                   help="evaluation folders (or their scores.json)")
     p.add_argument("--contours", nargs=2, metavar=("MOVIE_DIR", "PNG"),
                    help="also draw every model's Otsu contours on one frame of MOVIE_DIR")
+    p.add_argument("--sweep-png", type=Path,
+                   help="also plot P/R/F1 vs threshold of every model (Fig. 7a)")
 
 
 def _args_info(p: argparse.ArgumentParser) -> None:

@@ -142,7 +142,7 @@ def all_targets():
         for movie in MOVIES:
             targets += [f"results/{movie}/{model}/particles/chunk-{k}.parquet"
                         for k in movie_chunks(movie)]
-            targets += [f"results/{movie}/{model}/eval/scores.json"]
+            targets += [f"results/{movie}/{model}/eval"]
     if MODELS:
         targets += ["results/model_comparison.csv", "results/model_contours.png"]
     return targets

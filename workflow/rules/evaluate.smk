@@ -10,14 +10,13 @@ rule evaluate:
         pseudo=lambda w: chunk_receipts("pseudolabel", w.movie),
         model="models/{model}/model.pt",
     output:
-        scores="results/{movie}/{model}/eval/scores.json",
-        sweep="results/{movie}/{model}/eval/threshold_sweep.csv",
-        profiles=report(
-            "results/{movie}/{model}/eval/line_profiles.png",
-            caption="../report/line_profiles.rst",
+        report(
+            directory("results/{movie}/{model}/eval"),
+            patterns=["{name}.png"],
+            caption="../report/evaluation.rst",
             category="Evaluation",
             subcategory="{model}",
-            labels={"movie": "{movie}", "model": "{model}", "figure": "line profiles"},
+            labels={"movie": "{movie}", "model": "{model}", "figure": "{name}"},
         ),
     log:
         "logs/{movie}/{model}/evaluate.log",
@@ -31,7 +30,7 @@ rule evaluate:
 rule model_comparison:
     input:
         lambda w: [
-            f"results/{movie}/{model}/eval/scores.json" for movie in MOVIES for model in MODELS
+            f"results/{movie}/{model}/eval" for movie in MOVIES for model in MODELS
         ],
     output:
         table=report(
@@ -39,6 +38,12 @@ rule model_comparison:
             caption="../report/model_comparison.rst",
             category="Evaluation",
             labels={"figure": "model comparison table"},
+        ),
+        sweep=report(
+            "results/model_threshold_sweep.png",
+            caption="../report/model_threshold_sweep.rst",
+            category="Evaluation",
+            labels={"figure": "precision, recall, F1 vs threshold"},
         ),
         contours=report(
             "results/model_contours.png",
@@ -54,4 +59,5 @@ rule model_comparison:
         "../../envs/cpu.yaml"
     shell:
         "etemseg --quiet compare {output.table} {input}"
-        " --contours results/{params.movie} {output.contours} > {log} 2>&1"
+        " --contours results/{params.movie} {output.contours}"
+        " --sweep-png {output.sweep} > {log} 2>&1"
