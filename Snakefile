@@ -20,6 +20,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/infer.smk"
 include: "workflow/rules/measure.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/track.smk"
 
 
 rule all:

@@ -147,7 +147,8 @@ def score_ids(det: pd.DataFrame, ids: np.ndarray) -> dict:
 def truth_coalescences(case: dict, interior_only: bool) -> list[tuple[int, list[int], int]]:
     det = case["det"]
     seen = set(zip(det.frame.tolist(), det.truth.tolist()))
-    border = set(zip(det.frame[det.touches_border].tolist(), det.truth[det.touches_border].tolist()))
+    edge = det[det.touches_border]
+    border = set(zip(edge.frame.tolist(), edge.truth.tolist()))
     out = []
     for ev in case["truth_events"][case["truth_events"].kind == "coalescence"].itertuples():
         f = int(ev.frame)
@@ -196,8 +197,8 @@ def score_events(case: dict, traj: pd.DataFrame, events: pd.DataFrame) -> dict:
     res["found_vanish"] = int(sum(v in ours_v for v in tv))
     res["truth_appear_interior"] = len(ta)
     res["found_appear"] = int(sum(a in ours_a for a in ta))
-    res["false_vanish"] = int(len(ours_v - set(tv)))
-    res["false_appear"] = int(len(ours_a - set(ta)))
+    res["false_vanish"] = len(ours_v - set(tv))
+    res["false_appear"] = len(ours_a - set(ta))
     truth_all = {(f, tuple(sorted(par)), ch) for f, par, ch in truth_coalescences(case, False)}
     res["coalescence_events"] = len(oc)
     res["false_coalescences"] = int(sum(e not in truth_all for e in ours))

@@ -297,6 +297,85 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_track(args: argparse.Namespace) -> int:
+    import pyarrow as pa
+
+    from .parquet import write_table
+    from .store import MovieStore
+    from .track import EVENTS_SCHEMA, track_movie
+
+    traj, events, frames_t = track_movie(args.frames, args.masks, args.particles,
+                                         movie=args.movie, model=args.model,
+                                         overlap=not args.centroid_only,
+                                         max_disp_nm=args.max_disp_nm, memory=args.memory)
+    meta = {"movie": args.movie, "model": args.model,
+            "pixel_size_nm": MovieStore.open(args.frames).pixel_size_nm,
+            "linking": "centroid" if args.centroid_only else "mask overlap"}
+    ev_schema = pa.schema([pa.field("movie", pa.string()), pa.field("model", pa.string()),
+                           *EVENTS_SCHEMA])
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_table(traj, args.out / "trajectories.parquet", metadata=meta)
+    write_table(events[ev_schema.names], args.out / "events.parquet", metadata=meta,
+                schema=ev_schema)
+    write_table(frames_t, args.out / "frames.parquet", metadata=meta)
+    counts = events["kind"].value_counts().to_dict() if len(events) else {}
+    log.info("%s: %d particles in %d frames; events %s", args.out, traj["particle"].nunique(),
+             len(frames_t), counts)
+    return 0
+
+
+def cmd_sintering(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .atomic import atomic_path, write_json
+    from .sintering import analyse, plot_sintering
+    from .store import MovieStore
+
+    frames = MovieStore.open(args.frames)
+    if not frames.pixel_size_nm:
+        raise EtemsegError(f"{args.frames}: no pixel size; sintering analysis needs nm")
+    area_um2 = frames.frame_shape[0] * frames.frame_shape[1] * frames.pixel_size_nm**2 / 1e6
+    tables = {name: pd.read_parquet(args.tracks / f"{name}.parquet")
+              for name in ("trajectories", "frames", "events")}
+    summary, series, psd = analyse(tables["trajectories"], tables["frames"], tables["events"],
+                                   area_um2=area_um2)
+    summary.update({"movie": args.tracks.parent.name, "model": args.tracks.name,
+                    "field_of_view_um2": area_um2})
+    args.out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(args.out / "series.csv") as tmp:
+        series.to_csv(tmp, index=False)
+    with atomic_path(args.out / "size_distributions.csv") as tmp:
+        psd.to_csv(tmp, index=False)
+    write_json(summary, args.out / "summary.json")
+    plot_sintering(series, psd, summary, args.out / "sintering.png",
+                   title=f"{summary['movie']} / {summary['model']}")
+    print(json.dumps(summary, indent=1, default=str))
+    return 0
+
+
+def cmd_score_tracks(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .atomic import write_json
+    from .scoring import score_stores, score_tracking
+    from .sintering import analyse, fit_lsw_rate, radius_series
+
+    traj = pd.read_parquet(args.tracks / "trajectories.parquet")
+    events = pd.read_parquet(args.tracks / "events.parquet")
+    truth_p = pd.read_parquet(args.truth / "particles.parquet")
+    truth_e = pd.read_parquet(args.truth / "events.parquet")
+    scores = {"tracking": score_tracking(traj, events, truth_p, truth_e),
+              "segmentation": score_stores(args.masks, args.truth / "labels.zarr")}
+    truth_in = truth_p[truth_p["in_frame"].astype(bool)] if "in_frame" in truth_p else truth_p
+    truth_series = radius_series(truth_in.assign(eq_diameter_nm=2 * truth_in["radius_nm"]))
+    measured = traj[~traj["touches_border"].astype(bool)] if "touches_border" in traj else traj
+    scores["lsw"] = {"measured": fit_lsw_rate(radius_series(measured)),
+                     "truth": fit_lsw_rate(truth_series)}
+    write_json(scores, args.out)
+    print(json.dumps(scores, indent=1, default=str))
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .store import MovieStore
 
@@ -424,6 +503,33 @@ def _args_compare(p: argparse.ArgumentParser) -> None:
                    help="also plot P/R/F1 vs threshold of every model (Fig. 7a)")
 
 
+def _args_track(p: argparse.ArgumentParser) -> None:
+    p.add_argument("frames", type=Path, help="frame store (times, pixel size)")
+    p.add_argument("masks", type=Path, help="mask store (label images for overlap linking)")
+    p.add_argument("particles", type=Path, help="folder of chunk-{k}.parquet detection tables")
+    p.add_argument("out", type=Path, help="folder for trajectories/events/frames.parquet")
+    p.add_argument("--movie", default="")
+    p.add_argument("--model", default="")
+    p.add_argument("--centroid-only", action=argparse.BooleanOptionalAction, default=False,
+                   help="link by centroids, not mask overlap")
+    p.add_argument("--max-disp-nm", type=float, default=1.0,
+                   help="largest displacement between consecutive frames, nm (after drift)")
+    p.add_argument("--memory", type=int, default=0, help="frames a particle may go missing")
+
+
+def _args_sintering(p: argparse.ArgumentParser) -> None:
+    p.add_argument("frames", type=Path, help="frame store (pixel size, field of view)")
+    p.add_argument("tracks", type=Path, help="folder with trajectories/frames/events.parquet")
+    p.add_argument("out", type=Path, help="output folder (sintering.png, summary.json, CSVs)")
+
+
+def _args_score_tracks(p: argparse.ArgumentParser) -> None:
+    p.add_argument("tracks", type=Path, help="folder with trajectories/events.parquet")
+    p.add_argument("masks", type=Path, help="mask store of the same model")
+    p.add_argument("truth", type=Path, help="simulator truth folder (results/movie/synth/truth)")
+    p.add_argument("out", type=Path, help="scores JSON")
+
+
 def _args_info(p: argparse.ArgumentParser) -> None:
     p.add_argument("store", type=Path)
 
@@ -470,6 +576,14 @@ COMMANDS = {
                  "Otsu thresholds, line profiles, learned kernels and their Gabor fit, scores.",
                  _args_evaluate, cmd_evaluate),
     "compare": ("model study table from several evaluations", None, _args_compare, cmd_compare),
+    "track": ("link particles across frames: trajectories, events, per-frame table",
+              "Reads every chunk's detections, links them over the whole movie (mask overlap, "
+              "drift-corrected) and writes trajectories.parquet, events.parquet (coalescence, "
+              "vanish, appear, split, ...) and frames.parquet.", _args_track, cmd_track),
+    "sintering": ("ripening kinetics, densities, coalescence rate, size distributions", None,
+                  _args_sintering, cmd_sintering),
+    "score-tracks": ("score segmentation, tracking, events and LSW rate against truth", None,
+                     _args_score_tracks, cmd_score_tracks),
     "info": ("print a movie store's shape and metadata", None, _args_info, cmd_info),
 }
 

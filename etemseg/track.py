@@ -1,9 +1,9 @@
 """Particle tracking with coalescence, vanish, appear and split events.
 
-DataFrames in, DataFrames out, in the spirit of trackpy, but with the events a sintering movie needs:
-particles ripen away (*vanish*), fuse (*coalescence*), nucleate (*appear*), drift in and out of the
-field of view (*enter* / *exit*), and the segmentation occasionally cuts one particle in two
-(*split*).
+DataFrames in, DataFrames out, in the spirit of trackpy, but with the events a sintering movie
+needs: particles ripen away (*vanish*), fuse (*coalescence*), nucleate (*appear*), drift in and
+out of the field of view (*enter* / *exit*), and the segmentation occasionally cuts one particle
+in two (*split*).
 
 Input
 -----
@@ -111,6 +111,7 @@ __all__ = [
     "EVENTS_SCHEMA",
     "EVENT_KINDS",
     "LinkParams",
+    "OverlapTable",
     "estimate_drift",
     "frames_table",
     "link",
@@ -118,6 +119,10 @@ __all__ = [
     "overlap_pairs",
     "overlap_table",
 ]
+
+#: Type of the overlaps table of :func:`overlap_table` / :func:`link`: a DataFrame with int64
+#: columns ``frame_a``, ``frame_b``, ``a``, ``b``, ``n_px``.
+OverlapTable = pd.DataFrame
 
 #: Every event kind :func:`link` can report.
 EVENT_KINDS = ("coalescence", "vanish", "exit", "appear", "enter", "split", "complex")
@@ -292,10 +297,20 @@ class _Det:
         return slice(0, 0)
 
 
+def _all_frames(all_frames: Iterable[int]) -> np.ndarray:
+    seq = np.asarray(list(all_frames) if not isinstance(all_frames, np.ndarray) else all_frames)
+    if seq.ndim != 1 or (seq.size and not np.issubdtype(seq.dtype, np.integer)):
+        raise EtemsegError("all_frames: must be a 1-D sequence of integer frame numbers")
+    seq = seq.astype(np.int64)
+    if seq.size > 1 and not (np.diff(seq) > 0).all():
+        raise EtemsegError("all_frames: frame numbers must be strictly increasing")
+    return seq
+
+
 def _sequence(det: _Det, all_frames: Iterable[int] | None) -> np.ndarray:
     if all_frames is None:
         return det.frames.copy()
-    seq = np.unique(np.asarray(all_frames, dtype=np.int64))
+    seq = _all_frames(all_frames)
     extra = np.setdiff1d(det.frames, seq)
     if extra.size:
         raise EtemsegError(f"detections: frame {int(extra[0])} is not in all_frames")
@@ -324,8 +339,6 @@ def _frame_times(det: _Det, seq: np.ndarray, time_s: Any = None, fps: float | No
     return t
 
 
-
-
 # --------------------------------------------------------------------------------------------
 # neighbour search (all frame pairs at once)
 # --------------------------------------------------------------------------------------------
@@ -337,52 +350,55 @@ def _frame_times(det: _Det, seq: np.ndarray, time_s: Any = None, fps: float | No
 
 
 @numba.njit(cache=True, nogil=True)
-def _near_pairs_kernel(ya, xa, reach, keys_a, order_a, yb, xb, sk, order_b, ncx
-                       ):  # pragma: no cover - numba
+def _near_pairs_kernel(ya, xa, reach, keys_a, order_a, yb, xb, sk, order_b, ncx, out_i, out_j,
+                       out_d):  # pragma: no cover - numba
+    """Queries in key order: the candidate cells (three consecutive keys in each of the cell rows
+    above, at and below) only move forward, so three pointer pairs sweep ``sk`` once -- a merge,
+    no search.  Writes up to ``out_i.size`` pairs (squared distances); returns how many exist."""
     na = ya.size
     nb = yb.size
-    # queries in key order: the three candidate rows (cell row above, same, below; three cells
-    # each, contiguous in key space) move forward monotonically -- a merge, no searching
-    lo = np.zeros(3, np.int64)
-    hi = np.zeros(3, np.int64)
-    cap = 4 * na + 16
-    out_i = np.empty(cap, np.int64)
-    out_j = np.empty(cap, np.int64)
-    out_d = np.empty(cap, np.float64)
+    cap = out_i.size
+    lo0 = 0
+    hi0 = 0
+    lo1 = 0
+    hi1 = 0
+    lo2 = 0
+    hi2 = 0
     idx = 0
     for t in range(na):
         i = order_a[t]
         r2 = reach[i] * reach[i]
         for row in range(3):
             base = keys_a[t] + (row - 1) * ncx
-            while lo[row] < nb and sk[lo[row]] < base - 1:
-                lo[row] += 1
-            if hi[row] < lo[row]:
-                hi[row] = lo[row]
-            while hi[row] < nb and sk[hi[row]] <= base + 1:
-                hi[row] += 1
-            for q in range(lo[row], hi[row]):
+            if row == 0:
+                lo, hi = lo0, hi0
+            elif row == 1:
+                lo, hi = lo1, hi1
+            else:
+                lo, hi = lo2, hi2
+            while lo < nb and sk[lo] < base - 1:
+                lo += 1
+            hi = max(hi, lo)
+            while hi < nb and sk[hi] <= base + 1:
+                hi += 1
+            for q in range(lo, hi):
                 j = order_b[q]
                 ddy = yb[j] - ya[i]
                 ddx = xb[j] - xa[i]
                 d2 = ddy * ddy + ddx * ddx
                 if d2 < r2:
-                    if idx == cap:
-                        cap *= 2
-                        ni = np.empty(cap, np.int64)
-                        nj = np.empty(cap, np.int64)
-                        nd = np.empty(cap, np.float64)
-                        ni[:idx] = out_i[:idx]
-                        nj[:idx] = out_j[:idx]
-                        nd[:idx] = out_d[:idx]
-                        out_i = ni
-                        out_j = nj
-                        out_d = nd
-                    out_i[idx] = i
-                    out_j[idx] = j
-                    out_d[idx] = math.sqrt(d2)
+                    if idx < cap:
+                        out_i[idx] = i
+                        out_j[idx] = j
+                        out_d[idx] = d2
                     idx += 1
-    return out_i[:idx].copy(), out_j[:idx].copy(), out_d[:idx].copy()
+            if row == 0:
+                lo0, hi0 = lo, hi
+            elif row == 1:
+                lo1, hi1 = lo, hi
+            else:
+                lo2, hi2 = lo, hi
+    return idx
 
 
 def _near_pairs(ya: np.ndarray, xa: np.ndarray, ka: np.ndarray, reach: np.ndarray | float,
@@ -408,10 +424,18 @@ def _near_pairs(ya: np.ndarray, xa: np.ndarray, ka: np.ndarray, reach: np.ndarra
     order_a = np.argsort(ka_, kind="stable")
     order_b = np.argsort(kb_, kind="stable")
     f64 = np.float64
-    return _near_pairs_kernel(np.ascontiguousarray(ya, dtype=f64),
-                              np.ascontiguousarray(xa, dtype=f64), reach, ka_[order_a],
-                              order_a, np.ascontiguousarray(yb, dtype=f64),
-                              np.ascontiguousarray(xb, dtype=f64), kb_[order_b], order_b, ncx)
+    args = (np.ascontiguousarray(ya, dtype=f64), np.ascontiguousarray(xa, dtype=f64), reach,
+            ka_[order_a], order_a, np.ascontiguousarray(yb, dtype=f64),
+            np.ascontiguousarray(xb, dtype=f64), kb_[order_b], order_b, ncx)
+    cap = 4 * ya.size + 64
+    while True:
+        out_i = np.empty(cap, np.int64)
+        out_j = np.empty(cap, np.int64)
+        out_d = np.empty(cap, np.float64)
+        m = _near_pairs_kernel(*args, out_i, out_j, out_d)
+        if m <= cap:
+            return out_i[:m], out_j[:m], np.sqrt(out_d[:m])
+        cap = m  # too many pairs for the first guess: run again with room for all
 
 
 @numba.njit(cache=True, nogil=True)
@@ -549,11 +573,11 @@ def estimate_drift(detections: pd.DataFrame, *, pixel_size_nm: float | None = No
 
     For each pair of consecutive present frames the particles not touching the border are matched
     as mutual nearest neighbours within the larger of ``max_disp_nm`` and the median particle
-    radius, keeping pairs whose areas agree within a factor 1.5.  The pair's displacement is the mean of the matched
-    displacements that lie within three robust standard deviations (1.4826 MAD, at least 0.25 px)
-    of their median: robust to the odd wrong match, and over a stable set of particles the
-    centroids' pixelisation errors cancel in the cumulative sum.  A pair with fewer than
-    ``min_matches`` matches (e.g. next to an empty frame) takes the running median of its
+    radius, keeping pairs whose areas agree within a factor 1.5.  The pair's displacement is the
+    mean of the matched displacements that lie within three robust standard deviations (1.4826
+    MAD, at least 0.25 px) of their median: robust to the odd wrong match, and over a stable set of
+    particles the centroids' pixelisation errors cancel in the cumulative sum.  A pair with fewer
+    than ``min_matches`` matches (e.g. next to an empty frame) takes the running median of its
     neighbours' steps, or repeats the previous one (constant drift velocity).  The drift per frame
     must stay below the median particle radius.
 
@@ -703,8 +727,8 @@ def _check_labels(lab: Any, name: str) -> np.ndarray:
         raise EtemsegError(f"{name}: label image must be 2-D, got shape {lab.shape}")
     if not np.issubdtype(lab.dtype, np.integer):
         raise EtemsegError(f"{name}: label image must be integer, got {lab.dtype}")
-    if lab.dtype.itemsize < 4 or lab.dtype == np.uint64:
-        lab = lab.astype(np.int64)  # fewer kernel specialisations; uint64 does not mix with int
+    if lab.dtype == np.uint64:
+        lab = lab.astype(np.int64)  # uint64 does not mix with signed ints in the kernel
     return np.ascontiguousarray(lab)
 
 
@@ -780,7 +804,7 @@ def _shift_steps(seq: np.ndarray, drift: pd.DataFrame | None) -> np.ndarray:
 
 
 def overlap_table(label_source: Callable[[int], np.ndarray], frames: Iterable[int],
-                  drift: pd.DataFrame | None = None) -> pd.DataFrame:
+                  drift: pd.DataFrame | None = None) -> OverlapTable:
     """Overlaps of every pair of consecutive frames, for :func:`link` (``overlaps=``).
 
     Each label image is requested once.  Pass the same frames (``all_frames``) and the drift of
@@ -803,7 +827,7 @@ def overlap_table(label_source: Callable[[int], np.ndarray], frames: Iterable[in
     pandas.DataFrame
         ``frame_a``, ``frame_b``, ``a``, ``b``, ``n_px`` (int64).
     """
-    seq = np.unique(np.asarray(list(frames), dtype=np.int64))
+    seq = _all_frames(frames)
     steps = _shift_steps(seq, drift)
     parts = []
     prev = None
@@ -1172,7 +1196,7 @@ def _setup(detections: pd.DataFrame, pixel_size_nm: float | None,
     return det, seq, drift, times
 
 
-def link(detections: pd.DataFrame, *, overlaps: pd.DataFrame | None = None,
+def link(detections: pd.DataFrame, *, overlaps: OverlapTable | None = None,
          pixel_size_nm: float | None = None, max_disp_nm: float = 1.0,
          min_overlap: float = 0.2, min_absorbed_volume: float = 0.03, memory: int = 0,
          frame_shape: tuple[int, int] | None = None, all_frames: Iterable[int] | None = None,
@@ -1394,7 +1418,7 @@ def frames_table(trajectories: pd.DataFrame, *, frame_shape: tuple[int, int],
     if h <= 0 or w <= 0:
         raise EtemsegError(f"frames_table: bad frame_shape {frame_shape!r}")
     ps = float(pixel_size_nm)
-    seq = np.unique(np.asarray(list(all_frames), dtype=np.int64))
+    seq = _all_frames(all_frames)
     if "frame" not in trajectories.columns:
         raise EtemsegError("trajectories: missing column 'frame'")
     fr = trajectories["frame"].to_numpy(np.int64)
@@ -1479,3 +1503,70 @@ def frames_table(trajectories: pd.DataFrame, *, frame_shape: tuple[int, int],
         for kind in EVENT_KINDS:
             cols[f"n_{kind}"] = np.bincount(kk[ek == kind], minlength=n).astype(np.int64)
     return pd.DataFrame(cols)
+
+
+def track_movie(frames_path, masks_path, particles_dir, *, movie: str = "", model: str = "",
+                overlap: bool = True, **link_options) -> tuple[pd.DataFrame, pd.DataFrame,
+                                                              pd.DataFrame]:
+    """The reduce job of one movie × model: read every chunk table, link, summarise frames.
+
+    Parameters
+    ----------
+    frames_path, masks_path : path
+        Frame and mask stores of the movie (times, pixel size; label images for overlap linking).
+    particles_dir : path
+        Folder of ``chunk-{k}.parquet`` detection tables, one per time chunk of the masks.
+    overlap : bool
+        Link by mask overlap (label images recomputed per frame); False: centroids only.
+
+    Raises
+    ------
+    InputFileError
+        A chunk table is missing (never a silent gap in the frames table).
+    """
+    from pathlib import Path
+
+    from scipy import ndimage
+
+    from .errors import InputFileError
+    from .store import MovieStore
+
+    frames, masks = MovieStore.open(frames_path), MovieStore.open(masks_path)
+    particles_dir = Path(particles_dir)
+    tables = []
+    for k in range(masks.n_chunks):
+        path = particles_dir / f"chunk-{k}.parquet"
+        if not path.exists():
+            raise InputFileError(path, f"detections of chunk {k} are missing; measure it first")
+        tables.append(pd.read_parquet(path))
+    tables = [t for t in tables if len(t)]
+    detections = pd.concat(tables, ignore_index=True) if tables else tables_empty(particles_dir)
+    block: dict = {}
+
+    def label_source(frame: int) -> np.ndarray:
+        if not (block and block["t0"] <= frame < block["t1"]):
+            b0 = frame - frame % int(masks.array.chunks[0])
+            data = masks.array[b0:b0 + int(masks.array.chunks[0])]
+            block.update(t0=b0, t1=b0 + len(data), data=data)
+        labels, _ = ndimage.label(block["data"][frame - block["t0"]] > 0,
+                                  structure=np.ones((3, 3), bool))
+        return labels
+
+    traj, events, frames_t = link_movie(
+        detections, label_source if overlap else None, pixel_size_nm=frames.pixel_size_nm,
+        frame_shape=frames.frame_shape, all_frames=np.arange(frames.n_frames),
+        time_s=frames.time_s(), **link_options)
+    for table in (traj, events, frames_t):
+        for name, value in (("model", model), ("movie", movie)):
+            if name in table:
+                table.pop(name)
+            table.insert(0, name, pd.Series([value] * len(table), index=table.index, dtype=str))
+    return traj, events, frames_t
+
+
+def tables_empty(particles_dir) -> pd.DataFrame:
+    """Schema-true empty detections (read from the first chunk file)."""
+    from pathlib import Path
+
+    first = sorted(Path(particles_dir).glob("chunk-*.parquet"))[0]
+    return pd.read_parquet(first)

@@ -139,13 +139,14 @@ def test_overlap_pairs_matches_reference(shift):
                                                 shift=shift), got)
 
 
-def test_neighbour_search_matches_brute_force():
+@pytest.mark.parametrize("scale", [7.0, 60.0])  # 60: more pairs than the first buffer holds
+def test_neighbour_search_matches_brute_force(scale):
     from etemseg.track import _near_pairs
 
     rng = np.random.default_rng(3)
     ya, xa, ka = rng.random(300) * 50, rng.random(300) * 80 - 20, rng.integers(0, 5, 300)
     yb, xb, kb = rng.random(400) * 50, rng.random(400) * 80 - 20, rng.integers(0, 5, 400)
-    reach = rng.random(300) * 7
+    reach = rng.random(300) * scale
     i, j, d = _near_pairs(ya, xa, ka, reach, yb, xb, kb)
     dist = np.hypot(ya[:, None] - yb[None], xa[:, None] - xb[None])
     hit = (dist < reach[:, None]) & (ka[:, None] == kb[None])

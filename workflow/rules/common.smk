@@ -20,6 +20,7 @@ TRAIN_GPUS = int(TRAIN["gpus"])
 MODELS = list(config.get("models", []))
 INFER = {"threads": 1, "gpus": 0, "settings": {}, **config.get("infer", {})}
 MEASURE = {"min_area_px": 20, **config.get("measure", {})}
+TRACK = {"max_disp_nm": 1.0, "memory": 0, "centroid_only": False, **config.get("track", {})}
 
 
 wildcard_constraints:
@@ -142,7 +143,10 @@ def all_targets():
         for movie in MOVIES:
             targets += [f"results/{movie}/{model}/particles/chunk-{k}.parquet"
                         for k in movie_chunks(movie)]
-            targets += [f"results/{movie}/{model}/eval"]
+            targets += [f"results/{movie}/{model}/eval",
+                        f"results/{movie}/{model}/sintering/sintering.png"]
+            if "synthetic" in movie_cfg(movie):
+                targets.append(f"results/{movie}/{model}/track_scores.json")
     if MODELS:
         targets += ["results/model_comparison.csv", "results/model_contours.png"]
     return targets
