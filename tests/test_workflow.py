@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import yaml
 import zarr
@@ -26,6 +28,32 @@ TINY = {
                                          "samples_per_epoch": 4, "lr": 0.01}},
     "infer": {"settings": {"threshold": "otsu_chunk"}},
 }
+
+
+def run_notebook(results: Path) -> dict:
+    """Execute every code cell of the sintering notebook against a results folder."""
+    import os
+
+    import nbformat
+
+    nb = nbformat.read(REPO / "workflow/notebooks/sintering.ipynb", as_version=4)
+    env = {"ETEMSEG_RESULTS": str(results), "ETEMSEG_NOTEBOOK_OUT": str(results / "notebook")}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        namespace: dict = {}
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                exec(compile(cell.source, "sintering.ipynb", "exec"), namespace)
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    assert (results / "notebook" / "radius_lsw.png").exists()
+    assert (results / "notebook" / "density_psd.png").exists()
+    return namespace
 
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -73,6 +101,17 @@ def test_tiny_run_then_nothing_to_do(tmp_path):
     assert mask.shape == frames.shape
     receipts = wd / "results/tiny/shallow-wide/receipts/infer"
     assert len(list(receipts.iterdir())) == 3
+    out = wd / "results/tiny/shallow-wide"
+    frames_t = pd.read_parquet(out / "frames.parquet")
+    assert frames_t["frame"].tolist() == list(range(10))  # every frame, no silent gap
+    traj = pd.read_parquet(out / "trajectories.parquet")
+    assert {"particle", "frame", "time_s", "x_nm", "eq_diameter_nm", "movie", "model"} <= set(traj)
+    assert pq.read_schema(out / "trajectories.parquet").field("x_nm").metadata[b"unit"] == b"nm"
+    assert (out / "sintering/sintering.png").exists()
+    scores = json.loads((out / "track_scores.json").read_text())
+    assert 0 <= scores["tracking"]["followed_fraction"] <= 1
+    assert (wd / "results/model_comparison.csv").exists()
+    run_notebook(wd / "results")
     again = snakemake(wd, "-n")
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
