@@ -29,7 +29,8 @@ usage() { awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0" >&2; exit 2;
 
 [[ $# -eq 2 ]] || usage
 cmd=$1
-mkdir -p "$2"
+[[ $cmd == start ]] && mkdir -p "$2"
+[[ -d $2 ]] || die "no such directory: $2"
 dir=$(cd "$2" && pwd)
 
 free_port() {
@@ -81,7 +82,7 @@ start() {
     while [[ $d_port == "$ctld_port" ]]; do d_port=$(free_port); done
 
     mkdir -p "$dir/ctld" "$dir/d" "$dir/munge"
-    chmod 0700 "$dir/munge"
+    chmod 0711 "$dir/munge"   # socket reachable by all, key file itself 0400
 
     cat >"$dir/slurm.conf" <<EOF
 # Written by tests/slurm/slurm.sh: single-node test cluster on 127.0.0.1, accounting off.
