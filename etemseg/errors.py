@@ -23,3 +23,20 @@ class InputFileError(EtemsegError):
 
 class ConfigError(EtemsegError):
     """A configuration key is unknown, missing or of the wrong type; the message names the key."""
+
+
+def is_int(value) -> bool:
+    """True for Python/NumPy integers (not bools): the check every ``validate()`` uses."""
+    import numpy as np
+
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def is_number(value) -> bool:
+    """True for finite Python/NumPy ints and floats (not bools)."""
+    import math
+
+    import numpy as np
+
+    return (isinstance(value, (int, float, np.integer, np.floating))
+            and not isinstance(value, (bool, np.bool_)) and math.isfinite(float(value)))

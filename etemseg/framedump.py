@@ -362,7 +362,7 @@ def _load_dm(path: Path, *, lazy: bool) -> dict:
         raise InputFileError(path, "does not exist" if not path.exists() else "is not a file")
     try:
         datasets = file_reader(str(path), lazy=lazy)
-    except Exception as exc:  # rosettasciio raises struct.error, NotImplementedError, ...
+    except Exception as exc:  # the DM reader raises many types for damaged files
         raise _cannot_read(path, exc) from exc
     if not datasets:
         raise InputFileError(path, "cannot be read: the file holds no image")

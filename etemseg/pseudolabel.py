@@ -85,7 +85,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from .errors import ConfigError, EtemsegError
+from .errors import ConfigError, EtemsegError, is_int, is_number
 
 __all__ = [
     "HIGH_COVERAGE_WARN",
@@ -174,23 +174,13 @@ class PseudoLabelParams:
         def bad(name: str, why: str) -> ConfigError:
             return ConfigError(f"pseudolabel.{name}: {why} (got {getattr(self, name)!r})")
 
-        def is_int(v: Any) -> bool:
-            return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-        def is_num(v: Any) -> bool:
-            return (
-                isinstance(v, (int, float, np.integer, np.floating))
-                and not isinstance(v, (bool, np.bool_))
-                and math.isfinite(float(v))
-            )
-
-        if not is_num(self.sigma) or not 0 < self.sigma <= 100:
+        if not is_number(self.sigma) or not 0 < self.sigma <= 100:
             raise bad("sigma", "must be a finite number in (0, 100]")
         if not is_int(self.opening_radius) or not 0 <= self.opening_radius <= 64:
             raise bad("opening_radius", "must be an integer in [0, 64]")
         if not isinstance(self.threshold, str) or self.threshold not in _THRESHOLDS:
             raise bad("threshold", f"must be one of {', '.join(_THRESHOLDS)}")
-        if not is_num(self.fixed_threshold) or not 0 < self.fixed_threshold < 1:
+        if not is_number(self.fixed_threshold) or not 0 < self.fixed_threshold < 1:
             raise bad("fixed_threshold", "must be a number in (0, 1)")
         if not isinstance(self.polarity, str) or self.polarity not in _POLARITIES:
             raise bad("polarity", f"must be one of {', '.join(_POLARITIES)}")

@@ -74,7 +74,7 @@ from scipy.spatial import cKDTree
 
 from . import __version__
 from .atomic import atomic_path
-from .errors import ConfigError, InputFileError
+from .errors import ConfigError, InputFileError, is_int, is_number
 
 __all__ = [
     "SynthParams",
@@ -181,16 +181,6 @@ class SynthParams:
         def bad(name: str, why: str) -> ConfigError:
             return ConfigError(f"synth.{name}: {why} (got {getattr(self, name)!r})")
 
-        def is_int(v: Any) -> bool:
-            return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-        def is_num(v: Any) -> bool:
-            return (
-                isinstance(v, (int, float, np.integer, np.floating))
-                and not isinstance(v, (bool, np.bool_))
-                and math.isfinite(float(v))
-            )
-
         if not is_int(self.frames) or self.frames < 1:
             raise bad("frames", "must be an integer >= 1")
         for name in ("height", "width"):
@@ -201,21 +191,21 @@ class SynthParams:
                     "appear_radius_nm", "texture_length_px")
         for name in positive:
             v = getattr(self, name)
-            if not is_num(v) or v <= 0:
+            if not is_number(v) or v <= 0:
                 raise bad(name, "must be a finite number > 0")
         non_negative = ("radius_sigma", "edge_width_px", "texture", "ripening_rate",
                         "migration_nm2_per_s", "initial_gap_nm", "appear_rate")
         for name in non_negative:
             v = getattr(self, name)
-            if not is_num(v) or v < 0:
+            if not is_number(v) or v < 0:
                 raise bad(name, "must be a finite number >= 0")
         if self.n_particles is not None and (not is_int(self.n_particles) or self.n_particles < 0):
             raise bad("n_particles", "must be None or an integer >= 0")
-        if not is_num(self.coverage) or not 0 < self.coverage < 0.6:
+        if not is_number(self.coverage) or not 0 < self.coverage < 0.6:
             raise bad("coverage", "must be in (0, 0.6)")
-        if not is_num(self.contrast) or not 0 <= self.contrast < 1:
+        if not is_number(self.contrast) or not 0 <= self.contrast < 1:
             raise bad("contrast", "must be in [0, 1)")
-        if not is_num(self.gradient) or not 0 <= self.gradient < 0.8:
+        if not is_number(self.gradient) or not 0 <= self.gradient < 0.8:
             raise bad("gradient", "must be in [0, 0.8)")
         if self.radius_sigma > 1.5:
             raise bad("radius_sigma", "must be <= 1.5")
@@ -225,7 +215,7 @@ class SynthParams:
         if (
             not isinstance(d, (tuple, list))
             or len(d) != 2
-            or not all(is_num(v) for v in d)
+            or not all(is_number(v) for v in d)
         ):
             raise bad("drift_px_per_frame", "must be a pair of finite numbers (dy, dx)")
         if self.min_radius_nm >= self.radius_mean_nm:

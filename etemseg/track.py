@@ -105,7 +105,7 @@ import pyarrow as pa
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from .errors import ConfigError, EtemsegError
+from .errors import ConfigError, EtemsegError, is_int, is_number
 
 __all__ = [
     "EVENTS_SCHEMA",
@@ -187,18 +187,13 @@ class LinkParams:
         def bad(name: str, why: str) -> ConfigError:
             return ConfigError(f"track.{name}: {why} (got {getattr(self, name)!r})")
 
-        def num(v: Any) -> bool:
-            return (isinstance(v, (int, float, np.integer, np.floating))
-                    and not isinstance(v, (bool, np.bool_)) and math.isfinite(float(v)))
-
-        if not num(self.max_disp_nm) or self.max_disp_nm <= 0:
+        if not is_number(self.max_disp_nm) or self.max_disp_nm <= 0:
             raise bad("max_disp_nm", "must be a finite number > 0")
-        if not num(self.min_overlap) or not 0 < self.min_overlap <= 1:
+        if not is_number(self.min_overlap) or not 0 < self.min_overlap <= 1:
             raise bad("min_overlap", "must be in (0, 1]")
-        if not num(self.min_absorbed_volume) or not 0 <= self.min_absorbed_volume <= 1:
+        if not is_number(self.min_absorbed_volume) or not 0 <= self.min_absorbed_volume <= 1:
             raise bad("min_absorbed_volume", "must be in [0, 1]")
-        if (not isinstance(self.memory, (int, np.integer)) or isinstance(self.memory, bool)
-                or self.memory < 0):
+        if not is_int(self.memory) or self.memory < 0:
             raise bad("memory", "must be an integer >= 0")
 
 
