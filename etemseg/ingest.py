@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from .atomic import atomic_path
 from .errors import ConfigError, InputFileError
 from .framedump import FrameSource, read_frame, scan_dump
-from .store import DEFAULT_CLEVEL, DEFAULT_CODEC, MovieStore, create_store
+from .store import DEFAULT_CLEVEL, DEFAULT_CODEC, MovieStore, create_store, fault_point
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def ingest_chunk(out: str | Path | MovieStore, k: int, *, progress: bool = False
     start = time.perf_counter()
     lo, hi, total, nonfinite = np.inf, -np.inf, 0.0, 0
     bar = tqdm(total=t1 - t0, desc=f"ingest chunk {k}", unit="frame", disable=not progress)
-    for b0, b1 in store.blocks(k):
+    for n_block, (b0, b1) in enumerate(store.blocks(k), start=1):
         block = np.empty((b1 - b0,) + shape, dtype=dtype)
         for i in range(b0, b1):
             j = i - t0
@@ -136,6 +136,7 @@ def ingest_chunk(out: str | Path | MovieStore, k: int, *, progress: bool = False
             lo, hi = min(lo, float(vals.min())), max(hi, float(vals.max()))
             total += float(vals.sum(dtype=np.float64))
         store.array[b0:b1] = block
+        fault_point("ingest", k, n_block)
     bar.close()
     if nonfinite:
         log.warning("chunk %d of %s: %d non-finite pixels (NaN/inf) in the source", k,

@@ -1589,7 +1589,8 @@ def label_chunk(src: Any, dst: Any, k: int, *, params: PseudoLabelParams | None 
         return masks
 
     t_start = time.perf_counter()
-    map_chunk(src, dst, int(k), fn, progress=progress, desc=f"pseudolabel chunk {k}")
+    map_chunk(src, dst, int(k), fn, progress=progress, desc=f"pseudolabel chunk {k}",
+              stage="pseudolabel")
     seconds = time.perf_counter() - t_start
     t0, t1 = src.chunk_bounds(int(k))
     n = t1 - t0

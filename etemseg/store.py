@@ -20,6 +20,8 @@ memory bounded by one block, whatever the movie length.
 from __future__ import annotations
 
 import math
+import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -38,6 +40,8 @@ CODECS = ("blosc-zstd", "blosc-lz4", "zstd", "none")
 DEFAULT_CODEC = "blosc-zstd"
 DEFAULT_CLEVEL = 3
 DEFAULT_BLOCK_BYTES = 64 * 2**20
+#: Environment variable read by :func:`fault_point` (a test hook; unset in normal use).
+FAULT_ENV = "ETEMSEG_FAULT"
 
 
 def compressors_for(codec: str, clevel: int = DEFAULT_CLEVEL) -> list:
@@ -271,20 +275,52 @@ class MovieStore:
         return MovieStore.open(path, mode="r+")
 
 
+def fault_point(stage: str, k: int, blocks_written: int) -> None:
+    """Test hook: kill this process here if :data:`FAULT_ENV` asks for it; nothing when unset.
+
+    Per-chunk writers call it after each Zarr block of time chunk ``k`` they have written (with
+    the number written so far), so a test can kill a real job in the middle of writing its region,
+    receipt not yet written, and check that a rerun repairs it (``tests/test_faults.py``).
+
+    ``ETEMSEG_FAULT`` is a comma-separated list of ``STAGE:CHUNK:BLOCKS[:ACTION]``: when ``stage``
+    (``ingest``, ``pseudolabel``, ``infer``), ``k`` and ``blocks_written`` match an entry the
+    process sends itself ``SIGKILL`` (ACTION ``kill``, the default: an uncatchable death, as by
+    the OOM killer or ``scancel``) or ``SIGSTOP`` (ACTION ``stop``: frozen mid-write, for a test
+    that then kills the whole workflow as a node failure would). A malformed value is a
+    :class:`ConfigError`, so a mistyped fault never silently does nothing.
+    """
+    spec = os.environ.get(FAULT_ENV, "").strip()
+    if not spec:
+        return
+    for entry in spec.split(","):
+        parts = entry.strip().split(":")
+        action = parts[3] if len(parts) == 4 else "kill"
+        if len(parts) not in (3, 4) or action not in ("kill", "stop") \
+                or not (parts[1].isdigit() and parts[2].isdigit()):
+            raise ConfigError(f"{FAULT_ENV}: expected STAGE:CHUNK:BLOCKS[:kill|stop], got {entry!r}")
+        if parts[0] == stage and int(parts[1]) == k and int(parts[2]) == blocks_written:
+            os.kill(os.getpid(), signal.SIGKILL if action == "kill" else signal.SIGSTOP)
+
+
 def map_chunk(src: MovieStore, dst: MovieStore, k: int, fn, *, progress: bool = False,
-              desc: str = "") -> None:
+              desc: str = "", stage: str | None = None) -> None:
     """Apply ``fn(frames, t0) -> frames`` to time chunk ``k`` of ``src``, writing ``dst``.
 
     Streams one Zarr chunk of frames at a time, so memory stays bounded by a block. ``dst`` must
-    have the same shape and chunking (see :meth:`MovieStore.like`).
+    have the same shape and chunking (see :meth:`MovieStore.like`). ``stage`` names the job for
+    :func:`fault_point`; default: the ``stage`` attribute of ``dst`` up to its first ``-``
+    (``pseudolabel``, ``infer`` for ``infer-probability``).
     """
     from tqdm.auto import tqdm
 
+    if stage is None:
+        stage = str(dst.meta.get("stage", "")).partition("-")[0]
     if dst.array.shape != src.array.shape or dst.array.chunks[0] != src.array.chunks[0]:
         raise InputFileError(dst.path, f"shape/chunks {dst.array.shape}/{dst.array.chunks} do not "
                              f"match {src.path} {src.array.shape}/{src.array.chunks}")
     t0, t1 = src.chunk_bounds(k)
     with tqdm(total=t1 - t0, desc=desc or f"chunk {k}", unit="frame", disable=not progress) as bar:
-        for b0, block in src.read_chunk(k):
+        for i, (b0, block) in enumerate(src.read_chunk(k)):
             dst.array[b0:b0 + len(block)] = fn(block, b0)
             bar.update(len(block))
+            fault_point(stage, k, i + 1)
