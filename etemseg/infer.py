@@ -22,6 +22,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ from skimage.morphology import remove_small_objects
 from .errors import ConfigError, InputFileError
 from .models import fuse_for_inference, halo, parse_arch, size_multiple
 from .store import MovieStore, map_chunk
-from .train import NORMALISATION, load_model, normalise_frames
+from .train import NORMALISATION, load_model, normalise_tensor
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,9 @@ class InferConfig:
         Largest tile side; frames larger than this in either axis are tiled (0 = never tile).
     optimised : bool
         Fold BatchNorm, channels-last, inference mode (and autocast on CUDA).
+    gpu_precision : str
+        Autocast dtype of the optimised path on CUDA: ``float16``, ``bfloat16`` or ``float32``
+        (no autocast). The CPU always computes in float32.
     device : str
         ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
     """
@@ -67,6 +71,7 @@ class InferConfig:
     batch_size: int = 4
     max_tile_px: int = 2048
     optimised: bool = True
+    gpu_precision: str = "float16"
     device: str = "auto"
 
     def validate(self) -> None:
@@ -74,6 +79,7 @@ class InferConfig:
                   "fixed_threshold": 0 < self.fixed_threshold < 1,
                   "min_area_px": self.min_area_px >= 0, "batch_size": self.batch_size >= 1,
                   "max_tile_px": self.max_tile_px == 0 or self.max_tile_px >= 32,
+                  "gpu_precision": self.gpu_precision in ("float16", "bfloat16", "float32"),
                   "device": self.device in ("auto", "cpu", "cuda")}
         for name, ok in checks.items():
             if not ok:
@@ -107,19 +113,64 @@ def tiles(length: int, tile: int, multiple: int, margin: int) -> list[tuple[int,
     return out
 
 
-def _forward(model, x: np.ndarray, device, optimised: bool) -> np.ndarray:
-    """Particle probability of normalised (B, H, W) float32 input."""
-    t = torch.from_numpy(x)[:, None].to(device)
+def _forward(model, x: torch.Tensor, optimised: bool, amp_dtype: torch.dtype | None
+             ) -> torch.Tensor:
+    """Particle probability (B, H, W) float32 of normalised (B, H, W) input on the model's device."""
+    t = x[:, None]
     if optimised:
         t = t.contiguous(memory_format=torch.channels_last)
-    amp = optimised and device.type == "cuda"
-    dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
-    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=amp):
+    with torch.inference_mode(), torch.autocast(t.device.type, dtype=amp_dtype or torch.float16,
+                                                enabled=amp_dtype is not None):
         logits = model(t).float()
         # two classes: softmax(.)[1] == sigmoid(l1 - l0), one pass instead of three
-        p = (torch.sigmoid(logits[:, 1] - logits[:, 0]) if logits.shape[1] == 2
-             else torch.softmax(logits, dim=1)[:, 1])
-    return p.cpu().numpy()
+        return (torch.sigmoid(logits[:, 1] - logits[:, 0]) if logits.shape[1] == 2
+                else torch.softmax(logits, dim=1)[:, 1])
+
+
+def amp_dtype_of(cfg: InferConfig, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype of the optimised path on CUDA (None: float32)."""
+    if not cfg.optimised or device.type != "cuda" or cfg.gpu_precision == "float32":
+        return None
+    return {"float16": torch.float16, "bfloat16": torch.bfloat16}[cfg.gpu_precision]
+
+
+def _to_float(t: torch.Tensor) -> torch.Tensor:
+    """float32 of a device tensor; uint16 through int32 where a build lacks uint16 casts."""
+    try:
+        return t.to(torch.float32)
+    except (RuntimeError, NotImplementedError):
+        if t.dtype != torch.uint16:
+            raise
+        return t.view(torch.int16).to(torch.int32).bitwise_and_(0xFFFF).to(torch.float32)
+
+
+def probabilities(model, frames: np.ndarray, *, arch, cfg: InferConfig, device
+                  ) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(b0, p)`` per batch: particle probability (B, H, W) float32 on ``device`` of raw frames
+    ``frames[b0:b0 + B]``.
+
+    Raw frames travel to the device as they are stored (uint16 is half of float32) and are
+    normalised there (:func:`etemseg.train.normalise_tensor`); tiles follow the model's pooling
+    grid with its receptive-field halo, so tiled output equals whole-frame output.
+    """
+    device = torch.device(device)
+    amp = amp_dtype_of(cfg, device)
+    T, H, W = frames.shape
+    tile = cfg.max_tile_px or max(H, W)
+    m, margin = size_multiple(arch), halo(arch)
+    ys, xs = tiles(H, tile, m, margin), tiles(W, tile, m, margin)
+    for b0 in range(0, T, cfg.batch_size):
+        raw = torch.from_numpy(np.ascontiguousarray(frames[b0:b0 + cfg.batch_size]))
+        x = normalise_tensor(_to_float(raw.to(device, non_blocking=True)))
+        if len(ys) == 1 and len(xs) == 1:
+            yield b0, _forward(model, x, cfg.optimised, amp)
+            continue
+        out = torch.empty(x.shape, dtype=torch.float32, device=device)
+        for y0, y1, ky0, ky1 in ys:
+            for x0, x1, kx0, kx1 in xs:
+                p = _forward(model, x[:, y0:y1, x0:x1], cfg.optimised, amp)
+                out[:, ky0:ky1, kx0:kx1] = p[:, ky0 - y0:ky1 - y0, kx0 - x0:kx1 - x0]
+        yield b0, out
 
 
 def predict(model, frames: np.ndarray, *, arch, cfg: InferConfig, device) -> np.ndarray:
@@ -128,21 +179,19 @@ def predict(model, frames: np.ndarray, *, arch, cfg: InferConfig, device) -> np.
     ``model`` must come from :func:`prepare_model`. Non-finite frames are normalised to zeros
     (and the caller masks them out).
     """
-    device = torch.device(device)
-    x = normalise_frames(frames)
-    T, H, W = x.shape
-    out = np.empty((T, H, W), np.float32)
-    tile = cfg.max_tile_px or max(H, W)
-    m, margin = size_multiple(arch), halo(arch)
-    ys, xs = tiles(H, tile, m, margin), tiles(W, tile, m, margin)
-    for b0 in range(0, T, cfg.batch_size):
-        batch = x[b0:b0 + cfg.batch_size]
-        for y0, y1, ky0, ky1 in ys:
-            for x0, x1, kx0, kx1 in xs:
-                p = _forward(model, np.ascontiguousarray(batch[:, y0:y1, x0:x1]), device,
-                             cfg.optimised)
-                out[b0:b0 + len(batch), ky0:ky1, kx0:kx1] = p[:, ky0 - y0:ky1 - y0,
-                                                              kx0 - x0:kx1 - x0]
+    out = np.empty(frames.shape, np.float32)
+    for b0, p in probabilities(model, frames, arch=arch, cfg=cfg, device=device):
+        out[b0:b0 + len(p)] = p.cpu().numpy()
+    return out
+
+
+def predict_quantised(model, frames: np.ndarray, *, arch, cfg: InferConfig, device
+                      ) -> np.ndarray:
+    """:func:`quantise` of :func:`predict`, computed on the device: only uint8 comes back (a
+    quarter of the float32 traffic; what makes a GPU keep up with the camera)."""
+    out = np.empty(frames.shape, np.uint8)
+    for b0, p in probabilities(model, frames, arch=arch, cfg=cfg, device=device):
+        out[b0:b0 + len(p)] = torch.round(p * 255.0).clamp_(0, 255).to(torch.uint8).cpu().numpy()
     return out
 
 
@@ -212,7 +261,7 @@ def infer_chunk(frames: MovieStore, prob_store: MovieStore, mask_store: MovieSto
     def run(block, b0):
         bad = (~np.isfinite(block).all(axis=(1, 2)) if block.dtype.kind == "f"
                else np.zeros(len(block), bool))
-        q = quantise(predict(model, block, arch=arch, cfg=cfg, device=device))
+        q = predict_quantised(model, block, arch=arch, cfg=cfg, device=device)
         q[bad] = 0
         nonfinite.extend((np.flatnonzero(bad) + b0).tolist())
         for i, f in enumerate(q):

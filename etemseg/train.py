@@ -45,23 +45,39 @@ NORMALISATION = {"method": "per_frame_standardise",
                  "description": "(x - mean) / std per frame over finite pixels; non-finite -> 0"}
 
 
+def normalise_tensor(x: torch.Tensor) -> torch.Tensor:
+    """Per-frame standardisation of a (T, H, W) tensor, on whatever device it lives.
+
+    Returns float32 ``(x - mean) / std`` with mean and std of each frame's finite pixels
+    (accumulated in float64), std 0 taken as 1, non-finite pixels (and all-non-finite frames) 0.
+    The one implementation of :data:`NORMALISATION`: training (via :func:`normalise_frames`) and
+    inference (on the GPU, from the raw frames) both call it.
+    """
+    x = x.to(torch.float32)
+    if x.ndim == 2:
+        x = x[None]
+    finite = torch.isfinite(x)
+    n = finite.sum(dim=(1, 2), dtype=torch.float64)
+    xz = torch.where(finite, x, 0.0)
+    mean = xz.sum(dim=(1, 2), dtype=torch.float64) / n.clamp(min=1)
+    d = torch.where(finite, x - mean.to(torch.float32)[:, None, None], 0.0)
+    std = torch.sqrt(torch.square(d).sum(dim=(1, 2), dtype=torch.float64) / n.clamp(min=1))
+    std = torch.where(std > 0, std, 1.0).to(torch.float32)
+    return torch.where(finite, d / std[:, None, None], 0.0)
+
+
 def normalise_frames(frames: np.ndarray) -> np.ndarray:
     """Per-frame standardisation of (T, H, W) frames to float32 (non-finite pixels become 0).
 
-    Per-frame scaling removes dose and gain differences between movies and frames.
+    Per-frame scaling removes dose and gain differences between movies and frames. Frame by
+    frame through :func:`normalise_tensor`, so temporary memory stays a few frames.
     """
-    x = np.asarray(frames, dtype=np.float32)
+    x = np.asarray(frames)
     if x.ndim == 2:
         x = x[None]
-    out = np.empty_like(x)
+    out = np.empty(x.shape, np.float32)
     for i, frame in enumerate(x):
-        finite = np.isfinite(frame)
-        vals = frame[finite]
-        if vals.size == 0:
-            out[i] = 0
-            continue
-        mean, std = float(vals.mean()), float(vals.std())
-        out[i] = np.where(finite, (frame - mean) / (std if std > 0 else 1.0), 0.0)
+        out[i] = normalise_tensor(torch.from_numpy(np.ascontiguousarray(frame))).numpy()[0]
     return out
 
 
@@ -225,9 +241,17 @@ def load_training_data(pairs: Sequence[tuple[str | Path, str | Path]], cfg: Trai
     return TrainingData(images_a, labels_a, train, val, sources)
 
 
-def sample_batch(data: TrainingData, cfg: TrainConfig, gen: torch.Generator
+def sample_batch(data: TrainingData, cfg: TrainConfig, gen: torch.Generator, *,
+                 tensors: tuple[torch.Tensor, torch.Tensor] | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch of augmented random crops, (B, 1, c, c) float32 and (B, c, c) int64."""
+    """A batch of augmented random crops, (B, 1, c, c) float32 and (B, c, c) int64.
+
+    ``tensors``: ``(images, labels)`` of ``data`` as tensors on the training device (see
+    :func:`device_tensors`); crops and augmentation then run there. The random draws come from
+    ``gen`` on the CPU either way, so a seed gives the same batches on every device.
+    """
+    images, labels = tensors if tensors is not None else (torch.from_numpy(data.images),
+                                                          torch.from_numpy(data.labels))
     c = cfg.crop_px
     _, H, W = data.images.shape
     xs, ys = [], []
@@ -240,9 +264,8 @@ def sample_batch(data: TrainingData, cfg: TrainConfig, gen: torch.Generator
         side = max(8, min(side, H, W))
         y0 = int(torch.randint(H - side + 1, (1,), generator=gen))
         x0 = int(torch.randint(W - side + 1, (1,), generator=gen))
-        x = torch.from_numpy(data.images[i, y0:y0 + side, x0:x0 + side].astype(np.float32))[
-            None, None]
-        y = torch.from_numpy(data.labels[i, y0:y0 + side, x0:x0 + side].copy())[None, None]
+        x = images[i, y0:y0 + side, x0:x0 + side].to(torch.float32)[None, None]
+        y = labels[i, y0:y0 + side, x0:x0 + side].clone()[None, None]
         if side != c:
             x = F.interpolate(x, size=(c, c), mode="bilinear", align_corners=False)
             y = F.interpolate(y.float(), size=(c, c), mode="nearest").to(torch.uint8)
@@ -266,6 +289,23 @@ def sample_batch(data: TrainingData, cfg: TrainConfig, gen: torch.Generator
 # --------------------------------------------------------------------------------------------
 # training loop
 # --------------------------------------------------------------------------------------------
+
+def device_tensors(data: TrainingData, device: torch.device
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training set as tensors on ``device`` (a view on the CPU; one upload to a GPU, so
+    cropping and augmentation run there instead of on the host). Falls back to host tensors
+    when the GPU has no room for it."""
+    images, labels = torch.from_numpy(data.images), torch.from_numpy(data.labels)
+    if device.type == "cpu":
+        return images, labels
+    try:
+        return images.to(device), labels.to(device)
+    except torch.OutOfMemoryError:
+        log.warning("training set (%.1f GB) does not fit on %s; cropping on the host",
+                    (data.images.nbytes + data.labels.nbytes) / 1e9, device)
+        torch.cuda.empty_cache()
+        return images, labels
+
 
 def pick_device(name: str = "auto") -> torch.device:
     """CUDA when present (or asked), else the CPU."""
@@ -403,6 +443,7 @@ def train(data: TrainingData, cfg: TrainConfig, out_dir: str | Path, *, progress
         elif ckpt:
             log.info("%s: checkpoint is from other settings or data; starting afresh", ckpt_path)
     steps = max(1, math.ceil(cfg.samples_per_epoch / cfg.batch_size))
+    tensors = device_tensors(data, device)
     model.train()
     started = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
@@ -412,7 +453,7 @@ def train(data: TrainingData, cfg: TrainConfig, out_dir: str | Path, *, progress
         bar = tqdm(range(steps), desc=f"{cfg.model} epoch {epoch + 1}/{cfg.epochs}",
                    unit="batch", disable=not progress, leave=False)
         for _ in bar:
-            x, y = sample_batch(data, cfg, gen)
+            x, y = sample_batch(data, cfg, gen, tensors=tensors)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
                 loss = F.cross_entropy(model(x).float(), y, weight=weight)
@@ -420,8 +461,9 @@ def train(data: TrainingData, cfg: TrainConfig, out_dir: str | Path, *, progress
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
-            total += loss.detach().item()
-            bar.set_postfix(loss=f"{loss.detach().item():.4f}")
+            step_loss = loss.detach().item()   # one host sync per step
+            total += step_loss
+            bar.set_postfix(loss=f"{step_loss:.4f}")
         seconds = time.perf_counter() - t0
         row = {"epoch": epoch + 1, "train_loss": total / steps,
                **validation_scores(model, data, cfg, device, weight), "epoch_s": round(seconds, 3),

@@ -1,0 +1,315 @@
+"""GPU benchmark: training UNet-Norm on a 1024² simulated movie, and inference at 1792x1920.
+
+Needs a CUDA device (``--device cpu`` runs the same steps small, to check the script).
+
+1. **Data**: a simulated sintering movie (``etemseg.synth``, ``--train-frames`` frames of
+   ``--train-size``), pseudo-labelled with the fast classical path (``default`` preset) as the
+   workflow does; host time per step is reported.
+2. **Batch sampling**: random crops + the paper's augmentation from host tensors (crop on the CPU,
+   then upload) vs from the training set uploaded once to the GPU (``train.device_tensors``).
+3. **Training** (``etemseg.train.train``, the workflow's own function): ``--model`` with
+   ``--crop``-px crops, batch ``--batch``, AMP (bf16 on Hopper), ``--epochs`` epochs of
+   ``--samples`` crops; per-epoch wall time (including full-frame validation), images/s and peak
+   GPU memory (``torch.cuda.max_memory_allocated``).
+4. **Inference** with the model just trained, on ``--infer-frames`` simulated 1792x1920 frames
+   (uint16, on the host, as a Zarr chunk decodes them), repeated to ``--infer-total`` frames:
+
+   ``naive``
+       host normalisation, float32 upload, eager float32 model (BatchNorm as modules, NCHW),
+       softmax, float32 probabilities back to the host, quantised there.
+   ``optimised``
+       ``etemseg.infer.predict_quantised``: uint16 upload, normalisation on the GPU, folded
+       BatchNorm, channels-last, autocast in ``--precisions``, uint8 probabilities back; for
+       each ``--batches``.
+   ``float32-back``
+       the optimised model but float32 probabilities back and quantised on the host (what
+       ``predict`` + ``quantise`` cost).
+   ``model-only``
+       forward passes on frames already normalised on the GPU: the ceiling without transfers.
+   ``compile`` (``--compile``)
+       ``torch.compile`` of the optimised model (compile time reported).
+
+   Masks ``q > 127`` are compared with the naive float32 path (IoU, min over frames; largest
+   probability difference in 1/255 levels).
+5. **Chunk job** (``--chunk``): ``etemseg.infer.infer_chunk`` on a Zarr store of the frames,
+   Otsu per frame, min-area filter and both output stores written: the workflow's per-chunk
+   frames/s, host post-processing included.
+
+    python benchmarks/gpu.py                       # on a GPU node, about 2 minutes
+    python benchmarks/gpu.py --device cpu --train-size 128 --train-frames 6 --epochs 1 \\
+        --crop 64 --samples 8 --infer-size 256x256 --infer-frames 4 --infer-total 8 --batches 2
+
+Writes ``benchmarks/out/gpu.json`` (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from etemseg.infer import (InferConfig, infer_chunk, open_model, predict, predict_quantised,  # noqa: E402
+                           prepare_model, quantise)
+from etemseg.models import parse_arch  # noqa: E402
+from etemseg.pseudolabel import PRESETS, pseudolabel_stack  # noqa: E402
+from etemseg.synth import SynthParams, simulate  # noqa: E402
+from etemseg.train import (TrainConfig, TrainingData, device_tensors, load_model,  # noqa: E402
+                           normalise_frames, normalise_tensor, sample_batch, split_frames, train)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def simulated(frames: int, h: int, w: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(T, H, W) uint16 frames and uint8 truth masks of a simulated sintering movie."""
+    p = SynthParams(frames=frames, height=h, width=w, seed=seed)
+    imgs, labs = zip(*((img, lab > 0) for img, lab in simulate(p)))
+    return np.stack(imgs), np.stack(labs).astype(np.uint8)
+
+
+def f1(pred: np.ndarray, truth: np.ndarray) -> float:
+    tp = int(np.count_nonzero(pred & truth))
+    return 2 * tp / max(1, int(np.count_nonzero(pred)) + int(np.count_nonzero(truth)))
+
+
+def iou_min(a: np.ndarray, b: np.ndarray) -> float:
+    out = 1.0
+    for x, y in zip(a, b):
+        union = np.count_nonzero(x | y)
+        out = min(out, np.count_nonzero(x & y) / union if union else 1.0)
+    return out
+
+
+def time_frames(fn, frames: np.ndarray, total: int, device) -> tuple[float, np.ndarray]:
+    """frames/s of ``fn(block) -> uint8`` over ``total`` frames (``frames`` cycled), after one
+    warm-up call; returns the rate and the output of the first ``len(frames)`` frames."""
+    first = fn(frames)
+    sync(device)
+    t0 = time.perf_counter()
+    done = 0
+    while done < total:
+        fn(frames)
+        done += len(frames)
+    sync(device)
+    return done / (time.perf_counter() - t0), first
+
+
+def naive_fn(model, device, batch: int):
+    def run(frames: np.ndarray) -> np.ndarray:
+        out = np.empty(frames.shape, np.uint8)
+        for b0 in range(0, len(frames), batch):
+            x = torch.from_numpy(normalise_frames(frames[b0:b0 + batch]))[:, None].to(device)
+            with torch.no_grad():
+                p = torch.softmax(model(x), dim=1)[:, 1]
+            out[b0:b0 + batch] = quantise(p.cpu().numpy())
+        return out
+    return run
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--model", default="unet4-norm")
+    ap.add_argument("--train-size", type=int, default=1024)
+    ap.add_argument("--train-frames", type=int, default=48)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--crop", type=int, default=1024)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--samples", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--infer-size", default="1792x1920")
+    ap.add_argument("--infer-frames", type=int, default=32)
+    ap.add_argument("--infer-total", type=int, default=256)
+    ap.add_argument("--batches", default="1,4,8,16")
+    ap.add_argument("--precisions", default="float16,bfloat16,float32")
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--chunk", action="store_true")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "gpu.json")
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device: run with --device cpu to check the script", file=sys.stderr)
+        return 2
+    torch.backends.cudnn.benchmark = True
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    result: dict = {"device": gpu, "torch": torch.__version__, "args": {
+        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+    print(f"# {gpu}, torch {torch.__version__}, python {platform.python_version()}")
+
+    def save() -> None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        tmp.replace(args.out)
+
+    # 1. data ------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    frames, truth = simulated(args.train_frames, args.train_size, args.train_size, seed=1)
+    t_sim = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pseudo = pseudolabel_stack(frames, PRESETS["default"])
+    t_pseudo = time.perf_counter() - t0
+    cfg = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch, lr=args.lr,
+                      crop_px=args.crop, samples_per_epoch=args.samples, device=device.type,
+                      max_val_frames=16, seed=0)
+    train_idx, val_idx = split_frames(len(frames), cfg)
+    data = TrainingData(normalise_frames(frames).astype(np.float16), pseudo, train_idx, val_idx)
+    result["data"] = {"frames": len(frames), "size_px": args.train_size,
+                      "simulate_s": round(t_sim, 2), "pseudolabel_s": round(t_pseudo, 2),
+                      "pseudo_f1_vs_truth": round(f1(pseudo > 0, truth > 0), 4)}
+    print(f"data: {len(frames)} frames {args.train_size}² simulated in {t_sim:.1f} s, "
+          f"pseudo-labelled in {t_pseudo:.1f} s (pixel F1 vs truth "
+          f"{result['data']['pseudo_f1_vs_truth']:.3f})")
+
+    # 2. batch sampling ----------------------------------------------------------------------
+    rows = []
+    for where, tensors in (("host", None), ("device", device_tensors(data, device))):
+        gen = torch.Generator().manual_seed(0)
+        sample_batch(data, cfg, gen, tensors=tensors)
+        sync(device)
+        t0 = time.perf_counter()
+        n = 10
+        for _ in range(n):
+            x, y = sample_batch(data, cfg, gen, tensors=tensors)
+            x, y = x.to(device), y.to(device)
+        sync(device)
+        rate = n * cfg.batch_size / (time.perf_counter() - t0)
+        rows.append({"crops_from": where, "crops_per_s": round(rate, 1)})
+        print(f"batch sampling from {where} tensors: {rate:.1f} crops/s ({args.crop}²)")
+    result["sampling"] = rows
+    save()
+
+    # 3. training ------------------------------------------------------------------------------
+    work = Path(tempfile.mkdtemp(prefix="etemseg-gpu-"))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    meta = train(data, cfg, work / "model", progress=False)
+    result["train"] = {"model": meta["name"], "parameters": meta["parameters"],
+                       "crop_px": args.crop, "batch": args.batch, "epochs": meta["history"]}
+    print(f"\ntraining {meta['name']} ({meta['parameters']:,} parameters), {args.crop}² crops, "
+          f"batch {args.batch}, {args.samples} crops/epoch, AMP on CUDA")
+    print("| epoch | epoch s (incl. validation) | images/s | peak GPU MB | val F1 |")
+    print("|---|---|---|---|---|")
+    for h in meta["history"]:
+        print(f"| {h['epoch']} | {h['epoch_s']:.2f} | {h['images_per_s']:.1f} | "
+              f"{h.get('peak_gpu_mem_mb', float('nan')):.0f} | {h['val_f1']:.3f} |")
+    save()
+
+    # 4. inference -----------------------------------------------------------------------------
+    h, w = (int(v) for v in args.infer_size.split("x"))
+    t0 = time.perf_counter()
+    iframes, itruth = simulated(args.infer_frames, h, w, seed=2)
+    print(f"\ninference frames: {len(iframes)} simulated {h}x{w} in {time.perf_counter() - t0:.1f} s;"
+          f" each timing runs {args.infer_total} frames")
+    model_path = work / "model" / "model.pt"
+    arch = parse_arch(meta["name"])
+    eager, _ = load_model(model_path, device="cpu")
+    eager = prepare_model(eager, device, optimised=False)
+    optimised, _ = open_model(model_path, device, optimised=True)
+    rows = []
+
+    def record(path: str, precision: str, batch: int, fn) -> dict:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        rate, q = time_frames(fn, iframes, args.infer_total, device)
+        row = {"path": path, "precision": precision, "batch": batch,
+               "frames_per_s": round(rate, 1), "mask_iou_min_vs_naive": None,
+               "max_level_diff": None, "pixel_f1_vs_truth": None}
+        if q is not None:   # model-only returns nothing to compare
+            row.update({"mask_iou_min_vs_naive": round(iou_min(q > 127, ref > 127), 6)
+                        if ref is not None else 1.0,
+                        "max_level_diff": int(np.abs(q.astype(int) - ref).max())
+                        if ref is not None else 0,
+                        "pixel_f1_vs_truth": round(f1(q > 127, itruth > 0), 4)})
+        if device.type == "cuda":
+            row["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20)
+        rows.append(row)
+        cells = [row["mask_iou_min_vs_naive"], row["max_level_diff"], row["pixel_f1_vs_truth"]]
+        print(f"| {path} | {precision} | {batch} | {row['frames_per_s']:.1f} | "
+              + " | ".join("-" if c is None else str(c) for c in cells)
+              + f" | {row.get('peak_gpu_mb', '')} |")
+        result["inference"] = rows
+        save()
+        return row
+
+    print("| path | precision | batch | frames/s | mask IoU min vs naive | max Δ level | "
+          "F1 vs truth | peak GPU MB |")
+    print("|---|---|---|---|---|---|---|---|")
+    ref = None
+    base = record("naive", "float32", 4, naive_fn(eager, device, 4))
+    ref = naive_fn(eager, device, 4)(iframes).astype(int)
+    batches = [int(b) for b in args.batches.split(",")]
+    for precision in args.precisions.split(","):
+        for b in batches:
+            cfg_i = InferConfig(batch_size=b, gpu_precision=precision, max_tile_px=0)
+            record("optimised", precision, b, lambda f, c=cfg_i: predict_quantised(
+                optimised, f, arch=arch, cfg=c, device=device))
+    best = max((r for r in rows if r["path"] == "optimised"), key=lambda r: r["frames_per_s"])
+    cfg_b = InferConfig(batch_size=best["batch"], gpu_precision=best["precision"], max_tile_px=0)
+    record("float32-back", best["precision"], best["batch"], lambda f: quantise(predict(
+        optimised, f, arch=arch, cfg=cfg_b, device=device)))
+
+    xs = normalise_tensor(torch.from_numpy(iframes[:best["batch"]]).to(device))
+    amp = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(best["precision"])
+
+    def model_only(f: np.ndarray) -> None:
+        for _ in range(0, len(f), best["batch"]):
+            t = xs[:, None].contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode(), torch.autocast(device.type, dtype=amp or torch.float16,
+                                                        enabled=amp is not None):
+                optimised(t)
+        return None
+
+    record("model-only", best["precision"], best["batch"], model_only)
+    if args.compile:
+        t0 = time.perf_counter()
+        compiled = torch.compile(optimised)
+        predict_quantised(compiled, iframes[:best["batch"]], arch=arch, cfg=cfg_b, device=device)
+        result["compile_s"] = round(time.perf_counter() - t0, 1)
+        print(f"(torch.compile: {result['compile_s']} s)")
+        record("compile", best["precision"], best["batch"], lambda f: predict_quantised(
+            compiled, f, arch=arch, cfg=cfg_b, device=device))
+    print(f"\nbest optimised: {best['frames_per_s']:.1f} frames/s ({best['precision']}, batch "
+          f"{best['batch']}) = {best['frames_per_s'] / base['frames_per_s']:.1f}x naive; "
+          f"camera: 400 frames/s")
+
+    # 5. the per-chunk job -------------------------------------------------------------------
+    if args.chunk:
+        from etemseg.store import MovieStore, create_store
+
+        n = len(iframes)
+        create_store(work / "frames.zarr", n_frames=n, frame_shape=(h, w), dtype=np.uint16,
+                     chunk_frames=n, fps=400.0, pixel_size_nm=0.18)
+        fs = MovieStore.open(work / "frames.zarr", "r+")
+        fs.array[:] = iframes
+        prob = fs.like(work / "prob.zarr", np.uint8)
+        mask = fs.like(work / "mask.zarr", np.uint8)
+        _, meta_m = load_model(model_path, device="cpu")
+        for threshold in ("otsu_frame", "fixed"):
+            cfg_c = InferConfig(threshold=threshold, batch_size=best["batch"],
+                                gpu_precision=best["precision"])
+            infer_chunk(fs, prob, mask, 0, optimised, meta_m, cfg_c, device)   # warm
+            receipt = infer_chunk(fs, prob, mask, 0, optimised, meta_m, cfg_c, device)
+            result.setdefault("chunk", []).append(
+                {"threshold": threshold, "frames": n, "frames_per_s": receipt["frames_per_s"]})
+            print(f"infer_chunk ({n} frames {h}x{w}, {threshold}, min area 20 px, Zarr "
+                  f"read+write): {receipt['frames_per_s']:.1f} frames/s")
+        save()
+    print(f"\nJSON: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
