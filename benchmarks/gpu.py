@@ -18,9 +18,10 @@ Needs a CUDA device (``--device cpu`` runs the same steps small, to check the sc
        host normalisation, float32 upload, eager float32 model (BatchNorm as modules, NCHW),
        softmax, float32 probabilities back to the host, quantised there.
    ``optimised``
-       ``etemseg.infer.predict_quantised``: uint16 upload, normalisation on the GPU, folded
-       BatchNorm, channels-last, autocast in ``--precisions``, uint8 probabilities back; for
-       each ``--batches``.
+       ``etemseg.infer.predict_levels`` (what ``infer_chunk`` calls): uint16 upload through
+       pinned buffers, normalisation on the GPU, folded BatchNorm, channels-last, autocast in
+       ``--precisions``, uint8 probabilities and per-frame histograms back, the download of a
+       batch overlapping the next; for each ``--batches``.
    ``float32-back``
        the optimised model but float32 probabilities back and quantised on the host (what
        ``predict`` + ``quantise`` cost).
@@ -58,7 +59,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from etemseg.infer import (InferConfig, infer_chunk, open_model, predict, predict_quantised,  # noqa: E402
+from etemseg.infer import (InferConfig, infer_chunk, open_model, predict, predict_levels,  # noqa: E402
                            prepare_model, quantise)
 from etemseg.models import parse_arch  # noqa: E402
 from etemseg.pseudolabel import PRESETS, pseudolabel_stack  # noqa: E402
@@ -254,8 +255,8 @@ def main(argv=None) -> int:
     for precision in args.precisions.split(","):
         for b in batches:
             cfg_i = InferConfig(batch_size=b, gpu_precision=precision, max_tile_px=0)
-            record("optimised", precision, b, lambda f, c=cfg_i: predict_quantised(
-                optimised, f, arch=arch, cfg=c, device=device))
+            record("optimised", precision, b, lambda f, c=cfg_i: predict_levels(
+                optimised, f, arch=arch, cfg=c, device=device)[0])
     best = max((r for r in rows if r["path"] == "optimised"), key=lambda r: r["frames_per_s"])
     cfg_b = InferConfig(batch_size=best["batch"], gpu_precision=best["precision"], max_tile_px=0)
     record("float32-back", best["precision"], best["batch"], lambda f: quantise(predict(
@@ -276,11 +277,11 @@ def main(argv=None) -> int:
     if args.compile:
         t0 = time.perf_counter()
         compiled = torch.compile(optimised)
-        predict_quantised(compiled, iframes[:best["batch"]], arch=arch, cfg=cfg_b, device=device)
+        predict_levels(compiled, iframes[:best["batch"]], arch=arch, cfg=cfg_b, device=device)
         result["compile_s"] = round(time.perf_counter() - t0, 1)
         print(f"(torch.compile: {result['compile_s']} s)")
-        record("compile", best["precision"], best["batch"], lambda f: predict_quantised(
-            compiled, f, arch=arch, cfg=cfg_b, device=device))
+        record("compile", best["precision"], best["batch"], lambda f: predict_levels(
+            compiled, f, arch=arch, cfg=cfg_b, device=device)[0])
     print(f"\nbest optimised: {best['frames_per_s']:.1f} frames/s ({best['precision']}, batch "
           f"{best['batch']}) = {best['frames_per_s'] / base['frames_per_s']:.1f}x naive; "
           f"camera: 400 frames/s")

@@ -21,15 +21,16 @@ from __future__ import annotations
 import logging
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 import torch
-from skimage.morphology import remove_small_objects
 
 from .errors import ConfigError, InputFileError
 from .models import fuse_for_inference, halo, parse_arch, size_multiple
+from .pseudolabel import remove_small_components
 from .store import MovieStore, map_chunk
 from .train import NORMALISATION, load_model, normalise_tensor
 
@@ -50,8 +51,8 @@ class InferConfig:
     fixed_threshold : float
         Probability threshold for ``fixed`` (the paper compares 0.4 and 0.7).
     min_area_px : int
-        Remove mask components smaller than this (false-positive clusters are much smaller than
-        real particles).
+        Remove 8-connected mask components smaller than this, px (false-positive clusters are
+        much smaller than real particles).
     batch_size : int
         Frames (or tiles) per forward pass.
     max_tile_px : int
@@ -88,8 +89,11 @@ class InferConfig:
 
 def prepare_model(model: torch.nn.Module, device: torch.device, optimised: bool
                   ) -> torch.nn.Module:
-    """Eval-mode model on ``device``; optimised: BatchNorm folded, channels-last."""
+    """Eval-mode model on ``device``; optimised: BatchNorm folded, channels-last (and cuDNN's
+    autotuner on CUDA: a chunk's frames all have one shape)."""
     model = model.eval().to(device)
+    if optimised and device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     if optimised:
         model = fuse_for_inference(model).to(device).to(memory_format=torch.channels_last)
     return model
@@ -144,6 +148,39 @@ def _to_float(t: torch.Tensor) -> torch.Tensor:
         return t.view(torch.int16).to(torch.int32).bitwise_and_(0xFFFF).to(torch.float32)
 
 
+def _torch_dtype(dtype: np.dtype) -> torch.dtype:
+    return torch.from_numpy(np.empty(0, dtype)).dtype
+
+
+def device_batches(frames: np.ndarray, batch: int, device: torch.device
+                   ) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(b0, frames[b0:b0 + batch])`` as tensors on ``device``, in their stored dtype.
+
+    On CUDA the frames pass through two page-locked staging buffers and are copied
+    asynchronously: the host fills one buffer while the GPU still works on the other batch.
+    """
+    T = len(frames)
+    if device.type != "cuda":
+        for b0 in range(0, T, batch):
+            yield b0, torch.from_numpy(np.ascontiguousarray(frames[b0:b0 + batch]))
+        return
+    dtype = np.dtype(frames.dtype)
+    frame_bytes = int(np.prod(frames.shape[1:])) * dtype.itemsize
+    staging = [torch.empty((min(batch, T), frame_bytes), dtype=torch.uint8, pin_memory=True)
+               for _ in range(2)]
+    uploaded: list = [None, None]
+    for i, b0 in enumerate(range(0, T, batch)):
+        slot, n = i % 2, min(batch, T - b0)
+        if uploaded[slot] is not None:
+            uploaded[slot].synchronize()         # its previous upload has left the buffer
+        host = staging[slot][:n]
+        host.numpy().view(dtype).reshape((n, *frames.shape[1:]))[...] = frames[b0:b0 + n]
+        dev = host.to(device, non_blocking=True)
+        uploaded[slot] = torch.cuda.Event()
+        uploaded[slot].record()
+        yield b0, dev.view(_torch_dtype(dtype)).reshape((n, *frames.shape[1:]))
+
+
 def probabilities(model, frames: np.ndarray, *, arch, cfg: InferConfig, device
                   ) -> Iterator[tuple[int, torch.Tensor]]:
     """``(b0, p)`` per batch: particle probability (B, H, W) float32 on ``device`` of raw frames
@@ -159,9 +196,8 @@ def probabilities(model, frames: np.ndarray, *, arch, cfg: InferConfig, device
     tile = cfg.max_tile_px or max(H, W)
     m, margin = size_multiple(arch), halo(arch)
     ys, xs = tiles(H, tile, m, margin), tiles(W, tile, m, margin)
-    for b0 in range(0, T, cfg.batch_size):
-        raw = torch.from_numpy(np.ascontiguousarray(frames[b0:b0 + cfg.batch_size]))
-        x = normalise_tensor(_to_float(raw.to(device, non_blocking=True)))
+    for b0, raw in device_batches(frames, cfg.batch_size, device):
+        x = normalise_tensor(_to_float(raw))
         if len(ys) == 1 and len(xs) == 1:
             yield b0, _forward(model, x, cfg.optimised, amp)
             continue
@@ -185,14 +221,61 @@ def predict(model, frames: np.ndarray, *, arch, cfg: InferConfig, device) -> np.
     return out
 
 
+def histograms(q: torch.Tensor) -> torch.Tensor:
+    """(B, 256) int64 histogram of each frame of a uint8 (B, H, W) tensor.
+
+    ``histc`` with fixed bounds (unlike ``bincount``, it needs no host sync on CUDA); bin k holds
+    level k exactly (bins centred on the integers).
+    """
+    if q[0].numel() > 2**24:   # float32 counts are exact up to 2**24 pixels
+        return torch.stack([torch.bincount(f.ravel().to(torch.int64), minlength=256) for f in q])
+    return torch.stack([torch.histc(f.to(torch.float32), bins=256, min=-0.5, max=255.5)
+                        for f in q]).to(torch.int64)
+
+
+def predict_levels(model, frames: np.ndarray, *, arch, cfg: InferConfig, device
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`quantise` of :func:`predict` and the (T, 256) histogram of every frame.
+
+    Quantised (and, on CUDA, histogrammed) on the device, so only uint8 comes back: a quarter of
+    the float32 traffic. On CUDA the download of a batch overlaps the next batch's work (pinned
+    buffers, one host wait per batch, one batch behind).
+    """
+    device = torch.device(device)
+    out = np.empty(frames.shape, np.uint8)
+    hist = np.empty((len(frames), 256), np.int64)
+    pending: list[tuple[int, torch.Tensor, torch.Tensor, torch.cuda.Event]] = []
+
+    def land(b0: int, q: torch.Tensor, h: torch.Tensor, done) -> None:
+        done.synchronize()
+        out[b0:b0 + len(q)] = q.numpy()
+        hist[b0:b0 + len(q)] = h.numpy()
+
+    for b0, p in probabilities(model, frames, arch=arch, cfg=cfg, device=device):
+        q = torch.round(p * 255.0).clamp_(0, 255).to(torch.uint8)
+        if device.type != "cuda":
+            out[b0:b0 + len(q)] = q.numpy()
+            for i, f in enumerate(out[b0:b0 + len(q)]):
+                hist[b0 + i] = np.bincount(f.ravel(), minlength=256)
+            continue
+        host_q = torch.empty(q.shape, dtype=torch.uint8, pin_memory=True)
+        host_h = torch.empty((len(q), 256), dtype=torch.int64, pin_memory=True)
+        host_q.copy_(q, non_blocking=True)
+        host_h.copy_(histograms(q), non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        pending.append((b0, host_q, host_h, done))
+        if len(pending) > 1:
+            land(*pending.pop(0))
+    for item in pending:
+        land(*item)
+    return out, hist
+
+
 def predict_quantised(model, frames: np.ndarray, *, arch, cfg: InferConfig, device
                       ) -> np.ndarray:
-    """:func:`quantise` of :func:`predict`, computed on the device: only uint8 comes back (a
-    quarter of the float32 traffic; what makes a GPU keep up with the camera)."""
-    out = np.empty(frames.shape, np.uint8)
-    for b0, p in probabilities(model, frames, arch=arch, cfg=cfg, device=device):
-        out[b0:b0 + len(p)] = torch.round(p * 255.0).clamp_(0, 255).to(torch.uint8).cpu().numpy()
-    return out
+    """:func:`quantise` of :func:`predict`, computed on the device (see :func:`predict_levels`)."""
+    return predict_levels(model, frames, arch=arch, cfg=cfg, device=device)[0]
 
 
 def quantise(prob: np.ndarray) -> np.ndarray:
@@ -231,11 +314,9 @@ def level_of(cfg: InferConfig) -> int:
 
 
 def mask_from_levels(q: np.ndarray, level: int, min_area_px: int) -> np.ndarray:
-    """Binary mask (H, W) uint8 of ``q > level`` without components under ``min_area_px``."""
-    m = q > level
-    if min_area_px > 1:
-        m = remove_small_objects(m, max_size=min_area_px - 1)
-    return m.astype(np.uint8)
+    """Binary mask (H, W) uint8 of ``q > level`` without 8-connected components (as measured)
+    under ``min_area_px`` pixels."""
+    return remove_small_components(q > level, min_area_px)
 
 
 def infer_chunk(frames: MovieStore, prob_store: MovieStore, mask_store: MovieStore, k: int,
@@ -252,8 +333,8 @@ def infer_chunk(frames: MovieStore, prob_store: MovieStore, mask_store: MovieSto
     chunk_hist = np.zeros(256, np.int64)
 
     def write_masks(q, b0):
-        masks = np.stack([mask_from_levels(f, levels[b0 + i], cfg.min_area_px)
-                          for i, f in enumerate(q)])
+        masks = np.stack(list(pool.map(
+            lambda i: mask_from_levels(q[i], levels[b0 + i], cfg.min_area_px), range(len(q)))))
         for i, m in enumerate(masks):
             coverage[b0 + i] = float(m.mean())
         mask_store.array[b0:b0 + len(q)] = masks
@@ -261,11 +342,10 @@ def infer_chunk(frames: MovieStore, prob_store: MovieStore, mask_store: MovieSto
     def run(block, b0):
         bad = (~np.isfinite(block).all(axis=(1, 2)) if block.dtype.kind == "f"
                else np.zeros(len(block), bool))
-        q = predict_quantised(model, block, arch=arch, cfg=cfg, device=device)
+        q, hists = predict_levels(model, block, arch=arch, cfg=cfg, device=device)
         q[bad] = 0
         nonfinite.extend((np.flatnonzero(bad) + b0).tolist())
-        for i, f in enumerate(q):
-            hist = np.bincount(f.ravel(), minlength=256)
+        for i, hist in enumerate(hists):
             if not bad[i]:
                 chunk_hist[:] += hist
             levels[b0 + i] = (level_of(cfg) if cfg.threshold == "fixed" else
@@ -274,13 +354,15 @@ def infer_chunk(frames: MovieStore, prob_store: MovieStore, mask_store: MovieSto
             write_masks(q, b0)
         return q
 
-    map_chunk(frames, prob_store, k, run, progress=progress, desc=f"infer chunk {k}")
-    if cfg.threshold == "otsu_chunk":
-        level = otsu_level(chunk_hist)
-        for i in levels:
-            levels[i] = 255 if i in nonfinite else level
-        for b0, q in prob_store.read_chunk(k):
-            write_masks(q, b0)
+    # masks of a block's frames are filtered in threads (the filter releases the GIL)
+    with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
+        map_chunk(frames, prob_store, k, run, progress=progress, desc=f"infer chunk {k}")
+        if cfg.threshold == "otsu_chunk":
+            level = otsu_level(chunk_hist)
+            for i in levels:
+                levels[i] = 255 if i in nonfinite else level
+            for b0, q in prob_store.read_chunk(k):
+                write_masks(q, b0)
     if nonfinite:
         log.warning("%s chunk %d: frames %s contain NaN/inf; their masks are empty",
                     frames.path, k, nonfinite)

@@ -102,6 +102,7 @@ __all__ = [
     "pad_frame",
     "prepare_frame",
     "pseudolabel_fast",
+    "remove_small_components",
     "pseudolabel_reference",
     "pseudolabel_stack",
     "smoothed_noise",
@@ -1376,6 +1377,20 @@ def _remove_small(mask, min_area, stack):  # pragma: no cover - numba
         for j in range(w):
             row[j] = np.uint8(row[j] != 0)
     return mask
+
+
+def remove_small_components(mask: np.ndarray, min_area_px: int) -> np.ndarray:
+    """``mask`` (H, W) without its 8-connected components of fewer than ``min_area_px`` pixels.
+
+    uint8 0/1 result. Releases the GIL (numba), so frames can be filtered in threads; the same
+    8-connectivity as the measurements (:mod:`etemseg.measure`), so every kept component is one
+    measured particle.
+    """
+    out = np.array(mask, dtype=np.uint8, order="C")   # a copy: the input is left alone
+    np.minimum(out, 1, out=out)
+    if min_area_px > 1:
+        _remove_small(out, int(min_area_px), np.empty(out.size, np.int32))
+    return out
 
 
 class _Workspace:

@@ -144,3 +144,30 @@ def test_tiny_and_nan_frames(trained, tmp_path):
     masks = zarr.open_array(tmp_path / "o/mask.zarr/0")[:]
     assert masks.shape == (3, 5, 7) and masks[1].sum() == 0
     assert "NaN" in r.stderr
+
+
+def test_min_area_filter_is_8_connected_like_the_measurements():
+    q = np.zeros((30, 30), np.uint8)
+    for i in range(12):          # a diagonal line of 12 px: one 8-connected component
+        q[5 + i, 5 + i] = 255
+    q[25, 25] = 255              # an isolated pixel
+    m = mask_from_levels(q, 127, 10)
+    assert m.sum() == 12 and m[25, 25] == 0
+    assert mask_from_levels(q, 127, 13).sum() == 0
+
+
+def test_predict_levels_equals_quantised_predict_and_bincount():
+    from etemseg.infer import predict_levels, quantise
+    from etemseg.models import build_model
+
+    arch = parse_arch("unet3-norm")
+    torch.manual_seed(0)
+    model = prepare_model(build_model(arch), torch.device("cpu"), True)
+    frames = np.random.default_rng(0).poisson(200, (5, 40, 48)).astype(np.uint16)
+    cfg = InferConfig(batch_size=2)
+    q, hist = predict_levels(model, frames, arch=arch, cfg=cfg, device="cpu")
+    assert q.dtype == np.uint8 and hist.shape == (5, 256)
+    np.testing.assert_array_equal(q, quantise(predict(model, frames, arch=arch, cfg=cfg,
+                                                      device="cpu")))
+    for f, h in zip(q, hist):
+        np.testing.assert_array_equal(h, np.bincount(f.ravel(), minlength=256))
