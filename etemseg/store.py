@@ -297,7 +297,8 @@ def fault_point(stage: str, k: int, blocks_written: int) -> None:
         action = parts[3] if len(parts) == 4 else "kill"
         if len(parts) not in (3, 4) or action not in ("kill", "stop") \
                 or not (parts[1].isdigit() and parts[2].isdigit()):
-            raise ConfigError(f"{FAULT_ENV}: expected STAGE:CHUNK:BLOCKS[:kill|stop], got {entry!r}")
+            raise ConfigError(f"{FAULT_ENV}: expected STAGE:CHUNK:BLOCKS[:kill|stop], "
+                              f"got {entry!r}")
         if parts[0] == stage and int(parts[1]) == k and int(parts[2]) == blocks_written:
             os.kill(os.getpid(), signal.SIGKILL if action == "kill" else signal.SIGSTOP)
 

@@ -10,9 +10,10 @@ What a user types to recover:
 * a job killed (OOM killer, ``scancel``, ``kill -9``) while Snakemake keeps running: Snakemake
   reports the job as failed (exit status 137) and removes its bookkeeping, so a plain rerun,
   ``snakemake``, redoes exactly the chunks without a receipt;
-* Snakemake itself killed with its jobs (node death, SIGKILL of the whole process tree): the lock
-  and the "incomplete" markers stay behind, so ``snakemake --unlock`` then
-  ``snakemake --rerun-incomplete`` (a plain rerun refuses, naming the incomplete receipts).
+* Snakemake itself killed with its jobs (node death, SIGKILL of the whole process tree): its lock
+  and "incomplete" markers stay behind, so ``snakemake --unlock`` then
+  ``snakemake --rerun-incomplete``. A plain rerun refuses: the directory is locked, and a receipt
+  written by a job whose end the dead Snakemake never recorded is reported as incomplete.
 """
 
 from __future__ import annotations
@@ -238,7 +239,8 @@ def test_killed_jobs_and_node_death_then_rerun_equal_an_uninterrupted_run(tmp_pa
           f"{time.perf_counter() - t_start - t_ref:.0f} s")
 
 
-@pytest.mark.parametrize("spec", ["ingest:1", "ingest:x:2", "ingest:1:2:explode", "ingest:1:2,infer"])
+@pytest.mark.parametrize("spec", ["ingest:1", "ingest:x:2", "ingest:1:2:explode",
+                                  "ingest:1:2,infer"])
 def test_malformed_fault_spec_is_an_error_not_silently_ignored(monkeypatch, spec):
     from etemseg.errors import ConfigError
     from etemseg.store import fault_point
