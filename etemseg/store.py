@@ -303,15 +303,35 @@ def fault_point(stage: str, k: int, blocks_written: int) -> None:
             os.kill(os.getpid(), signal.SIGKILL if action == "kill" else signal.SIGSTOP)
 
 
+def _read_ahead(blocks: Iterator[tuple[int, np.ndarray]]) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield the items of ``blocks``, reading the next one in a thread meanwhile (Zarr decoding
+    releases the GIL); at most two blocks in memory."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    it = iter(blocks)
+    with ThreadPoolExecutor(1, thread_name_prefix="etemseg-read") as pool:
+        nxt = pool.submit(next, it, None)
+        while True:
+            item = nxt.result()
+            if item is None:
+                return
+            nxt = pool.submit(next, it, None)
+            yield item
+
+
 def map_chunk(src: MovieStore, dst: MovieStore, k: int, fn, *, progress: bool = False,
               desc: str = "", stage: str | None = None) -> None:
     """Apply ``fn(frames, t0) -> frames`` to time chunk ``k`` of ``src``, writing ``dst``.
 
-    Streams one Zarr chunk of frames at a time, so memory stays bounded by a block. ``dst`` must
-    have the same shape and chunking (see :meth:`MovieStore.like`). ``stage`` names the job for
-    :func:`fault_point`; default: the ``stage`` attribute of ``dst`` up to its first ``-``
-    (``pseudolabel``, ``infer`` for ``infer-probability``).
+    Streams one Zarr chunk of frames at a time, so memory stays bounded by a few blocks: the next
+    block is read and the previous one written (encoded) in threads while ``fn`` runs on this
+    one. ``dst`` must have the same shape and chunking (see :meth:`MovieStore.like`). ``stage``
+    names the job for :func:`fault_point` (called once a block has landed, before the next write
+    starts); default: the ``stage`` attribute of ``dst`` up to its first ``-`` (``pseudolabel``,
+    ``infer`` for ``infer-probability``).
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm.auto import tqdm
 
     if stage is None:
@@ -320,8 +340,18 @@ def map_chunk(src: MovieStore, dst: MovieStore, k: int, fn, *, progress: bool = 
         raise InputFileError(dst.path, f"shape/chunks {dst.array.shape}/{dst.array.chunks} do not "
                              f"match {src.path} {src.array.shape}/{src.array.chunks}")
     t0, t1 = src.chunk_bounds(k)
-    with tqdm(total=t1 - t0, desc=desc or f"chunk {k}", unit="frame", disable=not progress) as bar:
-        for i, (b0, block) in enumerate(src.read_chunk(k)):
-            dst.array[b0:b0 + len(block)] = fn(block, b0)
+    written = 0
+    with tqdm(total=t1 - t0, desc=desc or f"chunk {k}", unit="frame", disable=not progress) as bar, \
+            ThreadPoolExecutor(1, thread_name_prefix="etemseg-write") as writer:
+        pending = None
+        for b0, block in _read_ahead(src.read_chunk(k)):
+            out = fn(block, b0)
+            if pending is not None:
+                pending.result()
+                written += 1
+                fault_point(stage, k, written)
+            pending = writer.submit(dst.array.__setitem__, slice(b0, b0 + len(block)), out)
             bar.update(len(block))
-            fault_point(stage, k, i + 1)
+        if pending is not None:
+            pending.result()
+            fault_point(stage, k, written + 1)

@@ -1,5 +1,7 @@
 # Config validation, per-movie settings, chunk lists and input functions.
+import json
 import math
+from pathlib import Path
 
 from snakemake.utils import validate
 
@@ -128,6 +130,26 @@ def train_options(wildcards):
 
 def infer_options(wildcards):
     return " ".join(_cli_options(INFER["settings"]))
+
+
+def movie_frame_shape(movie):
+    """(H, W) of a movie's frames: from its store once ingested, else the synthetic config, else
+    a K2-IS frame (the largest this workflow expects)."""
+    meta = Path(f"results/{movie}/frames.zarr/0/zarr.json")
+    if meta.exists():
+        return tuple(json.loads(meta.read_text())["shape"][1:])
+    synth = movie_cfg(movie).get("synthetic")
+    if synth:
+        return int(synth.get("height", 512)), int(synth.get("width", 512))
+    return 1792, 1920
+
+
+def infer_mem_mb(wildcards):
+    """Host memory of an infer chunk job: grows with the pixels of one batch, not with the movie
+    (benchmarks/chunk_memory.py: 1.8 GB for batches of 4 x 1024², 4.7 GB for 4 x 1792x1920)."""
+    h, w = movie_frame_shape(wildcards.movie)
+    batch = int(INFER["settings"].get("batch_size", 4))
+    return max(2000, int(1000 + 400 * batch * h * w / 1e6))
 
 
 def all_targets():

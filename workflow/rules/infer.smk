@@ -37,7 +37,7 @@ rule infer_chunk:
     threads: int(INFER["threads"])
     resources:
         gpu=int(INFER["gpus"]),
-        mem_mb=4000,
+        mem_mb=infer_mem_mb,
     shell:
         "etemseg --quiet infer results/{wildcards.movie}/frames.zarr {input.model}"
         " results/{wildcards.movie}/{wildcards.model} --chunk {wildcards.k} --expect"
