@@ -18,12 +18,13 @@ layout and ``torch.inference_mode``; on CUDA it also runs in bf16/fp16 autocast.
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -152,39 +153,36 @@ def _torch_dtype(dtype: np.dtype) -> torch.dtype:
     return torch.from_numpy(np.empty(0, dtype)).dtype
 
 
-def device_batches(frames: np.ndarray, batch: int, device: torch.device
-                   ) -> Iterator[tuple[int, torch.Tensor]]:
-    """``(b0, frames[b0:b0 + batch])`` as tensors on ``device``, in their stored dtype.
+def upload(batches: Iterable[np.ndarray], device: torch.device) -> Iterator[torch.Tensor]:
+    """Each host array of ``batches`` as a tensor on ``device``, in its stored dtype.
 
-    On CUDA the frames pass through two page-locked staging buffers and are copied
+    On CUDA the arrays pass through two page-locked staging buffers and are copied
     asynchronously: the host fills one buffer while the GPU still works on the other batch.
     """
-    T = len(frames)
     if device.type != "cuda":
-        for b0 in range(0, T, batch):
-            yield b0, torch.from_numpy(np.ascontiguousarray(frames[b0:b0 + batch]))
+        for a in batches:
+            yield torch.from_numpy(np.ascontiguousarray(a))
         return
-    dtype = np.dtype(frames.dtype)
-    frame_bytes = int(np.prod(frames.shape[1:])) * dtype.itemsize
-    staging = [torch.empty((min(batch, T), frame_bytes), dtype=torch.uint8, pin_memory=True)
-               for _ in range(2)]
+    staging: list = [None, None]
     uploaded: list = [None, None]
-    for i, b0 in enumerate(range(0, T, batch)):
-        slot, n = i % 2, min(batch, T - b0)
+    for i, a in enumerate(batches):
+        slot = i % 2
         if uploaded[slot] is not None:
             uploaded[slot].synchronize()         # its previous upload has left the buffer
-        host = staging[slot][:n]
-        host.numpy().view(dtype).reshape((n, *frames.shape[1:]))[...] = frames[b0:b0 + n]
+        if staging[slot] is None or staging[slot].numel() < a.nbytes:
+            staging[slot] = torch.empty(a.nbytes, dtype=torch.uint8, pin_memory=True)
+        host = staging[slot][:a.nbytes]
+        host.numpy().view(a.dtype).reshape(a.shape)[...] = a
         dev = host.to(device, non_blocking=True)
         uploaded[slot] = torch.cuda.Event()
         uploaded[slot].record()
-        yield b0, dev.view(_torch_dtype(dtype)).reshape((n, *frames.shape[1:]))
+        yield dev.view(_torch_dtype(a.dtype)).reshape(a.shape)
 
 
-def probabilities(model, frames: np.ndarray, *, arch, cfg: InferConfig, device
-                  ) -> Iterator[tuple[int, torch.Tensor]]:
-    """``(b0, p)`` per batch: particle probability (B, H, W) float32 on ``device`` of raw frames
-    ``frames[b0:b0 + B]``.
+def probabilities(model, batches: Iterable[np.ndarray], *, arch, cfg: InferConfig, device
+                  ) -> Iterator[torch.Tensor]:
+    """Particle probability (B, H, W) float32 on ``device`` of each batch of raw (B, H, W)
+    frames, in order.
 
     Raw frames travel to the device as they are stored (uint16 is half of float32) and are
     normalised there (:func:`etemseg.train.normalise_tensor`); tiles follow the model's pooling
@@ -192,21 +190,26 @@ def probabilities(model, frames: np.ndarray, *, arch, cfg: InferConfig, device
     """
     device = torch.device(device)
     amp = amp_dtype_of(cfg, device)
-    T, H, W = frames.shape
-    tile = cfg.max_tile_px or max(H, W)
     m, margin = size_multiple(arch), halo(arch)
-    ys, xs = tiles(H, tile, m, margin), tiles(W, tile, m, margin)
-    for b0, raw in device_batches(frames, cfg.batch_size, device):
+    for raw in upload(batches, device):
         x = normalise_tensor(_to_float(raw))
+        H, W = x.shape[1:]
+        tile = cfg.max_tile_px or max(H, W)
+        ys, xs = tiles(H, tile, m, margin), tiles(W, tile, m, margin)
         if len(ys) == 1 and len(xs) == 1:
-            yield b0, _forward(model, x, cfg.optimised, amp)
+            yield _forward(model, x, cfg.optimised, amp)
             continue
         out = torch.empty(x.shape, dtype=torch.float32, device=device)
         for y0, y1, ky0, ky1 in ys:
             for x0, x1, kx0, kx1 in xs:
                 p = _forward(model, x[:, y0:y1, x0:x1], cfg.optimised, amp)
                 out[:, ky0:ky1, kx0:kx1] = p[:, ky0 - y0:ky1 - y0, kx0 - x0:kx1 - x0]
-        yield b0, out
+        yield out
+
+
+def _split(frames: np.ndarray, batch: int) -> Iterator[np.ndarray]:
+    for b0 in range(0, len(frames), batch):
+        yield frames[b0:b0 + batch]
 
 
 def predict(model, frames: np.ndarray, *, arch, cfg: InferConfig, device) -> np.ndarray:
@@ -216,8 +219,11 @@ def predict(model, frames: np.ndarray, *, arch, cfg: InferConfig, device) -> np.
     (and the caller masks them out).
     """
     out = np.empty(frames.shape, np.float32)
-    for b0, p in probabilities(model, frames, arch=arch, cfg=cfg, device=device):
+    b0 = 0
+    for p in probabilities(model, _split(frames, cfg.batch_size), arch=arch, cfg=cfg,
+                           device=device):
         out[b0:b0 + len(p)] = p.cpu().numpy()
+        b0 += len(p)
     return out
 
 
@@ -227,54 +233,85 @@ def histograms(q: torch.Tensor) -> torch.Tensor:
     ``histc`` with fixed bounds (unlike ``bincount``, it needs no host sync on CUDA); bin k holds
     level k exactly (bins centred on the integers).
     """
+    if q.device.type == "cpu":
+        return torch.stack([torch.bincount(f.ravel(), minlength=256) for f in q])
     if q[0].numel() > 2**24:   # float32 counts are exact up to 2**24 pixels
         return torch.stack([torch.bincount(f.ravel().to(torch.int64), minlength=256) for f in q])
     return torch.stack([torch.histc(f.to(torch.float32), bins=256, min=-0.5, max=255.5)
                         for f in q]).to(torch.int64)
 
 
-def predict_levels(model, frames: np.ndarray, *, arch, cfg: InferConfig, device
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`quantise` of :func:`predict` and the (T, 256) histogram of every frame.
+def stream_levels(model, blocks: Iterable[tuple[int, np.ndarray]], *, arch, cfg: InferConfig,
+                  device) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """``(b0, q, hist)`` for each ``(b0, frames)`` block, in order: the quantised particle
+    probability (:func:`quantise` of :func:`predict`, uint8) and each frame's 256-bin histogram.
 
-    Quantised (and, on CUDA, histogrammed) on the device, so only uint8 comes back: a quarter of
-    the float32 traffic. On CUDA the download of a batch overlaps the next batch's work (pinned
-    buffers, one host wait per batch, one batch behind).
+    Quantised and histogrammed on the device, so only uint8 comes back (a quarter of the float32
+    traffic). One pipeline spans all blocks: on CUDA the upload of the next batch and the
+    download of the last one overlap the GPU's work on this one (pinned buffers; the host waits
+    for a batch only when the next is queued).
     """
     device = torch.device(device)
-    out = np.empty(frames.shape, np.uint8)
-    hist = np.empty((len(frames), 256), np.int64)
-    pending: list[tuple[int, torch.Tensor, torch.Tensor, torch.cuda.Event]] = []
+    order: collections.deque = collections.deque()     # blocks not yet yielded, in order
+    owners: collections.deque = collections.deque()    # (block, first frame) of each batch
 
-    def land(b0: int, q: torch.Tensor, h: torch.Tensor, done) -> None:
-        done.synchronize()
-        out[b0:b0 + len(q)] = q.numpy()
-        hist[b0:b0 + len(q)] = h.numpy()
+    def batches():
+        for b0, frames in blocks:
+            block = {"b0": b0, "q": np.empty(frames.shape, np.uint8),
+                     "hist": np.empty((len(frames), 256), np.int64),
+                     "left": math.ceil(len(frames) / cfg.batch_size)}
+            order.append(block)
+            if not block["left"]:
+                continue
+            for i0 in range(0, len(frames), cfg.batch_size):
+                owners.append((block, i0))
+                yield frames[i0:i0 + cfg.batch_size]
 
-    for b0, p in probabilities(model, frames, arch=arch, cfg=cfg, device=device):
+    def land(block, i0, q, hist, done) -> None:
+        if done is not None:
+            done.synchronize()
+        block["q"][i0:i0 + len(q)] = q.numpy()
+        block["hist"][i0:i0 + len(q)] = hist.numpy()
+        block["left"] -= 1
+
+    def finished():
+        while order and order[0]["left"] == 0:
+            block = order.popleft()
+            yield block["b0"], block["q"], block["hist"]
+
+    pending: collections.deque = collections.deque()
+    for p in probabilities(model, batches(), arch=arch, cfg=cfg, device=device):
+        block, i0 = owners.popleft()
         q = torch.round(p * 255.0).clamp_(0, 255).to(torch.uint8)
         if device.type != "cuda":
-            out[b0:b0 + len(q)] = q.numpy()
-            for i, f in enumerate(out[b0:b0 + len(q)]):
-                hist[b0 + i] = np.bincount(f.ravel(), minlength=256)
-            continue
-        host_q = torch.empty(q.shape, dtype=torch.uint8, pin_memory=True)
-        host_h = torch.empty((len(q), 256), dtype=torch.int64, pin_memory=True)
-        host_q.copy_(q, non_blocking=True)
-        host_h.copy_(histograms(q), non_blocking=True)
-        done = torch.cuda.Event()
-        done.record()
-        pending.append((b0, host_q, host_h, done))
-        if len(pending) > 1:
-            land(*pending.pop(0))
-    for item in pending:
-        land(*item)
-    return out, hist
+            land(block, i0, q, histograms(q), None)
+        else:
+            host_q = torch.empty(q.shape, dtype=torch.uint8, pin_memory=True)
+            host_h = torch.empty((len(q), 256), dtype=torch.int64, pin_memory=True)
+            host_q.copy_(q, non_blocking=True)
+            host_h.copy_(histograms(q), non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+            pending.append((block, i0, host_q, host_h, done))
+            if len(pending) > 1:
+                land(*pending.popleft())
+        yield from finished()
+    while pending:
+        land(*pending.popleft())
+    yield from finished()
+
+
+def predict_levels(model, frames: np.ndarray, *, arch, cfg: InferConfig, device
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`quantise` of :func:`predict` and the (T, 256) histogram of every frame, computed on
+    the device (see :func:`stream_levels`)."""
+    (_, q, hist), = stream_levels(model, [(0, frames)], arch=arch, cfg=cfg, device=device)
+    return q, hist
 
 
 def predict_quantised(model, frames: np.ndarray, *, arch, cfg: InferConfig, device
                       ) -> np.ndarray:
-    """:func:`quantise` of :func:`predict`, computed on the device (see :func:`predict_levels`)."""
+    """:func:`quantise` of :func:`predict`, computed on the device (see :func:`stream_levels`)."""
     return predict_levels(model, frames, arch=arch, cfg=cfg, device=device)[0]
 
 
@@ -339,24 +376,32 @@ def infer_chunk(frames: MovieStore, prob_store: MovieStore, mask_store: MovieSto
             coverage[b0 + i] = float(m.mean())
         mask_store.array[b0:b0 + len(q)] = masks
 
-    def run(block, b0):
-        bad = (~np.isfinite(block).all(axis=(1, 2)) if block.dtype.kind == "f"
-               else np.zeros(len(block), bool))
-        q, hists = predict_levels(model, block, arch=arch, cfg=cfg, device=device)
-        q[bad] = 0
-        nonfinite.extend((np.flatnonzero(bad) + b0).tolist())
-        for i, hist in enumerate(hists):
-            if not bad[i]:
-                chunk_hist[:] += hist
-            levels[b0 + i] = (level_of(cfg) if cfg.threshold == "fixed" else
-                              255 if bad[i] else otsu_level(hist))
-        if cfg.threshold != "otsu_chunk":
-            write_masks(q, b0)
-        return q
+    def run(blocks):
+        for b0, q, hists in stream_levels(model, _flag_nonfinite(blocks), arch=arch, cfg=cfg,
+                                          device=device):
+            bad = bad_frames.pop(b0)
+            q[bad] = 0
+            nonfinite.extend((np.flatnonzero(bad) + b0).tolist())
+            for i, hist in enumerate(hists):
+                if not bad[i]:
+                    chunk_hist[:] += hist
+                levels[b0 + i] = (level_of(cfg) if cfg.threshold == "fixed" else
+                                  255 if bad[i] else otsu_level(hist))
+            if cfg.threshold != "otsu_chunk":
+                write_masks(q, b0)
+            yield b0, q
 
+    def _flag_nonfinite(blocks):
+        for b0, block in blocks:
+            bad_frames[b0] = (~np.isfinite(block).all(axis=(1, 2)) if block.dtype.kind == "f"
+                              else np.zeros(len(block), bool))
+            yield b0, block
+
+    bad_frames: dict[int, np.ndarray] = {}
     # masks of a block's frames are filtered in threads (the filter releases the GIL)
     with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
-        map_chunk(frames, prob_store, k, run, progress=progress, desc=f"infer chunk {k}")
+        map_chunk(frames, prob_store, k, run, progress=progress, desc=f"infer chunk {k}",
+                  stream=True)
         if cfg.threshold == "otsu_chunk":
             level = otsu_level(chunk_hist)
             for i in levels:

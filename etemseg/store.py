@@ -320,8 +320,11 @@ def _read_ahead(blocks: Iterator[tuple[int, np.ndarray]]) -> Iterator[tuple[int,
 
 
 def map_chunk(src: MovieStore, dst: MovieStore, k: int, fn, *, progress: bool = False,
-              desc: str = "", stage: str | None = None) -> None:
+              desc: str = "", stage: str | None = None, stream: bool = False) -> None:
     """Apply ``fn(frames, t0) -> frames`` to time chunk ``k`` of ``src``, writing ``dst``.
+
+    ``stream=True``: ``fn(blocks)`` takes the iterator of ``(t0, frames)`` blocks and yields
+    ``(t0, output)`` per block in order (for work pipelined across blocks, e.g. on a GPU).
 
     Streams one Zarr chunk of frames at a time, so memory stays bounded by a few blocks: the next
     block is read and the previous one written (encoded) in threads while ``fn`` runs on this
@@ -344,14 +347,15 @@ def map_chunk(src: MovieStore, dst: MovieStore, k: int, fn, *, progress: bool = 
     with tqdm(total=t1 - t0, desc=desc or f"chunk {k}", unit="frame", disable=not progress) as bar, \
             ThreadPoolExecutor(1, thread_name_prefix="etemseg-write") as writer:
         pending = None
-        for b0, block in _read_ahead(src.read_chunk(k)):
-            out = fn(block, b0)
+        blocks = _read_ahead(src.read_chunk(k))
+        outputs = fn(blocks) if stream else ((b0, fn(block, b0)) for b0, block in blocks)
+        for b0, out in outputs:
             if pending is not None:
                 pending.result()
                 written += 1
                 fault_point(stage, k, written)
-            pending = writer.submit(dst.array.__setitem__, slice(b0, b0 + len(block)), out)
-            bar.update(len(block))
+            pending = writer.submit(dst.array.__setitem__, slice(b0, b0 + len(out)), out)
+            bar.update(len(out))
         if pending is not None:
             pending.result()
             fault_point(stage, k, written + 1)
