@@ -22,7 +22,7 @@ TRAIN_GPUS = int(TRAIN["gpus"])
 MODELS = list(config.get("models", []))
 INFER = {"threads": 1, "gpus": 0, "settings": {}, **config.get("infer", {})}
 MEASURE = {"min_area_px": 20, **config.get("measure", {})}
-TRACK = {"max_disp_nm": 1.0, "memory": 0, "centroid_only": False, **config.get("track", {})}
+TRACK = {"max_disp_nm": 1.0, "memory": 3, "centroid_only": False, **config.get("track", {})}
 
 
 wildcard_constraints:
