@@ -374,7 +374,9 @@ def infer_chunk(frames: MovieStore, prob_store: MovieStore, mask_store: MovieSto
             lambda i: mask_from_levels(q[i], levels[b0 + i], cfg.min_area_px), range(len(q)))))
         for i, m in enumerate(masks):
             coverage[b0 + i] = float(m.mean())
-        mask_store.array[b0:b0 + len(q)] = masks
+        if mask_write[0] is not None:    # one block in flight: memory stays bounded
+            mask_write[0].result()
+        mask_write[0] = writer.submit(mask_store.array.__setitem__, slice(b0, b0 + len(q)), masks)
 
     def run(blocks):
         for b0, q, hists in stream_levels(model, _flag_nonfinite(blocks), arch=arch, cfg=cfg,
@@ -398,8 +400,11 @@ def infer_chunk(frames: MovieStore, prob_store: MovieStore, mask_store: MovieSto
             yield b0, block
 
     bad_frames: dict[int, np.ndarray] = {}
-    # masks of a block's frames are filtered in threads (the filter releases the GIL)
-    with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
+    mask_write: list = [None]
+    # masks of a block's frames are filtered in threads (the filter releases the GIL) and
+    # written (encoded) in the background while the next block is segmented
+    with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool, \
+            ThreadPoolExecutor(1, thread_name_prefix="etemseg-masks") as writer:
         map_chunk(frames, prob_store, k, run, progress=progress, desc=f"infer chunk {k}",
                   stream=True)
         if cfg.threshold == "otsu_chunk":
@@ -408,6 +413,8 @@ def infer_chunk(frames: MovieStore, prob_store: MovieStore, mask_store: MovieSto
                 levels[i] = 255 if i in nonfinite else level
             for b0, q in prob_store.read_chunk(k):
                 write_masks(q, b0)
+        if mask_write[0] is not None:
+            mask_write[0].result()
     if nonfinite:
         log.warning("%s chunk %d: frames %s contain NaN/inf; their masks are empty",
                     frames.path, k, nonfinite)
