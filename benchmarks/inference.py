@@ -71,30 +71,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from etemseg.infer import InferConfig, predict, prepare_model
+from etemseg.infer import InferConfig, predict, prepare_model, retain_heap
 from etemseg.models import build_model, canonical_name, count_parameters, parse_arch
 from etemseg.train import normalise_frames
 
 ARCHS = ["unet4-norm", "unet3-norm", "unet4", "hourglass", "single-filter", "shallow-wide",
          "unet4-twoconv-norm"]
 SIZES = ["1024x1024", "1792x1920"]
-
-
-def retain_heap() -> bool:
-    """Keep freed memory in the process (glibc): large blocks from the heap, no trimming.
-
-    Returns False where ``mallopt`` is unavailable (not glibc).
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        return bool(libc.mallopt(m_mmap_threshold, 1 << 30)
-                    and libc.mallopt(m_trim_threshold, 1 << 31))
-    except (OSError, AttributeError):
-        return False
 
 
 def synthetic_frames(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
