@@ -237,7 +237,8 @@ def main(argv=None) -> int:
     h, w = (int(v) for v in args.infer_size.split("x"))
     t0 = time.perf_counter()
     iframes, itruth = simulated(args.infer_frames, h, w, seed=2)
-    print(f"\ninference frames: {len(iframes)} simulated {h}x{w} in {time.perf_counter() - t0:.1f} s;"
+    t_sim = time.perf_counter() - t0
+    print(f"\ninference frames: {len(iframes)} simulated {h}x{w} in {t_sim:.1f} s;"
           f" each timing runs {args.infer_total} frames")
     model_path = work / "model" / "model.pt"
     arch = parse_arch(meta["name"])

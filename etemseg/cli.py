@@ -358,7 +358,7 @@ def cmd_score_tracks(args: argparse.Namespace) -> int:
 
     from .atomic import write_json
     from .scoring import score_stores, score_tracking
-    from .sintering import analyse, fit_lsw_rate, radius_series
+    from .sintering import fit_lsw_rate, radius_series
 
     traj = pd.read_parquet(args.tracks / "trajectories.parquet")
     events = pd.read_parquet(args.tracks / "events.parquet")

@@ -120,7 +120,7 @@ def tiles(length: int, tile: int, multiple: int, margin: int) -> list[tuple[int,
 
 def _forward(model, x: torch.Tensor, optimised: bool, amp_dtype: torch.dtype | None
              ) -> torch.Tensor:
-    """Particle probability (B, H, W) float32 of normalised (B, H, W) input on the model's device."""
+    """Particle probability (B, H, W) float32 of normalised (B, H, W) input, on its device."""
     t = x[:, None]
     if optimised:
         t = t.contiguous(memory_format=torch.channels_last)

@@ -344,8 +344,8 @@ def map_chunk(src: MovieStore, dst: MovieStore, k: int, fn, *, progress: bool = 
                              f"match {src.path} {src.array.shape}/{src.array.chunks}")
     t0, t1 = src.chunk_bounds(k)
     written = 0
-    with tqdm(total=t1 - t0, desc=desc or f"chunk {k}", unit="frame", disable=not progress) as bar, \
-            ThreadPoolExecutor(1, thread_name_prefix="etemseg-write") as writer:
+    bar = tqdm(total=t1 - t0, desc=desc or f"chunk {k}", unit="frame", disable=not progress)
+    with bar, ThreadPoolExecutor(1, thread_name_prefix="etemseg-write") as writer:
         pending = None
         blocks = _read_ahead(src.read_chunk(k))
         outputs = fn(blocks) if stream else ((b0, fn(block, b0)) for b0, block in blocks)
