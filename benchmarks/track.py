@@ -34,20 +34,12 @@ from scipy.spatial import cKDTree
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from etemseg.scoring import raster_relabel
 from etemseg.synth import SynthParams, simulate, simulate_drift, simulate_tracks
 from etemseg.track import link_movie
 
 # --------------------------------------------------------------------------------------------
 # data
-
-
-def raster_relabel(truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    u, first = np.unique(truth.ravel(), return_index=True)
-    u, first = u[u != 0], first[u != 0]
-    u = u[np.argsort(first)]
-    lut = np.zeros(int(truth.max()) + 1, np.int32)
-    lut[u] = np.arange(1, u.size + 1)
-    return lut[truth], u.astype(np.int64)
 
 
 def measure(lab: np.ndarray, frame: int, ps: float, fps: float) -> pd.DataFrame:

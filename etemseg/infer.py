@@ -140,13 +140,11 @@ def amp_dtype_of(cfg: InferConfig, device: torch.device) -> torch.dtype | None:
 
 
 def _to_float(t: torch.Tensor) -> torch.Tensor:
-    """float32 of a device tensor; uint16 through int32 where a build lacks uint16 casts."""
-    try:
-        return t.to(torch.float32)
-    except (RuntimeError, NotImplementedError):
-        if t.dtype != torch.uint16:
-            raise
+    """float32 of a frame tensor. uint16 (K2 counts) goes through its int16 bits widened to
+    int32, because torch supports only a few operations on uint16, and not on every device."""
+    if t.dtype == torch.uint16:
         return t.view(torch.int16).to(torch.int32).bitwise_and_(0xFFFF).to(torch.float32)
+    return t.to(torch.float32)
 
 
 def _torch_dtype(dtype: np.dtype) -> torch.dtype:
@@ -307,12 +305,6 @@ def predict_levels(model, frames: np.ndarray, *, arch, cfg: InferConfig, device
     the device (see :func:`stream_levels`)."""
     (_, q, hist), = stream_levels(model, [(0, frames)], arch=arch, cfg=cfg, device=device)
     return q, hist
-
-
-def predict_quantised(model, frames: np.ndarray, *, arch, cfg: InferConfig, device
-                      ) -> np.ndarray:
-    """:func:`quantise` of :func:`predict`, computed on the device (see :func:`stream_levels`)."""
-    return predict_levels(model, frames, arch=arch, cfg=cfg, device=device)[0]
 
 
 def quantise(prob: np.ndarray) -> np.ndarray:

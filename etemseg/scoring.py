@@ -203,6 +203,17 @@ def match_to_truth(measured: pd.DataFrame, truth: pd.DataFrame, *,
     return pd.concat(rows, ignore_index=True)
 
 
+def raster_relabel(truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Truth particle ids -> labels 1..n in raster order (as a labelling of the mask would number
+    them); returns the relabelled image and the truth id of each label (``ids[label - 1]``)."""
+    u, first = np.unique(truth.ravel(), return_index=True)
+    u, first = u[u != 0], first[u != 0]
+    u = u[np.argsort(first)]
+    lut = np.zeros(int(truth.max()) + 1, np.int32)
+    lut[u] = np.arange(1, u.size + 1)
+    return lut[truth], u.astype(np.int64)
+
+
 def match_events(measured: pd.DataFrame, truth: pd.DataFrame, *, kind: str,
                  frame_tol: int = 2, dist_nm: float = 3.0) -> dict:
     """Precision and recall of measured events of one ``kind`` against truth events.

@@ -171,3 +171,11 @@ def test_predict_levels_equals_quantised_predict_and_bincount():
                                                       device="cpu")))
     for f, h in zip(q, hist):
         np.testing.assert_array_equal(h, np.bincount(f.ravel(), minlength=256))
+
+
+def test_uint16_frames_keep_their_full_range_on_the_way_to_float():
+    from etemseg.infer import _to_float
+
+    raw = np.array([[0, 1, 32767, 32768, 40000, 65535]], np.uint16)
+    np.testing.assert_array_equal(_to_float(torch.from_numpy(raw)).numpy(),
+                                  raw.astype(np.float32))

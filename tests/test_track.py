@@ -9,6 +9,7 @@ import pytest
 from scipy import ndimage
 
 from etemseg.errors import ConfigError, EtemsegError
+from etemseg.scoring import raster_relabel
 from etemseg.synth import SynthParams, simulate, simulate_tracks
 from etemseg.track import (
     EVENTS_SCHEMA,
@@ -438,16 +439,6 @@ def test_bad_input():
 
 # ------------------------------------------------------------------------------------------
 # against the simulator's truth
-
-
-def raster_relabel(truth):
-    """Truth ids -> labels 1..n in raster order (as a labelling would give); also the map."""
-    u, first = np.unique(truth.ravel(), return_index=True)
-    u, first = u[u != 0], first[u != 0]
-    u = u[np.argsort(first)]
-    lut = np.zeros(int(truth.max()) + 1, np.int32)
-    lut[u] = np.arange(1, u.size + 1)
-    return lut[truth], u.astype(np.int64)
 
 
 @pytest.fixture(scope="module", params=[1, 2, 5])
