@@ -68,3 +68,97 @@ def write_json(obj, path: str | Path) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=1, default=str) + "\n")
     return path
+
+
+def _resolved(path: str | Path) -> Path:
+    return Path(os.path.abspath(Path(path).expanduser().resolve(strict=False)))
+
+
+def guard_output(target: str | Path, *, inputs=(), own=None, what: str = "output") -> Path:
+    """The output-path policy of every stage: refuse to replace anything that is not our own.
+
+    A stage may replace ``target`` only if nothing is there yet, or if ``own(target)`` recognises
+    it as this stage's previous output (a store with its stage attribute, a Parquet file with
+    etemseg metadata, a folder holding only the stage's own files). An output that is, contains or
+    lies inside one of ``inputs`` is refused as well (``etemseg ingest raw raw`` must never delete
+    the frames). Call it before any write; it raises :class:`~etemseg.errors.OutputPathError`, a
+    one-line error naming the path, and touches nothing.
+
+    Parameters
+    ----------
+    target : path
+        The file or folder the stage is about to write (or replace).
+    inputs : iterable of paths
+        Everything the stage reads (frame folder, stores, model file).
+    own : callable(Path) -> bool, optional
+        Recogniser of this stage's previous output; without it an existing ``target`` is refused.
+    what : str
+        Words for the error message ("pseudo-label store", "particle table", ...).
+    """
+    from .errors import OutputPathError
+
+    target = Path(target)
+    resolved = _resolved(target)
+    for inp in inputs:
+        if inp is None:
+            continue
+        source = _resolved(inp)
+        if resolved == source:
+            raise OutputPathError(target, f"is also an input; writing the {what} there would "
+                                          "destroy it. Choose another output path")
+        if source in resolved.parents:
+            raise OutputPathError(target, f"lies inside the input {inp}; choose an output path "
+                                          "outside it")
+        if resolved in source.parents:
+            raise OutputPathError(target, f"contains the input {inp}; writing the {what} there "
+                                          "would destroy it. Choose another output path")
+    if not (target.exists() or target.is_symlink()):
+        return target
+    if own is not None:
+        try:
+            if own(target):
+                return target
+        except (OSError, ValueError):
+            pass
+    kind = "folder" if target.is_dir() else "file"
+    raise OutputPathError(target, f"an existing {kind} that is not a previous etemseg {what}; "
+                                  "refusing to replace it (move it away or choose another path)")
+
+
+def is_store_of(*stages: str):
+    """Recogniser for :func:`guard_output`: a Zarr store whose ``etemseg.stage`` attribute is one
+    of ``stages`` (stores written by earlier versions without a stage: ``ingest`` stores are
+    recognised by their ``source`` attribute)."""
+    import json
+
+    def own(path: Path) -> bool:
+        meta = json.loads((Path(path) / "zarr.json").read_text())
+        block = meta.get("attributes", {}).get("etemseg", {})
+        stage = block.get("stage") or ("ingest" if "source" in block else None)
+        return stage in stages
+
+    return own
+
+
+def is_etemseg_parquet(path: Path) -> bool:
+    """Recogniser for :func:`guard_output`: a Parquet file whose schema carries etemseg metadata."""
+    import pyarrow.parquet as pq
+
+    if not Path(path).is_file():
+        return False
+    try:
+        return b"etemseg" in (pq.read_schema(path).metadata or {})
+    except Exception:  # noqa: BLE001 - any unreadable file is simply "not ours"
+        return False
+
+
+def holds_only(*names: str):
+    """Recogniser for :func:`guard_output`: a folder holding nothing but ``names`` (a stage's own
+    files) and hidden temporary siblings left by a killed write."""
+
+    def own(path: Path) -> bool:
+        path = Path(path)
+        return path.is_dir() and all(p.name in names or p.name.startswith(".")
+                                     for p in path.iterdir())
+
+    return own

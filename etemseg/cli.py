@@ -63,12 +63,14 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from .atomic import write_json
+    from .atomic import guard_output, is_store_of, write_json
     from .ingest import ingest, ingest_chunk, init_store
     from .store import MovieStore
 
     options = dict(fps=args.fps, pixel_size_nm=args.pixel_size_nm, chunk_frames=args.chunk_frames,
                    zarr_chunk_frames=args.zarr_chunk_frames, codec=args.codec, clevel=args.clevel)
+    if args.chunk is None:     # --init and whole-movie mode create or replace the store
+        guard_output(args.out, inputs=[args.src], own=is_store_of("ingest"), what="frame store")
     if args.init:
         store = init_store(args.src, args.out, **options)
         log.info("created %s: %d frames %s in %d chunks", store.path, store.n_frames,
@@ -94,7 +96,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_pseudolabel(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .atomic import atomic_path, write_json
+    from .atomic import atomic_path, guard_output, is_store_of, write_json
     from .pseudolabel import PRESETS, PseudoLabelParams, label_chunk
     from .store import MovieStore
 
@@ -106,6 +108,9 @@ def cmd_pseudolabel(args: argparse.Namespace) -> int:
              "method": args.method, "values": "1 = particle, 0 = background"}
     src = MovieStore.open(args.frames)
     run = dict(params=params, method=args.method, threads=args.threads)
+    if args.chunk is None:
+        guard_output(args.out, inputs=[args.frames], own=is_store_of("pseudolabel"),
+                     what="pseudo-label store")
     if args.init:
         src.like(args.out, np.uint8, attrs=attrs)
         return 0
@@ -193,7 +198,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_infer(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .atomic import atomic_path, write_json
+    from .atomic import atomic_path, guard_output, is_store_of, write_json
     from .infer import InferConfig, infer_chunk, open_model, retain_heap
     from .store import MovieStore
     from .train import load_model, pick_device
@@ -210,6 +215,10 @@ def cmd_infer(args: argparse.Namespace) -> int:
     _, meta = load_model(args.model, expect=args.expect)   # refuse bad models before writing
     attrs = {"model": meta["name"], "model_file": str(args.model), "infer": dataclasses.asdict(cfg)}
     prob_path, mask_path = args.out / "prob.zarr", args.out / "mask.zarr"
+    if args.chunk is None:
+        for path, stage in ((prob_path, "infer-probability"), (mask_path, "infer-mask")):
+            guard_output(path, inputs=[args.frames, args.model], own=is_store_of(stage),
+                         what=f"{stage} store")
     if args.init:
         frames.like(prob_path, np.uint8, attrs={**attrs, "stage": "infer-probability",
                                                 "values": "particle probability = value / 255"})
@@ -226,20 +235,33 @@ def cmd_infer(args: argparse.Namespace) -> int:
         log.info("chunk %d: %d frames at %.2f frames/s on %s", args.chunk, receipt["frames"],
                  receipt["frames_per_s"], device)
         return 0
-    with atomic_path(args.out, directory=True) as tmp:
+    # Whole movie: both stores are built in one temporary folder next to OUT's contents and each
+    # renamed into place when complete; nothing else in OUT is touched.
+    import tempfile
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".infer.tmp-", dir=args.out) as tmpdir:
+        tmp = Path(tmpdir)
         prob = frames.like(tmp / "prob.zarr", np.uint8, attrs={**attrs, "stage": "infer-probability"})
         mask = frames.like(tmp / "mask.zarr", np.uint8, attrs={**attrs, "stage": "infer-mask"})
         for k in range(frames.n_chunks):
             infer_chunk(frames, prob, mask, k, model, meta, cfg, device, progress=not args.quiet)
+        for name, path in (("prob.zarr", prob_path), ("mask.zarr", mask_path)):
+            with atomic_path(path, directory=True) as final:
+                final.rmdir()
+                (tmp / name).rename(final)
     return 0
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from .atomic import guard_output, is_etemseg_parquet
     from .measure import empty_table, measure_chunk, write_parquet
     from .store import MovieStore
 
+    guard_output(args.out, inputs=[args.frames, args.masks], own=is_etemseg_parquet,
+                 what="particle table")
     masks = MovieStore.open(args.masks)
     chunks = [args.chunk] if args.chunk is not None else range(masks.n_chunks)
     parts = [measure_chunk(masks, args.frames, k, movie=args.movie, model=args.model,
@@ -300,10 +322,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_track(args: argparse.Namespace) -> int:
     import pyarrow as pa
 
-    from .parquet import write_table
+    from .atomic import guard_output, is_etemseg_parquet
+    from .parquet import TRACK_TABLES, write_table_set
     from .store import MovieStore
     from .track import EVENTS_SCHEMA, track_movie
 
+    for name in TRACK_TABLES:
+        guard_output(args.out / f"{name}.parquet", inputs=[args.frames, args.masks, args.particles],
+                     own=is_etemseg_parquet, what=f"{name} table")
     traj, events, frames_t = track_movie(args.frames, args.masks, args.particles,
                                          movie=args.movie, model=args.model,
                                          overlap=not args.centroid_only,
@@ -313,11 +339,8 @@ def cmd_track(args: argparse.Namespace) -> int:
             "linking": "centroid" if args.centroid_only else "mask overlap"}
     ev_schema = pa.schema([pa.field("movie", pa.string()), pa.field("model", pa.string()),
                            *EVENTS_SCHEMA])
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_table(traj, args.out / "trajectories.parquet", metadata=meta)
-    write_table(events[ev_schema.names], args.out / "events.parquet", metadata=meta,
-                schema=ev_schema)
-    write_table(frames_t, args.out / "frames.parquet", metadata=meta)
+    write_table_set(args.out, {"trajectories": (traj, None), "frames": (frames_t, None),
+                               "events": (events[ev_schema.names], ev_schema)}, metadata=meta)
     counts = events["kind"].value_counts().to_dict() if len(events) else {}
     log.info("%s: %d particles in %d frames; events %s", args.out, traj["particle"].nunique(),
              len(frames_t), counts)
@@ -325,18 +348,20 @@ def cmd_track(args: argparse.Namespace) -> int:
 
 
 def cmd_sintering(args: argparse.Namespace) -> int:
-    import pandas as pd
-
-    from .atomic import atomic_path, write_json
+    from .atomic import atomic_path, guard_output, holds_only, write_json
+    from .parquet import TRACK_TABLES, read_table_set
     from .sintering import analyse, plot_sintering
     from .store import MovieStore
 
+    guard_output(args.out, inputs=[args.frames, *(args.tracks / f"{name}.parquet"
+                                                  for name in TRACK_TABLES)],
+                 own=holds_only("series.csv", "size_distributions.csv", "summary.json",
+                                "sintering.png"), what="sintering folder")
     frames = MovieStore.open(args.frames)
     if not frames.pixel_size_nm:
         raise EtemsegError(f"{args.frames}: no pixel size; sintering analysis needs nm")
     area_um2 = frames.frame_shape[0] * frames.frame_shape[1] * frames.pixel_size_nm**2 / 1e6
-    tables = {name: pd.read_parquet(args.tracks / f"{name}.parquet")
-              for name in ("trajectories", "frames", "events")}
+    tables = read_table_set(args.tracks)
     summary, series, psd = analyse(tables["trajectories"], tables["frames"], tables["events"],
                                    area_um2=area_um2)
     summary.update({"movie": args.tracks.parent.name, "model": args.tracks.name,
@@ -357,11 +382,12 @@ def cmd_score_tracks(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from .atomic import write_json
+    from .parquet import read_table_set
     from .scoring import score_stores, score_tracking
     from .sintering import fit_lsw_rate, radius_series
 
-    traj = pd.read_parquet(args.tracks / "trajectories.parquet")
-    events = pd.read_parquet(args.tracks / "events.parquet")
+    tracks = read_table_set(args.tracks, ("trajectories", "events"))
+    traj, events = tracks["trajectories"], tracks["events"]
     truth_p = pd.read_parquet(args.truth / "particles.parquet")
     truth_e = pd.read_parquet(args.truth / "events.parquet")
     scores = {"tracking": score_tracking(traj, events, truth_p, truth_e),

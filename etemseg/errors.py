@@ -40,3 +40,12 @@ def is_number(value) -> bool:
 
     return (isinstance(value, (int, float, np.integer, np.floating))
             and not isinstance(value, (bool, np.bool_)) and math.isfinite(float(value)))
+
+
+class OutputPathError(EtemsegError):
+    """An output path is refused: it holds something that is not this stage's previous output, or
+    it is, contains or lies inside one of the stage's inputs. The message starts with the path."""
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = Path(path)
+        super().__init__(f"{self.path}: {problem}")

@@ -96,7 +96,8 @@ def init_store(src: str | Path, out: str | Path, *, fps: float = 400.0,
         sources=[str(s.path.resolve().relative_to(root)) for s in index.sources],
         source_pages=[s.page for s in index.sources], codec=codec, clevel=clevel,
         zarr_chunk_frames=zarr_chunk_frames,
-        attrs={"source": str(root), "source_dtype": str(index.dtype), "naming": index.naming,
+        attrs={"stage": "ingest", "source": str(root), "source_dtype": str(index.dtype),
+               "naming": index.naming,
                "gaps": [[int(a), int(n)] for a, n in index.gaps],
                "n_missing_frames": int(sum(n for _, n in index.gaps))})
     return MovieStore.open(out, mode="r+")

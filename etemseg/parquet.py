@@ -60,3 +60,79 @@ def write_table(df: pd.DataFrame, path: str | Path, *, metadata: dict | None = N
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
     return path
+
+
+#: The tables `etemseg track` writes as one unit, in one folder.
+TRACK_TABLES = ("trajectories", "events", "frames")
+
+
+def write_table_set(folder: str | Path, tables: dict, *, metadata: dict | None = None) -> str:
+    """Write several tables as one unit: all or none are replaced.
+
+    Every table is written completely to a temporary sibling first; only then are they renamed
+    into place, one after the other (microseconds apart). Each carries the same ``set_id`` in its
+    ``etemseg`` metadata, so a reader (:func:`read_table_set`) detects the one remaining way to
+    get a mixed set (a death between two renames) and refuses it instead of mixing runs.
+
+    Parameters
+    ----------
+    folder : path
+        Destination folder; tables land as ``folder/{name}.parquet``.
+    tables : dict
+        ``name -> (DataFrame, pyarrow.Schema or None)``.
+    metadata : dict, optional
+        Provenance shared by every table.
+
+    Returns
+    -------
+    str
+        The set id.
+    """
+    import contextlib
+    import os
+    import uuid
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    set_id = uuid.uuid4().hex
+    meta = {**(metadata or {}), "set_id": set_id, "set": sorted(tables)}
+    staged = []
+    try:
+        for name, (df, schema) in tables.items():
+            tmp = folder / f".{name}.parquet.set-{set_id}"
+            write_table(df, tmp, metadata=meta, schema=schema)
+            staged.append((tmp, folder / f"{name}.parquet"))
+        for tmp, final in staged:
+            os.replace(tmp, final)
+    except BaseException:
+        for tmp, _ in staged:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        raise
+    return set_id
+
+
+def read_table_set(folder: str | Path, names=TRACK_TABLES) -> dict[str, pd.DataFrame]:
+    """Read tables written by :func:`write_table_set`, refusing a missing, unreadable or mixed set.
+
+    Raises :class:`~etemseg.errors.InputFileError` naming the file (one line at the CLI).
+    """
+    from .errors import InputFileError
+
+    folder = Path(folder)
+    out, ids = {}, {}
+    for name in names:
+        path = folder / f"{name}.parquet"
+        if not path.is_file():
+            raise InputFileError(path, "missing; run `etemseg track` first")
+        try:
+            meta = json.loads((pq.read_schema(path).metadata or {}).get(b"etemseg", b"{}"))
+            out[name] = pd.read_parquet(path)
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for damaged files
+            raise InputFileError(path, f"not a readable Parquet table ({type(exc).__name__}: "
+                                       f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+        ids[name] = meta.get("set_id")
+    if len({i for i in ids.values() if i is not None}) > 1:
+        raise InputFileError(folder, "its tables come from different runs of `etemseg track` "
+                                     f"(set ids {ids}); rerun `etemseg track`")
+    return out
