@@ -77,9 +77,9 @@ def _resolved(path: str | Path) -> Path:
 def guard_output(target: str | Path, *, inputs=(), own=None, what: str = "output") -> Path:
     """The output-path policy of every stage: refuse to replace anything that is not our own.
 
-    A stage may replace ``target`` only if nothing is there yet, or if ``own(target)`` recognises
-    it as this stage's previous output (a store with its stage attribute, a Parquet file with
-    etemseg metadata, a folder holding only the stage's own files). An output that is, contains or
+    A stage may replace ``target`` only if nothing is there yet (or an empty folder), or if
+    ``own(target)`` recognises it as this stage's previous output (a store with its stage
+    attribute, a Parquet file with etemseg metadata, a folder holding only the stage's own files). An output that is, contains or
     lies inside one of ``inputs`` is refused as well (``etemseg ingest raw raw`` must never delete
     the frames). Call it before any write; it raises :class:`~etemseg.errors.OutputPathError`, a
     one-line error naming the path, and touches nothing.
@@ -114,6 +114,8 @@ def guard_output(target: str | Path, *, inputs=(), own=None, what: str = "output
                                           "would destroy it. Choose another output path")
     if not (target.exists() or target.is_symlink()):
         return target
+    if target.is_dir() and not target.is_symlink() and not any(target.iterdir()):
+        return target          # nothing to lose (Snakemake creates a store's folder beforehand)
     if own is not None:
         try:
             if own(target):

@@ -122,6 +122,18 @@ def test_tiny_run_then_nothing_to_do(tmp_path):
     ({"movies": {"m": {"synthetic": {"frames": "many"}}}}, "many"),
     ({"movies": {"m": {"synthetic": {"frames": 4}}}, "ingest": {"codec": "lzma"}}, "lzma"),
     ({"movies": {"m": {"synthetic": {"frames": 4}}}, "typo_section": 1}, "typo_section"),
+    # cross-checks (etemseg.config.check_config): fail while planning, not in the first job
+    ({"movies": {"m": {"synthetic": {"frames": 4}}}, "models": ["unet99-bogus"]},
+     "models[0]: architecture 'unet99-bogus'"),
+    ({"movies": {"m": {"synthetic": {"frames": 4}}}, "models": ["unet4-norm", "Norm"]},
+     "same network"),
+    ({"movies": {"m": {"synthetic": {"frames": 4}}}, "train": {"movies": ["nosuchmovie"]}},
+     "train.movies[0]: 'nosuchmovie' is not a movie"),
+    ({"movies": {"m": {"synthetic": {"frames": 4}}}, "ingest": {"clevel": 12}}, "clevel"),
+    ({"movies": {"m": {"synthetic": {"frames": 4}}},
+      "ingest": {"codec": "blosc-lz4", "clevel": 10}}, "clevel"),
+    ({"movies": {"m": {"synthetic": {"frames": 4}, "chunk_frames": 6}},
+      "ingest": {"zarr_chunk_frames": 4}}, "ingest.zarr_chunk_frames: 4 does not divide"),
 ])
 def test_invalid_config_names_the_key(tmp_path, bad, key):
     r = snakemake(workdir_with(tmp_path, bad), "-n")

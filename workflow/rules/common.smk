@@ -5,11 +5,13 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from etemseg.framedump import count_frames
+from etemseg.config import check_config
+from etemseg.framedump import count_frames, write_source_manifest
 from etemseg.store import n_chunks as _n_chunks
 
 
 validate(config, schema="../schemas/config.schema.yaml")
+check_config(config)  # cross-checks the schema cannot express: model names, train.movies, clevel
 
 INGEST = {"codec": "blosc-zstd", "clevel": 3, "zarr_chunk_frames": None, **config.get("ingest", {})}
 MOVIES = config["movies"]
@@ -65,11 +67,25 @@ def movie_chunks(movie):
     return list(range(_n_chunks(movie_n_frames(movie), movie_chunk_frames(movie))))
 
 
+def source_manifest(movie):
+    """Path of a real movie's frame-file manifest (names, sizes, mtimes; see below)."""
+    return f"results/{movie}/source-manifest.json"
+
+
+# Refreshed once per run, while the workflow is parsed (before Snakemake looks at any file):
+# written only when the frames changed, so its mtime moves exactly then. A `notes.txt` or
+# `Thumbs.db` added to the dump reruns nothing; an added, removed or rewritten frame reruns the
+# movie from ingest on.
+for _movie, _cfg in MOVIES.items():
+    if "synthetic" not in _cfg:
+        write_source_manifest(_cfg["source"], source_manifest(_movie))
+
+
 def ingest_source_input(wildcards):
-    """What ingest waits for: the simulator's completion marker, or the real frame folder."""
+    """What ingest waits for: the simulator's completion marker, or the real dump's manifest."""
     if "synthetic" in movie_cfg(wildcards.movie):
         return f"results/{wildcards.movie}/synth/synth.json"
-    return movie_source(wildcards.movie)
+    return source_manifest(wildcards.movie)
 
 
 def chunk_receipts(stage, movie):

@@ -23,8 +23,8 @@ rule evaluate:
     conda:
         "../../envs/cpu.yaml"
     shell:
-        "etemseg --quiet evaluate results/{wildcards.movie} {wildcards.model} {input.model}"
-        " results/{wildcards.movie}/{wildcards.model}/eval > {log} 2>&1"
+        "etemseg --quiet evaluate results/{wildcards.movie} {wildcards.model} {input.model:q}"
+        " results/{wildcards.movie}/{wildcards.model}/eval > {log:q} 2>&1"
 
 
 rule model_comparison:
@@ -58,6 +58,6 @@ rule model_comparison:
     conda:
         "../../envs/cpu.yaml"
     shell:
-        "etemseg --quiet compare {output.table} {input}"
-        " --contours results/{params.movie} {output.contours}"
-        " --sweep-png {output.sweep} > {log} 2>&1"
+        "etemseg --quiet compare {output.table:q} {input:q}"
+        " --contours results/{params.movie} {output.contours:q}"
+        " --sweep-png {output.sweep:q} > {log:q} 2>&1"

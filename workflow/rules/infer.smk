@@ -15,9 +15,9 @@ rule infer_init:
     conda:
         "../../envs/cpu.yaml"
     shell:
-        "etemseg --quiet infer results/{wildcards.movie}/frames.zarr {input.model}"
+        "etemseg --quiet infer results/{wildcards.movie}/frames.zarr {input.model:q}"
         " results/{wildcards.movie}/{wildcards.model} --init --expect {wildcards.model}"
-        " {params.options} > {log} 2>&1"
+        " {params.options} > {log:q} 2>&1"
 
 
 rule infer_chunk:
@@ -39,6 +39,7 @@ rule infer_chunk:
         gpu=int(INFER["gpus"]),
         mem_mb=infer_mem_mb,
     shell:
-        "etemseg --quiet infer results/{wildcards.movie}/frames.zarr {input.model}"
+        "etemseg --quiet infer results/{wildcards.movie}/frames.zarr {input.model:q}"
         " results/{wildcards.movie}/{wildcards.model} --chunk {wildcards.k} --expect"
-        " {wildcards.model} --threads {threads} --receipt {output} {params.options} > {log} 2>&1"
+        " {wildcards.model} --threads {threads} --receipt {output:q} {params.options}"
+        " > {log:q} 2>&1"

@@ -22,8 +22,8 @@ rule ingest_init:
         "../../envs/cpu.yaml"
     threads: 1
     shell:
-        "etemseg --quiet ingest {params.src} {params.store} --init --fps {params.fps}"
-        " --chunk-frames {params.chunk_frames} {params.options} > {log} 2>&1"
+        "etemseg --quiet ingest {params.src:q} {params.store:q} --init --fps {params.fps}"
+        " --chunk-frames {params.chunk_frames} {params.options} > {log:q} 2>&1"
 
 
 rule ingest_chunk:
@@ -42,5 +42,5 @@ rule ingest_chunk:
     resources:
         mem_mb=1000,
     shell:
-        "etemseg --quiet ingest {params.src} {params.store} --chunk {wildcards.k}"
-        " --receipt {output} > {log} 2>&1"
+        "etemseg --quiet ingest {params.src:q} {params.store:q} --chunk {wildcards.k}"
+        " --receipt {output:q} > {log:q} 2>&1"

@@ -18,6 +18,6 @@ rule measure_chunk:
         mem_mb=2000,
     shell:
         "etemseg --quiet measure results/{wildcards.movie}/frames.zarr"
-        " results/{wildcards.movie}/{wildcards.model}/mask.zarr {output} --chunk {wildcards.k}"
+        " results/{wildcards.movie}/{wildcards.model}/mask.zarr {output:q} --chunk {wildcards.k}"
         " --movie {wildcards.movie} --model {wildcards.model} --min-area-px {params.min_area}"
-        " > {log} 2>&1"
+        " > {log:q} 2>&1"

@@ -15,7 +15,7 @@ rule pseudolabel_init:
     threads: 1
     shell:
         "etemseg --quiet pseudolabel results/{wildcards.movie}/frames.zarr"
-        " results/{wildcards.movie}/pseudo.zarr --init {params.options} > {log} 2>&1"
+        " results/{wildcards.movie}/pseudo.zarr --init {params.options} > {log:q} 2>&1"
 
 
 rule pseudolabel_chunk:
@@ -36,7 +36,7 @@ rule pseudolabel_chunk:
     shell:
         "etemseg --quiet pseudolabel results/{wildcards.movie}/frames.zarr"
         " results/{wildcards.movie}/pseudo.zarr --chunk {wildcards.k} --threads {threads}"
-        " --receipt {output} {params.options} > {log} 2>&1"
+        " --receipt {output:q} {params.options} > {log:q} 2>&1"
 
 
 rule pseudolabel_qa:
@@ -61,9 +61,9 @@ rule pseudolabel_qa:
     conda:
         "../../envs/cpu.yaml"
     shell:
-        "etemseg --quiet overlay results/{wildcards.movie}/frames.zarr {output}"
+        "etemseg --quiet overlay results/{wildcards.movie}/frames.zarr {output:q}"
         " --frame {wildcards.t} --mask pseudo-label=results/{wildcards.movie}/pseudo.zarr"
-        " {params.truth} > {log} 2>&1"
+        " {params.truth} > {log:q} 2>&1"
 
 
 rule pseudolabel_score:
@@ -83,4 +83,4 @@ rule pseudolabel_score:
         "../../envs/cpu.yaml"
     shell:
         "etemseg --quiet score results/{wildcards.movie}/pseudo.zarr"
-        " results/{wildcards.movie}/synth/truth/labels.zarr --out {output} > {log} 2>&1"
+        " results/{wildcards.movie}/synth/truth/labels.zarr --out {output:q} > {log:q} 2>&1"

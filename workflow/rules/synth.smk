@@ -16,4 +16,4 @@ rule synth:
         "../../envs/cpu.yaml"
     threads: 1
     shell:
-        "etemseg --quiet synth {params.out} --params-json '{params.synthetic}' > {log} 2>&1"
+        "etemseg --quiet synth {params.out:q} --params-json {params.synthetic:q} > {log:q} 2>&1"

@@ -25,7 +25,7 @@ rule track:
         " results/{wildcards.movie}/{wildcards.model}/mask.zarr"
         " results/{wildcards.movie}/{wildcards.model}/particles"
         " results/{wildcards.movie}/{wildcards.model} --movie {wildcards.movie}"
-        " --model {wildcards.model} {params.options} > {log} 2>&1"
+        " --model {wildcards.model} {params.options} > {log:q} 2>&1"
 
 
 rule sintering:
@@ -47,7 +47,7 @@ rule sintering:
     shell:
         "etemseg --quiet sintering results/{wildcards.movie}/frames.zarr"
         " results/{wildcards.movie}/{wildcards.model}"
-        " results/{wildcards.movie}/{wildcards.model}/sintering > {log} 2>&1"
+        " results/{wildcards.movie}/{wildcards.model}/sintering > {log:q} 2>&1"
 
 
 rule score_tracks:
@@ -69,4 +69,4 @@ rule score_tracks:
     shell:
         "etemseg --quiet score-tracks results/{wildcards.movie}/{wildcards.model}"
         " results/{wildcards.movie}/{wildcards.model}/mask.zarr"
-        " results/{wildcards.movie}/synth/truth {output} > {log} 2>&1"
+        " results/{wildcards.movie}/synth/truth {output:q} > {log:q} 2>&1"

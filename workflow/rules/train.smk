@@ -27,4 +27,4 @@ rule train:
         runtime=240,
     shell:
         "etemseg --quiet train {params.pairs} --out models/{wildcards.model}"
-        " --model {wildcards.model} --threads {threads} {params.options} > {log} 2>&1"
+        " --model {wildcards.model} --threads {threads} {params.options} > {log:q} 2>&1"
