@@ -6,9 +6,14 @@ near-duplicates and a random split flatters validation). Training uses random cr
 paper's augmentation (translation with wrap-around, 90-degree rotations, flips, crop-and-zoom);
 validation runs on full frames.
 
-Robustness: a checkpoint is written atomically after every epoch; a rerun with the same training
-config resumes from it and gives the same weights as an uninterrupted run (every epoch draws its
-random numbers from generators seeded by ``(seed, epoch)``).
+Robustness: a checkpoint (weights, optimiser, per-epoch metrics, best weights, random states) is
+written atomically after every epoch. A rerun with the same training config and data resumes from
+it and gives the same weights and metrics as an uninterrupted run (the crops of every epoch come
+from a generator seeded by ``(seed, epoch)``; the global random states are saved and restored). A
+rerun after the last epoch trains nothing and rewrites every output from the checkpoint, so
+``model.pt`` and ``metrics.csv`` come out byte for byte as the first time. The test hook
+``ETEMSEG_FAULT=train:0:E`` (see :func:`etemseg.store.fault_point`) kills the process right after
+the checkpoint of epoch ``E``.
 
 The model file (``model.pt``) holds plain tensors and JSON-like metadata only, so it loads with
 ``torch.load(path, weights_only=True)``: state dict, architecture, input normalisation, training
@@ -19,9 +24,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
+import io
 import logging
 import math
+import pickle
 import platform
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,10 +42,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import __version__
-from .atomic import atomic_path
+from .atomic import atomic_path, guard_output, holds_only
 from .errors import ConfigError, InputFileError
 from .models import ArchConfig, build_model, canonical_name, count_parameters, parse_arch
-from .store import MovieStore
+from .store import MovieStore, fault_point
 
 log = logging.getLogger(__name__)
 
@@ -230,16 +239,48 @@ def split_frames(n: int, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
+#: ``stage`` attributes of the stores training accepts as labels (pseudo-labels, or the masks of
+#: another model).
+LABEL_STAGES = ("pseudolabel", "infer-mask")
+
+
+def open_pair(frames_path: str | Path, labels_path: str | Path) -> tuple[MovieStore, MovieStore]:
+    """Open one training pair (``--pair FRAMES PSEUDO``), refusing pairs that cannot be right.
+
+    Raises :class:`InputFileError` naming the store when both paths are the same store, the frames
+    store is a derived (label, probability) store, the labels store is not a label store (its
+    ``stage`` is not one of :data:`LABEL_STAGES`, or its values are not uint8) or the two differ
+    in shape.
+    """
+    if Path(frames_path).resolve() == Path(labels_path).resolve():
+        raise InputFileError(labels_path, "given as both FRAMES and PSEUDO of --pair; the second "
+                             "store must be the movie's pseudo-label store")
+    frames, pseudo = MovieStore.open(frames_path), MovieStore.open(labels_path)
+    frames_stage = frames.meta.get("stage", "ingest")
+    if frames_stage != "ingest":
+        raise InputFileError(frames_path, f"--pair FRAMES: a {frames_stage!r} store, not a movie "
+                             "store written by `etemseg ingest`")
+    labels_stage = pseudo.meta.get("stage", "ingest" if "source" in pseudo.meta else None)
+    if labels_stage not in LABEL_STAGES + (None,) or pseudo.array.dtype != np.uint8:
+        raise InputFileError(labels_path, f"--pair PSEUDO: not a label store (stage "
+                             f"{labels_stage!r}, dtype {pseudo.array.dtype}); give the store "
+                             "written by `etemseg pseudolabel`")
+    if pseudo.array.shape != frames.array.shape:
+        raise InputFileError(labels_path, f"--pair PSEUDO: shape {pseudo.array.shape} differs "
+                             f"from {frames_path} {frames.array.shape}")
+    return frames, pseudo
+
+
 def load_training_data(pairs: Sequence[tuple[str | Path, str | Path]], cfg: TrainConfig, *,
                        stride: int = 1, max_frames: int | None = None) -> TrainingData:
-    """Read selected frames and pseudo-labels of each (frames.zarr, pseudo.zarr) pair."""
+    """Read selected frames and pseudo-labels of each (frames.zarr, pseudo.zarr) pair.
+
+    Each pair is checked by :func:`open_pair`; labels other than 0 and 1 are refused as well.
+    """
     images, labels, sources = [], [], []
     shape = None
     for frames_path, labels_path in pairs:
-        frames, pseudo = MovieStore.open(frames_path), MovieStore.open(labels_path)
-        if pseudo.array.shape != frames.array.shape:
-            raise InputFileError(labels_path, f"shape {pseudo.array.shape} differs from "
-                                 f"{frames_path} {frames.array.shape}")
+        frames, pseudo = open_pair(frames_path, labels_path)
         if shape is not None and frames.frame_shape != shape:
             raise InputFileError(frames_path, f"frame shape {frames.frame_shape} differs from "
                                  f"the other training movies' {shape}; crop or resize first")
@@ -248,7 +289,10 @@ def load_training_data(pairs: Sequence[tuple[str | Path, str | Path]], cfg: Trai
         for b in range(0, len(idx), 64):  # float16 halves the memory of the training set
             images.append(normalise_frames(
                 frames.array.get_orthogonal_selection((idx[b:b + 64],))).astype(np.float16))
-        labels.append(pseudo.array.get_orthogonal_selection((idx,)).astype(np.uint8))
+        labels.append(pseudo.array.get_orthogonal_selection((idx,)))
+        if labels[-1].max(initial=0) > 1:
+            raise InputFileError(labels_path, f"--pair PSEUDO: values up to {labels[-1].max()}; "
+                                 "pseudo-labels are 0 (background) and 1 (particle)")
         sources += [f"{frames_path}:{i}" for i in idx]
     images_a, labels_a = np.concatenate(images), np.concatenate(labels)
     train, val = split_frames(len(images_a), cfg)
@@ -409,99 +453,216 @@ def plot_curves(history: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def train(data: TrainingData, cfg: TrainConfig, out_dir: str | Path, *, progress: bool = True,
-          stop_after_epoch: int | None = None) -> dict:
-    """Train ``cfg.model`` on ``data``; write ``model.pt``, ``metrics.csv``, ``curve.png``.
+# --------------------------------------------------------------------------------------------
+# checkpoints and resuming
+# --------------------------------------------------------------------------------------------
 
-    Resumes from ``out_dir/checkpoint.pt`` when it was written with the same training config and
-    data; otherwise starts afresh. ``stop_after_epoch`` ends early after that epoch (for tests of
-    resuming) without writing ``model.pt``.
+#: The files of a model folder (``etemseg train --out``); a folder holding anything else is
+#: refused (see :func:`guard_model_folder`).
+MODEL_FOLDER_FILES = ("model.pt", "metrics.csv", "curve.png", "checkpoint.pt")
+#: Checkpoint layout; part of the fingerprint, so a checkpoint of another layout is not resumed.
+CHECKPOINT_FORMAT = "etemseg-checkpoint-2"
+#: Model file layout (``format`` entry) and the entries :func:`load_model` requires.
+MODEL_FORMAT = "etemseg-model-1"
+MODEL_KEYS = ("name", "arch", "normalisation", "state_dict")
 
-    Returns the model file's metadata (everything but the weights).
+
+def guard_model_folder(out_dir: str | Path, inputs: Sequence[str | Path] = ()) -> Path:
+    """The output-path policy for a model folder; call it before writing anything there.
+
+    Refuses (:class:`~etemseg.errors.OutputPathError`) a folder that is, contains or lies inside
+    one of ``inputs`` (the training stores) and an existing folder or file that is not a model
+    folder (anything but :data:`MODEL_FOLDER_FILES` and hidden temporary files in it).
     """
-    cfg.validate()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    arch = parse_arch(cfg.model)
-    device = pick_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    model = build_model(arch).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    weight = class_weights(data, cfg)
-    weight = weight.to(device) if weight is not None else None
-    use_amp = cfg.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    fingerprint = {"train": cfg.to_dict(), "arch": arch.to_dict(), "n_frames": len(data.images),
-                   "frame_shape": list(data.images.shape[1:]),
-                   "label_fraction": float(data.labels.mean())}
-    history: list[dict] = []
-    best: dict = {"f1": -1.0, "epoch": 0, "state": None}
-    start_epoch = 0
-    ckpt_path = out_dir / "checkpoint.pt"
-    if ckpt_path.exists():
-        try:
-            ckpt = torch.load(ckpt_path, map_location=device, weights_only=True)
-        except Exception as exc:  # a damaged checkpoint is not fatal: start afresh
-            log.warning("%s: unreadable checkpoint (%s); starting afresh", ckpt_path, exc)
-            ckpt = None
-        if ckpt and ckpt.get("fingerprint") == fingerprint:
-            model.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["optimizer"])
-            if "scaler" in ckpt:
-                scaler.load_state_dict(ckpt["scaler"])
-            history = list(ckpt["history"])
-            best = dict(ckpt["best"])
-            start_epoch = int(ckpt["epoch"]) + 1
-            log.info("resuming %s from epoch %d", cfg.model, start_epoch + 1)
-        elif ckpt:
-            log.info("%s: checkpoint is from other settings or data; starting afresh", ckpt_path)
+    return guard_output(out_dir, inputs=list(inputs), own=holds_only(*MODEL_FOLDER_FILES),
+                        what="model folder")
+
+
+def rng_state(device: torch.device) -> dict:
+    """The global random states (torch CPU and CUDA, NumPy, Python) as tensors and plain data, so
+    that a checkpoint holding them loads with ``weights_only=True``."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
+                      float(cached)],
+            "python": random.getstate()}
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    """Restore the global random states saved by :func:`rng_state`."""
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def fingerprint(data: TrainingData, cfg: TrainConfig) -> dict:
+    """What a checkpoint must have been trained on to be resumed: settings, architecture and data
+    (size, label fraction, and a digest of the split and the frames' sources)."""
+    digest = hashlib.sha256(np.asarray(data.train, np.int64).tobytes())
+    digest.update(np.asarray(data.val, np.int64).tobytes())
+    digest.update("\n".join(data.sources).encode())
+    return {"format": CHECKPOINT_FORMAT, "train": cfg.to_dict(),
+            "arch": parse_arch(cfg.model).to_dict(), "n_frames": len(data.images),
+            "frame_shape": list(data.images.shape[1:]),
+            "label_fraction": float(data.labels.mean()), "split": digest.hexdigest()}
+
+
+@dataclass
+class TrainingRun:
+    """The state of one training run: what a checkpoint holds and a resumed run restores.
+
+    When the last epoch is done, :meth:`finish` sets ``final``, the model file's metadata, and
+    ``model_file``, the model file itself (serialised once: ``torch.save`` is not byte for byte
+    repeatable); every output can then be rewritten from a checkpoint without training.
+    """
+
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    fingerprint: dict
+    weight: torch.Tensor | None = None
+    use_amp: bool = False
+    amp_dtype: torch.dtype = torch.float16
+    history: list = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"f1": -1.0, "epoch": 0, "state": None})
+    epochs_done: int = 0
+    final: dict | None = None
+    model_file: torch.Tensor | None = None
+
+    @classmethod
+    def new(cls, data: TrainingData, cfg: TrainConfig, device: torch.device) -> TrainingRun:
+        """A run at epoch 0: weights initialised from ``cfg.seed``."""
+        torch.manual_seed(cfg.seed)
+        model = build_model(parse_arch(cfg.model)).to(device)
+        weight = class_weights(data, cfg)
+        use_amp = cfg.amp and device.type == "cuda"
+        amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+        scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+        return cls(model, torch.optim.Adam(model.parameters(), lr=cfg.lr), scaler, device,
+                   fingerprint(data, cfg), weight.to(device) if weight is not None else None,
+                   use_amp, amp_dtype)
+
+    def checkpoint(self) -> dict:
+        """Everything needed to go on (or to rewrite the outputs) as tensors and plain data."""
+        return {"fingerprint": self.fingerprint, "model": self.model.state_dict(),
+                "optimizer": self.opt.state_dict(), "scaler": self.scaler.state_dict(),
+                "history": self.history, "best": self.best, "epochs_done": self.epochs_done,
+                "rng": rng_state(self.device), "final": self.final,
+                "model_file": self.model_file}
+
+    def restore(self, ckpt: dict) -> None:
+        """Go on from ``ckpt`` (a :meth:`checkpoint` of a run with the same fingerprint)."""
+        self.model.load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"], self.device)
+        self.history, self.best = list(ckpt["history"]), dict(ckpt["best"])
+        self.epochs_done = int(ckpt["epochs_done"])
+        self.final, self.model_file = ckpt["final"], ckpt["model_file"]
+
+    def record(self, row: dict) -> None:
+        """Add an epoch's metrics; keep its weights when its validation F1 is the best so far."""
+        self.history.append(row)
+        self.epochs_done = int(row["epoch"])
+        if row["val_f1"] > self.best["f1"]:
+            self.best = {"f1": row["val_f1"], "epoch": self.epochs_done,
+                         "state": {k: v.detach().cpu().clone()
+                                   for k, v in self.model.state_dict().items()}}
+
+    def finish(self, meta: dict) -> None:
+        """Set the model file: ``meta`` and the best (``keep_best``) or the last weights."""
+        state = (self.best["state"] if meta["train"]["keep_best"] else
+                 {k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+        buffer = io.BytesIO()
+        torch.save({**meta, "state_dict": state}, buffer)
+        self.final = meta
+        self.model_file = torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
+
+
+def open_run(data: TrainingData, cfg: TrainConfig, device: torch.device,
+             ckpt_path: Path) -> TrainingRun:
+    """A new run, or the run saved in ``ckpt_path`` when it has the same fingerprint.
+
+    A missing, unreadable or damaged checkpoint, or one of other settings or data, is ignored
+    (training starts afresh and replaces it).
+    """
+    run = TrainingRun.new(data, cfg, device)
+    if not ckpt_path.exists():
+        return run
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a damaged checkpoint is not fatal
+        log.warning("%s: unreadable checkpoint (%s); starting afresh", ckpt_path, _one_line(exc))
+        return run
+    if not isinstance(ckpt, dict) or ckpt.get("fingerprint") != run.fingerprint:
+        log.info("%s: checkpoint is from other settings or data; starting afresh", ckpt_path)
+        return run
+    try:
+        run.restore(ckpt)
+    except Exception as exc:  # noqa: BLE001 - half restored: start again from scratch
+        log.warning("%s: damaged checkpoint (%s); starting afresh", ckpt_path, _one_line(exc))
+        return TrainingRun.new(data, cfg, device)
+    log.info("resuming %s after epoch %d of %d", cfg.model, run.epochs_done, cfg.epochs)
+    return run
+
+
+# --------------------------------------------------------------------------------------------
+# training
+# --------------------------------------------------------------------------------------------
+
+def train_epoch(run: TrainingRun, data: TrainingData, cfg: TrainConfig, epoch: int,
+                tensors: tuple[torch.Tensor, torch.Tensor], *, progress: bool = False) -> dict:
+    """Train one epoch (0-based ``epoch``); return its row of metrics (validation included).
+
+    The crops come from a generator seeded by ``(cfg.seed, epoch)``, so an epoch's batches do
+    not depend on what ran before it in this process.
+    """
+    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
     steps = max(1, math.ceil(cfg.samples_per_epoch / cfg.batch_size))
-    tensors = device_tensors(data, device)
+    model, opt, scaler, device = run.model, run.opt, run.scaler, run.device
     model.train()
-    started = time.perf_counter()
-    for epoch in range(start_epoch, cfg.epochs):
-        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        t0 = time.perf_counter()
-        total = 0.0
-        bar = tqdm(range(steps), desc=f"{cfg.model} epoch {epoch + 1}/{cfg.epochs}",
-                   unit="batch", disable=not progress, leave=False)
-        for _ in bar:
-            x, y = sample_batch(data, cfg, gen, tensors=tensors)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
-                loss = F.cross_entropy(model(x).float(), y, weight=weight)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            step_loss = loss.detach().item()   # one host sync per step
-            total += step_loss
-            bar.set_postfix(loss=f"{step_loss:.4f}")
-        seconds = time.perf_counter() - t0
-        row = {"epoch": epoch + 1, "train_loss": total / steps,
-               **validation_scores(model, data, cfg, device, weight), "epoch_s": round(seconds, 3),
-               "images_per_s": round(steps * cfg.batch_size / seconds, 3)}
-        if device.type == "cuda":
-            row["peak_gpu_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-        history.append(row)
-        if row["val_f1"] > best["f1"]:
-            best = {"f1": row["val_f1"], "epoch": epoch + 1,
-                    "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
-        log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val F1 %.4f (%.1f s)", epoch + 1,
-                 cfg.epochs, row["train_loss"], row["val_loss"], row["val_f1"], seconds)
-        _save({"fingerprint": fingerprint, "model": model.state_dict(),
-               "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
-               "history": history, "best": best, "epoch": epoch}, ckpt_path)
-        _write_metrics_csv(history, out_dir / "metrics.csv")
-        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
-            return {"stopped_after_epoch": epoch + 1}
-    plot_curves(history, out_dir / "curve.png", f"{canonical_name(arch)} ({device.type})")
-    meta = {
-        "format": "etemseg-model-1",
+    t0 = time.perf_counter()
+    total = 0.0
+    bar = tqdm(range(steps), desc=f"{cfg.model} epoch {epoch + 1}/{cfg.epochs}",
+               unit="batch", disable=not progress, leave=False)
+    for _ in bar:
+        x, y = sample_batch(data, cfg, gen, tensors=tensors)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with torch.autocast(device_type=device.type, dtype=run.amp_dtype, enabled=run.use_amp):
+            loss = F.cross_entropy(model(x).float(), y, weight=run.weight)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        step_loss = loss.detach().item()   # one host sync per step
+        total += step_loss
+        bar.set_postfix(loss=f"{step_loss:.4f}")
+    seconds = time.perf_counter() - t0
+    row = {"epoch": epoch + 1, "train_loss": total / steps,
+           **validation_scores(model, data, cfg, device, run.weight),
+           "epoch_s": round(seconds, 3), "images_per_s": round(steps * cfg.batch_size / seconds, 3)}
+    if device.type == "cuda":
+        row["peak_gpu_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val F1 %.4f (%.1f s)", epoch + 1,
+             cfg.epochs, row["train_loss"], row["val_loss"], row["val_f1"], seconds)
+    return row
+
+
+def model_meta(run: TrainingRun, data: TrainingData, cfg: TrainConfig, started: float) -> dict:
+    """The model file's metadata (everything but the weights) of a finished run."""
+    arch = parse_arch(cfg.model)
+    history = run.history
+    return {
+        "format": MODEL_FORMAT,
         "arch": arch.to_dict(),
         "name": canonical_name(arch),
-        "parameters": count_parameters(model),
+        "parameters": count_parameters(run.model),
         "normalisation": dict(NORMALISATION),
         "train": cfg.to_dict(),
         "data": {"n_frames": len(data.images), "n_train": len(data.train),
@@ -511,17 +672,153 @@ def train(data: TrainingData, cfg: TrainConfig, out_dir: str | Path, *, progress
                  "train_sources": [data.sources[i] for i in data.train] if data.sources else [],
                  "val_sources": [data.sources[i] for i in data.val] if data.sources else []},
         "history": history,
-        "saved_epoch": best["epoch"] if cfg.keep_best else cfg.epochs,
-        "val_f1": best["f1"] if cfg.keep_best else history[-1]["val_f1"],
+        "saved_epoch": run.best["epoch"] if cfg.keep_best else cfg.epochs,
+        "val_f1": run.best["f1"] if cfg.keep_best else history[-1]["val_f1"],
         "training_time_s": round(sum(h["epoch_s"] for h in history), 3),
         "wall_time_s_this_run": round(time.perf_counter() - started, 3),
-        "device": str(device),
+        "device": str(run.device),
         "versions": versions(),
     }
-    state = (best["state"] if cfg.keep_best else
-             {k: v.detach().cpu() for k, v in model.state_dict().items()})
-    _save({**meta, "state_dict": state}, out_dir / "model.pt")
-    return meta
+
+
+def write_outputs(run: TrainingRun, out_dir: Path) -> None:
+    """Write ``metrics.csv``, ``curve.png`` and ``model.pt`` (each atomically) of a finished run.
+
+    Everything comes from the finished run's state, so a rerun from a complete checkpoint
+    writes the same files again (``model.pt`` and ``metrics.csv`` byte for byte).
+    """
+    meta = run.final
+    _write_metrics_csv(meta["history"], out_dir / "metrics.csv")
+    plot_curves(meta["history"], out_dir / "curve.png",
+                f"{meta['name']} ({torch.device(meta['device']).type})")
+    with atomic_path(out_dir / "model.pt") as tmp:
+        tmp.write_bytes(run.model_file.numpy().tobytes())
+
+
+def train(data: TrainingData, cfg: TrainConfig, out_dir: str | Path, *,
+          progress: bool = True) -> dict:
+    """Train ``cfg.model`` on ``data``; write ``model.pt``, ``metrics.csv``, ``curve.png``.
+
+    Resumes from ``out_dir/checkpoint.pt`` when it was written with the same training config and
+    data (see :func:`open_run`); otherwise starts afresh. When the checkpoint already covers every
+    epoch nothing is trained and the outputs are rewritten from it. ``out_dir`` must be new or a
+    model folder (:func:`guard_model_folder`).
+
+    Returns the model file's metadata (everything but the weights); after a rerun from a complete
+    checkpoint, that of the run that finished it.
+    """
+    cfg.validate()
+    out_dir = guard_model_folder(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = pick_device(cfg.device)
+    ckpt_path = out_dir / "checkpoint.pt"
+    run = open_run(data, cfg, device, ckpt_path)
+    started = time.perf_counter()
+    tensors = device_tensors(data, device) if run.epochs_done < cfg.epochs else None
+    for epoch in range(run.epochs_done, cfg.epochs):
+        run.record(train_epoch(run, data, cfg, epoch, tensors, progress=progress))
+        if run.epochs_done == cfg.epochs:
+            run.finish(model_meta(run, data, cfg, started))
+        _save(run.checkpoint(), ckpt_path)
+        _write_metrics_csv(run.history, out_dir / "metrics.csv")
+        fault_point("train", 0, run.epochs_done)   # test hook: ETEMSEG_FAULT=train:0:EPOCH
+    if run.model_file is None:   # not with a checkpoint of this layout; never write half
+        run.finish(model_meta(run, data, cfg, started))
+    write_outputs(run, out_dir)
+    return run.final
+
+
+# --------------------------------------------------------------------------------------------
+# model files
+# --------------------------------------------------------------------------------------------
+
+def _one_line(exc: BaseException) -> str:
+    """``Class: first sentence of the message`` (at most 200 characters), for one-line errors."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return exc.__class__.__name__
+    return f"{exc.__class__.__name__}: {lines[0].split('. ')[0][:200]}"
+
+
+def _misfit(expected: dict, state: dict) -> str | None:
+    """How a state dict differs from a model's (missing, unexpected, wrongly shaped entries)."""
+    def some(keys: list[str]) -> str:
+        return keys[0] + (f" and {len(keys) - 1} more" if len(keys) > 1 else "")
+
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shaped = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"no {some(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {some(unexpected)}")
+    if shaped:
+        key = shaped[0]
+        problems.append(f"{key} has shape {tuple(state[key].shape)}, not "
+                        f"{tuple(expected[key].shape)}")
+    return "; ".join(problems) or None
+
+
+def _read_model_blob(path: Path) -> dict:
+    """The dict in a model file, with every entry of :data:`MODEL_KEYS`; else InputFileError."""
+    if not path.exists():
+        raise InputFileError(path, "model file does not exist; train it first")
+    if not path.is_file():
+        raise InputFileError(path, "is not a file; give the model.pt written by `etemseg train`")
+    if path.stat().st_size == 0:
+        raise InputFileError(path, "empty model file (0 bytes); retrain or copy it again")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise InputFileError(path, "not a model file (not a PyTorch file of plain tensors and "
+                                   "data)") from exc
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds on damaged files
+        raise InputFileError(path, f"cannot be read as a model file; truncated or damaged? "
+                                   f"({_one_line(exc)})") from exc
+    if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
+        raise InputFileError(path, f"not an etemseg model file (no 'format: {MODEL_FORMAT}')")
+    missing = [key for key in MODEL_KEYS if key not in blob]
+    if missing:
+        raise InputFileError(path, f"incomplete model file: no {', '.join(missing)}")
+    return blob
+
+
+def _model_arch(path: Path, blob: dict) -> ArchConfig:
+    """The architecture of a model file, consistent with its name; else InputFileError."""
+    try:
+        arch = ArchConfig.from_dict(blob["arch"])
+        named = parse_arch(blob["name"]) if isinstance(blob["name"], str) else None
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise InputFileError(path, f"invalid architecture in the model file ({exc})") from exc
+    if named != arch:
+        raise InputFileError(path, f"name {blob['name']!r} does not match its architecture "
+                                   f"{canonical_name(arch)}")
+    norm = blob["normalisation"]
+    if not isinstance(norm, dict) or norm.get("method") != NORMALISATION["method"]:
+        raise InputFileError(path, f"unknown input normalisation {norm!r:.200}")
+    return arch
+
+
+def _load_weights(path: Path, model: torch.nn.Module, state, arch: ArchConfig) -> None:
+    """Load ``state`` into ``model``, refusing misfit and non-finite weights (InputFileError)."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                              for v in state.values()):
+        raise InputFileError(path, "state_dict is not a mapping of names to tensors")
+    misfit = _misfit(model.state_dict(), state)
+    if misfit:
+        raise InputFileError(path, f"weights do not fit architecture {canonical_name(arch)}: "
+                                   f"{misfit}")
+    try:
+        model.load_state_dict(state)
+    except Exception as exc:  # noqa: BLE001 - RuntimeError mostly; any misfit is the file's
+        raise InputFileError(path, f"weights do not fit architecture {canonical_name(arch)} "
+                                   f"({_one_line(exc)})") from exc
+    bad = [k for k, v in state.items() if not _all_finite(v.detach())]
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise InputFileError(path, f"non-finite weights (NaN or inf) in {bad[0]}{more}; the "
+                                   "training diverged, retrain (e.g. with a lower --lr)")
 
 
 def load_model(path: str | Path, *, expect: str | ArchConfig | None = None,
@@ -530,35 +827,38 @@ def load_model(path: str | Path, *, expect: str | ArchConfig | None = None,
 
     Parameters
     ----------
+    path : path
+        The model file (``model.pt``).
     expect : str or ArchConfig, optional
-        Refuse (InputFileError) a file of another architecture.
+        Refuse a file of another architecture.
+    device : str or torch.device
+        Where the model goes.
 
     Returns
     -------
     model, meta
         The model on ``device`` and the file's metadata (without the weights).
+
+    Raises
+    ------
+    InputFileError
+        Naming the file, when it is missing, empty, truncated, not a model file, lacks an entry,
+        holds an invalid or unexpected architecture, weights that do not fit it or non-finite
+        weights.
     """
     path = Path(path)
-    if not path.exists():
-        raise InputFileError(path, "model file does not exist; train it first")
-    try:
-        blob = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:
-        raise InputFileError(path, f"cannot be read as a model file ({exc.__class__.__name__}: "
-                             f"{str(exc).splitlines()[0][:200]})") from exc
-    if not isinstance(blob, dict) or blob.get("format") != "etemseg-model-1":
-        raise InputFileError(path, "not an etemseg model file (no 'format: etemseg-model-1')")
-    arch = ArchConfig.from_dict(blob["arch"])
+    blob = _read_model_blob(path)
+    arch = _model_arch(path, blob)
     if expect is not None:
         want = parse_arch(expect) if isinstance(expect, str) else expect
         if want != arch:
             raise InputFileError(path, f"holds architecture {canonical_name(arch)}, "
                                  f"not {canonical_name(want)}")
-    model = build_model(arch)
     try:
-        model.load_state_dict(blob["state_dict"])
-    except RuntimeError as exc:
-        raise InputFileError(path, f"weights do not fit architecture {canonical_name(arch)}: "
-                             f"{str(exc).splitlines()[0]}") from exc
+        model = build_model(arch)
+    except Exception as exc:  # noqa: BLE001 - values from_dict accepted but the model cannot use
+        raise InputFileError(path, f"invalid architecture {canonical_name(arch)} "
+                                   f"({_one_line(exc)})") from exc
+    _load_weights(path, model, blob["state_dict"], arch)
     meta = {k: v for k, v in blob.items() if k != "state_dict"}
     return model.to(device).eval(), meta

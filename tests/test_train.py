@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import csv
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from etemseg.errors import ConfigError, InputFileError
-from etemseg.train import (TrainConfig, TrainingData, load_model, normalise_frames,
-                           sample_batch, split_frames, train)
+from etemseg.cli import main
+from etemseg.errors import ConfigError, InputFileError, OutputPathError
+from etemseg.ingest import ingest
+from etemseg.models import parse_arch
+from etemseg.store import FAULT_ENV, MovieStore
+from etemseg.train import (TrainConfig, TrainingData, load_model, normalise_frames, rng_state,
+                           sample_batch, set_rng_state, split_frames, train)
 
 
-def disks_data(n=8, h=64, w=80, seed=0) -> TrainingData:
-    """Frames of dark disks on a noisy background with exact labels."""
+def disks_movie(n=8, h=64, w=80, seed=0) -> tuple[np.ndarray, np.ndarray]:
+    """Raw uint16 frames of dark disks on a noisy background, and their exact 0/1 labels."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:h, :w]
     images, labels = [], []
@@ -26,8 +37,13 @@ def disks_data(n=8, h=64, w=80, seed=0) -> TrainingData:
         img = rng.poisson(np.where(lab, 120, 200)).astype(np.uint16)
         images.append(img)
         labels.append(lab)
-    images = normalise_frames(np.stack(images))
-    labels = np.stack(labels)
+    return np.stack(images), np.stack(labels)
+
+
+def disks_data(n=8, h=64, w=80, seed=0) -> TrainingData:
+    """:func:`disks_movie` as training data (normalised frames, default split)."""
+    images, labels = disks_movie(n, h, w, seed)
+    images = normalise_frames(images)
     cfg = TrainConfig()
     train_idx, val_idx = split_frames(n, cfg)
     return TrainingData(images, labels, train_idx, val_idx)
@@ -77,26 +93,122 @@ def test_loss_falls_and_model_file_round_trip(tmp_path):
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_resume_after_kill_gives_identical_weights(tmp_path):
+#: Metrics that are timings (differ from run to run).
+TIMINGS = {"epoch_s", "images_per_s", "peak_gpu_mem_mb", "training_time_s",
+           "wall_time_s_this_run"}
+OUTPUTS = ("model.pt", "metrics.csv", "curve.png")
+
+
+class Killed(Exception):
+    """Stands for the SIGKILL of ``ETEMSEG_FAULT=train:0:E`` in in-process tests."""
+
+
+def kill_after(monkeypatch, epoch: int) -> None:
+    """Make training "die" right after the checkpoint of ``epoch`` (as the fault hook would)."""
+    def hook(stage, k, done):
+        if (stage, k, done) == ("train", 0, epoch):
+            raise Killed(epoch)
+
+    monkeypatch.setattr("etemseg.train.fault_point", hook)
+
+
+def untimed(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in TIMINGS} for row in rows]
+
+
+def read_metrics(folder: Path) -> list[dict]:
+    with open(folder / "metrics.csv", newline="") as fh:
+        return untimed(list(csv.DictReader(fh)))
+
+
+def assert_same_model(a: Path, b: Path) -> None:
+    """Same weights (exactly), metadata and metrics, timings aside."""
+    ma, mb = (torch.load(f / "model.pt", weights_only=True) for f in (a, b))
+    assert ma["state_dict"].keys() == mb["state_dict"].keys()
+    for key, value in ma["state_dict"].items():
+        assert torch.equal(value, mb["state_dict"][key]), key
+    assert untimed(ma.pop("history")) == untimed(mb.pop("history"))
+    for meta in (ma, mb):
+        for key in TIMINGS | {"state_dict"}:
+            meta.pop(key, None)
+    assert ma == mb
+    assert read_metrics(a) == read_metrics(b)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """An uninterrupted training run of FAST: (data, its model folder)."""
     data = disks_data()
+    folder = tmp_path_factory.mktemp("straight") / "model"
+    train(data, TrainConfig(**FAST), folder, progress=False)
+    return data, folder
+
+
+@pytest.mark.parametrize("killed_after", [1, 3])
+def test_resume_after_kill_gives_identical_weights_and_metrics(straight, tmp_path, monkeypatch,
+                                                               killed_after):
+    data, reference = straight
     cfg = TrainConfig(**FAST)
-    train(data, cfg, tmp_path / "straight", progress=False)
-    # "killed" after epoch 1: only the checkpoint is left, then rerun
-    out = train(data, cfg, tmp_path / "resumed", progress=False, stop_after_epoch=1)
-    assert out == {"stopped_after_epoch": 1}
-    assert not (tmp_path / "resumed" / "model.pt").exists()
-    train(data, cfg, tmp_path / "resumed", progress=False)
-    a = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)["state_dict"]
-    b = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)["state_dict"]
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    kill_after(monkeypatch, killed_after)
+    with pytest.raises(Killed):
+        train(data, cfg, tmp_path, progress=False)
+    assert not (tmp_path / "model.pt").exists()
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert ckpt["epochs_done"] == killed_after
+    monkeypatch.undo()
+    meta = train(data, cfg, tmp_path, progress=False)
+    assert_same_model(reference, tmp_path)
+    assert [h["epoch"] for h in meta["history"]] == [1, 2, 3]
 
 
-def test_changed_settings_do_not_resume_a_stale_checkpoint(tmp_path):
+def test_finished_run_reruns_and_rewrites_every_output(straight, tmp_path, monkeypatch):
+    data, reference = straight
+    shutil.copytree(reference, tmp_path / "model")
+    first = {name: (reference / name).read_bytes() for name in OUTPUTS}
+    monkeypatch.setattr("etemseg.train.train_epoch", lambda *a, **k: pytest.fail("trained"))
+    for name in OUTPUTS:   # what Snakemake does before it reruns the job
+        (tmp_path / "model" / name).unlink()
+    meta = train(data, TrainConfig(**FAST), tmp_path / "model", progress=False)
+    again = {name: (tmp_path / "model" / name).read_bytes() for name in OUTPUTS}
+    assert again["model.pt"] == first["model.pt"]
+    assert again["metrics.csv"] == first["metrics.csv"]
+    assert again["curve.png"][:4] == b"\x89PNG"
+    assert meta == {k: v for k, v in torch.load(reference / "model.pt",
+                                                weights_only=True).items() if k != "state_dict"}
+    # everything still present: a rerun succeeds as well and changes nothing that matters
+    train(data, TrainConfig(**FAST), tmp_path / "model", progress=False)
+    assert (tmp_path / "model" / "model.pt").read_bytes() == first["model.pt"]
+    assert (tmp_path / "model" / "metrics.csv").read_bytes() == first["metrics.csv"]
+
+
+def test_random_states_survive_a_checkpoint(tmp_path):
+    torch.manual_seed(5)
+    np.random.seed(6)
+    random.seed(7)
+    torch.save({"rng": rng_state(torch.device("cpu"))}, tmp_path / "c.pt")
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.rand(10), np.random.rand(10), random.random()   # move every state on
+    set_rng_state(torch.load(tmp_path / "c.pt", weights_only=True)["rng"], torch.device("cpu"))
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
+    assert got[2] == expected[2]
+
+
+def test_changed_settings_do_not_resume_a_stale_checkpoint(tmp_path, monkeypatch):
     data = disks_data()
-    train(data, TrainConfig(**FAST), tmp_path, progress=False, stop_after_epoch=1)
+    kill_after(monkeypatch, 1)
+    with pytest.raises(Killed):
+        train(data, TrainConfig(**FAST), tmp_path, progress=False)
+    monkeypatch.undo()
     meta = train(data, TrainConfig(**{**FAST, "lr": 1e-3, "epochs": 2}), tmp_path, progress=False)
     assert [h["epoch"] for h in meta["history"]] == [1, 2]
+
+
+def test_damaged_checkpoint_starts_afresh(straight, tmp_path):
+    data, reference = straight
+    (tmp_path / "checkpoint.pt").write_bytes((reference / "checkpoint.pt").read_bytes()[:1000])
+    train(data, TrainConfig(**FAST), tmp_path, progress=False)
+    assert_same_model(reference, tmp_path)
 
 
 def test_refusals(tmp_path):
@@ -114,3 +226,202 @@ def test_refusals(tmp_path):
         TrainConfig(lr=-1).validate()
     with pytest.raises(ConfigError, match="train.colour"):
         TrainConfig.from_dict({"colour": 1})
+
+
+# --------------------------------------------------------------------------------------------
+# through the command line: real stores, a real kill, bad model files, refused pairs and folders
+# --------------------------------------------------------------------------------------------
+
+#: ``etemseg train`` options giving FAST.
+TRAIN_OPTIONS = ["--model", "shallow-wide", "--epochs", "3", "--batch-size", "4", "--lr", "3e-3",
+                 "--crop-px", "32", "--samples-per-epoch", "16", "--device", "cpu", "--seed", "1"]
+
+
+def label_store(frames: MovieStore, path: Path, labels: np.ndarray, **attrs) -> Path:
+    """A label store aligned with ``frames`` holding ``labels`` (stage ``pseudolabel`` unless
+    ``attrs`` says otherwise)."""
+    store = frames.like(path, labels.dtype, attrs={"stage": "pseudolabel", **attrs})
+    store.array[:] = labels
+    return path
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory) -> dict[str, Path]:
+    """Movie stores of :func:`disks_movie` (8 frames of 64x80) with pseudo-labels, and a few
+    wrong partners: a smaller movie's labels, labels with a value 2, a probability store."""
+    root = tmp_path_factory.mktemp("stores")
+    paths = {}
+    for name, shape in (("frames", (64, 80)), ("small", (48, 80))):
+        images, labels = disks_movie(8, *shape)
+        folder = root / f"dump-{name}"
+        folder.mkdir()
+        for i, frame in enumerate(images):
+            np.save(folder / f"f_{i}.npy", frame)
+        paths[name] = root / f"{name}.zarr"
+        ingest(folder, paths[name], chunk_frames=4, progress=False)
+        paths[f"{name}-pseudo"] = label_store(MovieStore.open(paths[name]),
+                                              root / f"{name}-pseudo.zarr", labels)
+    frames = MovieStore.open(paths["frames"])
+    labels = MovieStore.open(paths["frames-pseudo"]).array[:]
+    paths["twos"] = label_store(frames, root / "twos.zarr", labels * 2)
+    paths["prob"] = label_store(frames, root / "prob.zarr", labels * 255,
+                                stage="infer-probability")
+    return paths
+
+
+def cli_error(capsys, *argv) -> str:
+    """Run ``etemseg ARGV`` in this process; it must fail with exit 2 and one line on stderr,
+    which is returned."""
+    capsys.readouterr()
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (relative path -> bytes)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_cli_killed_training_resumes_to_the_uninterrupted_result(stores, tmp_path):
+    pair = ["--pair", stores["frames"], stores["frames-pseudo"]]
+    killed = subprocess.run(
+        [sys.executable, "-m", "etemseg.cli", "--quiet", "train", *map(str, pair), "--out",
+         str(tmp_path / "killed"), "--threads", str(torch.get_num_threads()), *TRAIN_OPTIONS],
+        env={**os.environ, FAULT_ENV: "train:0:1"}, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "killed").iterdir()) == ["checkpoint.pt",
+                                                                     "metrics.csv"]
+    for out in ("killed", "straight"):
+        assert main(["--quiet", "train", *map(str, pair), "--out", str(tmp_path / out),
+                     *TRAIN_OPTIONS]) == 0
+    assert_same_model(tmp_path / "straight", tmp_path / "killed")
+
+
+@pytest.fixture(scope="module")
+def model_file(stores, tmp_path_factory) -> Path:
+    """A real (tiny, one-epoch) model file."""
+    folder = tmp_path_factory.mktemp("model")
+    assert main(["--quiet", "train", "--pair", str(stores["frames"]),
+                 str(stores["frames-pseudo"]), "--out", str(folder),
+                 *TRAIN_OPTIONS, "--epochs", "1"]) == 0
+    return folder / "model.pt"
+
+
+def assert_refused_model(capsys, stores, tmp_path, bad: Path, problem: str = "") -> str:
+    """``etemseg infer`` refuses the model file ``bad`` in one line naming it; writes nothing."""
+    line = cli_error(capsys, "infer", stores["frames"], bad, tmp_path / "out", "--init")
+    assert line.startswith(f"etemseg infer: error: {bad}: "), line
+    assert problem in line, line
+    assert not (tmp_path / "out").exists()
+    return line
+
+
+@pytest.mark.parametrize("twentieth", range(20))
+def test_truncated_model_file_is_one_line_error(model_file, stores, tmp_path, capsys, twentieth):
+    data = model_file.read_bytes()
+    bad = tmp_path / "cut.pt"
+    bad.write_bytes(data[:len(data) * twentieth // 20])
+    assert_refused_model(capsys, stores, tmp_path, bad)
+
+
+def _edited(model_file: Path, path: Path, edit) -> Path:
+    blob = torch.load(model_file, weights_only=True)
+    edit(blob)
+    torch.save(blob, path)
+    return path
+
+
+def _poison(value: float):
+    def edit(blob):
+        key = next(iter(blob["state_dict"]))
+        blob["state_dict"][key].view(-1)[0] = value
+    return edit
+
+
+BAD_MODELS = {
+    "empty": (lambda p, m: p.write_bytes(b""), "empty model file"),
+    "text": (lambda p, m: p.write_text("not a model\n"), "not a model file"),
+    "png": (lambda p, m: p.write_bytes((m.parent / "curve.png").read_bytes()), "model file"),
+    "npy": (lambda p, m: np.save(p.with_suffix(".npy"), np.zeros(3)) or
+            p.with_suffix(".npy").rename(p), "model file"),
+    "tensor": (lambda p, m: torch.save(torch.zeros(3), p), "not an etemseg model file"),
+    "no format": (lambda p, m: _edited(m, p, lambda b: b.pop("format")), "no 'format"),
+    **{f"no {key}": (lambda p, m, key=key: _edited(m, p, lambda b: b.pop(key)), f"no {key}")
+       for key in ("state_dict", "arch", "normalisation", "name")},
+    "bad arch": (lambda p, m: _edited(m, p, lambda b: b.update(arch={"colour": 1})),
+                 "invalid architecture"),
+    "other arch": (lambda p, m: _edited(m, p, lambda b: b.update(
+        arch=parse_arch("unet3").to_dict(), name="unet3")), "do not fit"),
+    "wrong name": (lambda p, m: _edited(m, p, lambda b: b.update(name="unet3")),
+                   "does not match"),
+    "missing weight": (lambda p, m: _edited(m, p, lambda b: b["state_dict"].popitem()),
+                       "do not fit"),
+    "wrong shape": (lambda p, m: _edited(m, p, lambda b: b["state_dict"].update(
+        {k: torch.zeros(3) for k in list(b["state_dict"])[:1]})), "do not fit"),
+    "not a mapping": (lambda p, m: _edited(m, p, lambda b: b.update(state_dict=[1, 2])),
+                      "not a mapping"),
+    "normalisation": (lambda p, m: _edited(m, p, lambda b: b.update(
+        normalisation={"method": "minmax"})), "unknown input normalisation"),
+    "nan": (lambda p, m: _edited(m, p, _poison(float("nan"))), "non-finite weights"),
+    "inf": (lambda p, m: _edited(m, p, _poison(float("-inf"))), "non-finite weights"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_MODELS)
+def test_bad_model_file_is_one_line_error(model_file, stores, tmp_path, capsys, case):
+    make, problem = BAD_MODELS[case]
+    bad = tmp_path / "model.pt"
+    make(bad, model_file)
+    assert_refused_model(capsys, stores, tmp_path, bad, problem)
+    with pytest.raises(InputFileError, match=problem):
+        load_model(bad)
+
+
+@pytest.mark.parametrize("frames, pseudo, problem", [
+    ("frames", "frames", "both FRAMES and PSEUDO"),
+    ("frames", "prob", "not a label store"),
+    ("frames-pseudo", "frames", "--pair FRAMES"),
+    ("frames", "small-pseudo", "differs from"),
+    ("frames", "twos", "values up to 2"),
+])
+def test_train_refuses_wrong_pairs(stores, tmp_path, capsys, frames, pseudo, problem):
+    line = cli_error(capsys, "--quiet", "train", "--pair", stores[frames], stores[pseudo],
+                     "--out", tmp_path / "model", *TRAIN_OPTIONS)
+    assert line.startswith("etemseg train: error: ") and problem in line, line
+    assert str(stores[pseudo]) in line or str(stores[frames]) in line, line
+    assert not (tmp_path / "model").exists()
+
+
+def test_train_copy_of_frames_as_labels_is_refused(stores, tmp_path, capsys):
+    shutil.copytree(stores["frames"], tmp_path / "copy.zarr")
+    line = cli_error(capsys, "--quiet", "train", "--pair", stores["frames"],
+                     tmp_path / "copy.zarr", "--out", tmp_path / "model", *TRAIN_OPTIONS)
+    assert "copy.zarr: --pair PSEUDO: not a label store" in line, line
+
+
+@pytest.mark.parametrize("where", ["input", "inside input", "unrelated folder", "file"])
+def test_train_refuses_output_paths_that_are_not_model_folders(stores, tmp_path, capsys, where):
+    shutil.copytree(stores["frames"], tmp_path / "frames.zarr")
+    shutil.copytree(stores["frames-pseudo"], tmp_path / "pseudo.zarr")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "notes.txt").write_text("my notes\n")
+    (tmp_path / "notes" / "model.pt").write_bytes(b"not mine")
+    (tmp_path / "file.txt").write_text("a file\n")
+    out = {"input": tmp_path / "frames.zarr", "inside input": tmp_path / "pseudo.zarr" / "m",
+           "unrelated folder": tmp_path / "notes", "file": tmp_path / "file.txt"}[where]
+    before = snapshot(tmp_path)
+    line = cli_error(capsys, "--quiet", "train", "--pair", tmp_path / "frames.zarr",
+                     tmp_path / "pseudo.zarr", "--out", out, *TRAIN_OPTIONS)
+    assert line.startswith(f"etemseg train: error: {out}: "), line
+    assert snapshot(tmp_path) == before
+    assert not (tmp_path / "pseudo.zarr" / "m").exists()
+
+
+def test_train_function_refuses_a_folder_of_other_files(tmp_path):
+    (tmp_path / "notes.txt").write_text("my notes\n")
+    with pytest.raises(OutputPathError, match="model folder"):
+        train(disks_data(), TrainConfig(**FAST), tmp_path, progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
