@@ -14,6 +14,43 @@ exact, where soft blending would only average two different errors.
 
 The optimised path (default) folds BatchNorm into the convolutions, uses channels-last memory
 layout and ``torch.inference_mode``; on CUDA it also runs in bf16/fp16 autocast.
+
+Featureless frames. Otsu always splits a histogram somewhere, so without a check a blank frame
+(beam off, constant, pure shot noise: per-frame standardisation turns the noise of an empty
+frame into unit-variance texture) becomes particle wherever the model's response to the noise
+is highest: up to 2 % of the frame for demo-trained CNNs, 23 % for the single filter, all of it
+for a constant frame whose constant probability exceeds 0.5. As ``etemseg pseudolabel`` does
+for frames without particles (its noise floor), inference returns an *empty* mask for such a
+frame and logs one warning per chunk naming the frames: in the ``otsu_*`` modes a frame is
+featureless when the two classes of its Otsu split have mean probabilities less than
+``min_separation`` (default :data:`MIN_SEPARATION` = 0.4) apart, or when its probabilities take
+fewer than two values. 0.4 lies above every blank frame measured (at most 0.38) and below the
+sparse frames that still hold particles (0.47 and up, see below). ``otsu_chunk`` leaves the
+featureless frames out of the chunk's histogram (half blank frames would otherwise drag the
+chunk's threshold into their noise and empty or flood the frames with particles) and judges the
+remaining frames' histogram the same way: if it is featureless, the whole chunk is empty.
+
+Evidence (quantised probabilities of 512 x 512 frames, models trained with the demo settings on
+the demo movie; ``separation`` = upper minus lower Otsu class mean): demo frames 0.72-0.73
+(single-filter), 0.88-0.94 (shallow-wide, unet4, unet4-norm); pure Poisson noise (doses 5 to
+2000, and Gaussian float noise, which standardisation makes identical) at most 0.17
+(single-filter), 0.14 (shallow-wide), 0.03 (unet4), 0.26 (unet4-norm), rising to 0.38 for
+unet4-norm on 64 x 64 noise frames (fewer pixels, more border); constant frames (all 0, all
+1000) at most 0.07; untrained models of every family on noise at most 0.22 (single-filter).
+Briefly trained test models: shallow-wide of ``tests/test_infer.py`` 0.82-0.86 on its frames,
+at most 0.32 on noise; the workflow test's (2 epochs of 4 crops) 0.58-0.60 on its frames.
+The price: frames whose histogram is noise-like although they hold a few faint particles are
+emptied too, in both Otsu modes (e.g. 1-10 particles at contrast 0.2 and dose 20 per
+512 x 512 frame: separation 0.03-0.44 with every model; the single filter on 1-10
+demo-contrast particles, 0.47-0.49, is kept), and so is
+every frame of an untrained model (separation < 0.25 whatever the frame); set
+``min_separation=0`` to keep every Otsu mask.
+Frames whose *background* has structure (strong illumination gradient or support texture, no
+particles) are not featureless by this measure (separation up to 0.84) and still give masks.
+
+The ``fixed`` mode applies no such check: the user chose the threshold, and every frame's mask
+is ``p > fixed_threshold`` whatever the frame holds (a constant frame whose constant
+probability exceeds the threshold is all particle).
 """
 
 from __future__ import annotations
@@ -38,6 +75,11 @@ from .train import NORMALISATION, load_model, normalise_tensor
 log = logging.getLogger(__name__)
 
 THRESHOLD_MODES = ("fixed", "otsu_frame", "otsu_chunk")
+#: Default ``InferConfig.min_separation``: Otsu class means closer than this (probability) mean
+#: the frame (chunk) has no particle/background structure; its mask is empty.
+MIN_SEPARATION = 0.4
+#: Threshold level of an empty mask (``q > 255`` is never true).
+EMPTY_LEVEL = 255
 
 
 @dataclass(frozen=True)
@@ -48,9 +90,16 @@ class InferConfig:
     ----------
     threshold : str
         ``fixed`` (``fixed_threshold``), ``otsu_frame`` (Otsu of each frame's probabilities) or
-        ``otsu_chunk`` (one Otsu threshold over the whole time chunk).
+        ``otsu_chunk`` (one Otsu threshold over the whole time chunk). The Otsu modes empty
+        featureless frames (see ``min_separation``); ``fixed`` thresholds every frame as it is.
     fixed_threshold : float
         Probability threshold for ``fixed`` (the paper compares 0.4 and 0.7).
+    min_separation : float
+        Otsu modes: a frame whose two Otsu classes have mean probabilities less than this
+        apart has no particle/background structure (blank, constant, pure noise) and gets an
+        empty mask, with a warning; ``otsu_chunk`` leaves such frames out of the chunk's
+        threshold and empties the chunk when its other frames together fail the same test.
+        0 keeps every Otsu mask. Not used by ``fixed``.
     min_area_px : int
         Remove 8-connected mask components smaller than this, px (false-positive clusters are
         much smaller than real particles).
@@ -69,6 +118,7 @@ class InferConfig:
 
     threshold: str = "otsu_frame"
     fixed_threshold: float = 0.5
+    min_separation: float = MIN_SEPARATION
     min_area_px: int = 20
     batch_size: int = 4
     max_tile_px: int = 2048
@@ -79,6 +129,7 @@ class InferConfig:
     def validate(self) -> None:
         checks = {"threshold": self.threshold in THRESHOLD_MODES,
                   "fixed_threshold": 0 < self.fixed_threshold < 1,
+                  "min_separation": 0 <= self.min_separation < 1,
                   "min_area_px": self.min_area_px >= 0, "batch_size": self.batch_size >= 1,
                   "max_tile_px": self.max_tile_px == 0 or self.max_tile_px >= 32,
                   "gpu_precision": self.gpu_precision in ("float16", "bfloat16", "float32"),
@@ -317,15 +368,17 @@ def dequantise(q: np.ndarray) -> np.ndarray:
     return q.astype(np.float32) / 255.0
 
 
-def otsu_level(hist: np.ndarray) -> int:
-    """Otsu threshold of a 256-bin histogram of uint8 probabilities: mask is ``q > level``.
+def otsu_split(hist: np.ndarray) -> tuple[int, float]:
+    """Otsu threshold of a 256-bin histogram of uint8 probabilities and how far apart its two
+    classes lie: ``(level, separation)``, mask is ``q > level``.
 
     The probabilities are stored as 256 levels, so Otsu on their histogram is exact (no binning).
-    A histogram with fewer than two occupied levels gives 127 (p > 0.5).
+    ``separation`` is the mean probability of the upper class minus that of the lower one
+    (0..1); a histogram with fewer than two occupied levels gives ``(127, 0.0)`` (p > 0.5).
     """
     hist = np.asarray(hist, dtype=np.float64)
     if np.count_nonzero(hist) < 2:
-        return 127
+        return 127, 0.0
     levels = np.arange(hist.size)
     w0 = np.cumsum(hist)
     w1 = w0[-1] - w0
@@ -334,7 +387,27 @@ def otsu_level(hist: np.ndarray) -> int:
     mu1 = (m0[-1] - m0) / np.where(w1 > 0, w1, 1)
     between = w0 * w1 * (mu0 - mu1) ** 2
     between[(w0 == 0) | (w1 == 0)] = -1
-    return int(np.argmax(between))
+    level = int(np.argmax(between))
+    return level, float(mu1[level] - mu0[level]) / 255.0
+
+
+def otsu_level(hist: np.ndarray) -> int:
+    """Otsu threshold of a 256-bin histogram of uint8 probabilities: mask is ``q > level``.
+
+    A histogram with fewer than two occupied levels gives 127 (p > 0.5). See :func:`otsu_split`.
+    """
+    return otsu_split(hist)[0]
+
+
+def _frame_ranges(frames: list[int]) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` -> ``"0-2, 5, 7-8"`` (sorted frame indices, for log lines)."""
+    runs: list[list[int]] = []
+    for i in sorted(frames):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 def level_of(cfg: InferConfig) -> int:
@@ -354,11 +427,15 @@ def infer_chunk(frames: MovieStore, prob_store: MovieStore, mask_store: MovieSto
 
     Streams one Zarr chunk of frames at a time. ``otsu_chunk`` accumulates the chunk's histogram
     while predicting, then thresholds the stored probabilities in a second pass.
+
+    Frames with NaN/inf pixels and featureless frames (Otsu modes, see
+    :attr:`InferConfig.min_separation`) get empty masks (threshold 1.0 in the receipt) and one
+    warning per chunk each; the receipt counts the latter in ``blank_frames``.
     """
     arch = parse_arch(meta["name"])
     start = time.perf_counter()
     t0, t1 = frames.chunk_bounds(k)
-    nonfinite, levels, coverage = [], {}, {}
+    nonfinite, blank, levels, coverage = [], [], {}, {}
     chunk_hist = np.zeros(256, np.int64)
 
     def write_masks(q, b0):
@@ -377,10 +454,18 @@ def infer_chunk(frames: MovieStore, prob_store: MovieStore, mask_store: MovieSto
             q[bad] = 0
             nonfinite.extend((np.flatnonzero(bad) + b0).tolist())
             for i, hist in enumerate(hists):
-                if not bad[i]:
-                    chunk_hist[:] += hist
-                levels[b0 + i] = (level_of(cfg) if cfg.threshold == "fixed" else
-                                  255 if bad[i] else otsu_level(hist))
+                if cfg.threshold == "fixed":
+                    levels[b0 + i] = level_of(cfg)
+                elif bad[i]:
+                    levels[b0 + i] = EMPTY_LEVEL
+                else:
+                    level, separation = otsu_split(hist)
+                    if separation < cfg.min_separation:
+                        blank.append(b0 + i)
+                        level = EMPTY_LEVEL
+                    else:    # featureless frames would drag the chunk's threshold into noise
+                        chunk_hist[:] += hist
+                    levels[b0 + i] = level
             if cfg.threshold != "otsu_chunk":
                 write_masks(q, b0)
             yield b0, q
@@ -400,9 +485,13 @@ def infer_chunk(frames: MovieStore, prob_store: MovieStore, mask_store: MovieSto
         map_chunk(frames, prob_store, k, run, progress=progress, desc=f"infer chunk {k}",
                   stream=True)
         if cfg.threshold == "otsu_chunk":
-            level = otsu_level(chunk_hist)
+            level, separation = otsu_split(chunk_hist)
+            skip = set(nonfinite) | set(blank)
+            if separation < cfg.min_separation:     # the other frames together: featureless
+                blank.extend(i for i in sorted(levels) if i not in skip)
+                level = EMPTY_LEVEL
             for i in levels:
-                levels[i] = 255 if i in nonfinite else level
+                levels[i] = EMPTY_LEVEL if i in skip else level
             for b0, q in prob_store.read_chunk(k):
                 write_masks(q, b0)
         if mask_write[0] is not None:
@@ -410,12 +499,20 @@ def infer_chunk(frames: MovieStore, prob_store: MovieStore, mask_store: MovieSto
     if nonfinite:
         log.warning("%s chunk %d: frames %s contain NaN/inf; their masks are empty",
                     frames.path, k, nonfinite)
+    if blank:
+        log.warning("%s chunk %d: %d of %d frames are featureless (blank, constant or pure "
+                    "noise: the two Otsu classes of %s particle probabilities are less than "
+                    "%.2f apart): frames %s; their masks are empty", frames.path, k, len(blank),
+                    t1 - t0, "each frame's (or the chunk's other frames')"
+                    if cfg.threshold == "otsu_chunk" else "each frame's",
+                    cfg.min_separation, _frame_ranges(blank))
     seconds = time.perf_counter() - start
     return {"stage": "infer", "chunk": k, "t0": t0, "t1": t1, "frames": t1 - t0,
             "model": meta["name"], "threshold_mode": cfg.threshold,
             "thresholds": [round(levels[i] / 255.0, 4) for i in sorted(levels)],
             "coverage": [round(coverage[i], 5) for i in sorted(coverage)],
-            "nonfinite_frames": nonfinite, "elapsed_s": round(seconds, 3),
+            "nonfinite_frames": nonfinite, "blank_frames": len(blank),
+            "elapsed_s": round(seconds, 3),
             "frames_per_s": round((t1 - t0) / seconds, 3), "device": str(device)}
 
 

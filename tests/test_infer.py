@@ -10,11 +10,13 @@ import pytest
 import torch
 import zarr
 
-from etemseg.infer import (InferConfig, mask_from_levels, otsu_level, predict, prepare_model,
-                           quantise, tiles)
+from etemseg.infer import (MIN_SEPARATION, InferConfig, infer_chunk, mask_from_levels,
+                           open_model, otsu_level, otsu_split, predict, prepare_model, quantise,
+                           tiles)
 from etemseg.ingest import ingest
 from etemseg.models import build_model, halo, parse_arch, size_multiple
 from etemseg.scoring import rates, pixel_counts
+from etemseg.store import MovieStore
 from etemseg.train import TrainConfig, train
 
 from .test_train import disks_data
@@ -179,3 +181,152 @@ def test_uint16_frames_keep_their_full_range_on_the_way_to_float():
     raw = np.array([[0, 1, 32767, 32768, 40000, 65535]], np.uint16)
     np.testing.assert_array_equal(_to_float(torch.from_numpy(raw)).numpy(),
                                   raw.astype(np.float32))
+
+
+# ------------------------------------------------------------------ featureless (blank) frames
+
+def blank_frames(h, w, seed=0):
+    """All zeros, constant mid-grey, and three frames of pure Poisson noise (no particles)."""
+    rng = np.random.default_rng(seed)
+    return np.stack([np.zeros((h, w), np.uint16), np.full((h, w), 1000, np.uint16),
+                     *rng.poisson(200, (2, h, w)).astype(np.uint16),
+                     rng.poisson(5, (h, w)).astype(np.uint16)])
+
+
+def movie_store(folder, frames, chunk_frames):
+    folder.mkdir(parents=True)
+    for i, frame in enumerate(frames):
+        np.save(folder / f"f_{i:03d}.npy", frame)
+    return ingest(folder, folder.with_suffix(".zarr"), chunk_frames=chunk_frames, progress=False)
+
+
+def infer_all(store, model, name, out, **settings):
+    """Masks and receipts of every chunk, in process (``infer_chunk``, as ``etemseg infer``)."""
+    cfg = InferConfig(device="cpu", **settings)
+    cfg.validate()
+    prob = store.like(out / "prob.zarr", np.uint8)
+    mask = store.like(out / "mask.zarr", np.uint8)
+    receipts = [infer_chunk(store, prob, mask, k, model, {"name": name}, cfg, torch.device("cpu"))
+                for k in range(store.n_chunks)]
+    return mask.array[:], receipts
+
+
+@pytest.fixture(scope="module")
+def models(trained):
+    """The trained shallow-wide of ``trained`` and untrained models of other families."""
+    root, _ = trained
+    out = {"shallow-wide": open_model(root / "model/model.pt", torch.device("cpu"), True)[0]}
+    for name in ("unet4-norm", "single-filter", "hourglass"):
+        out[name] = prepare_model(random_model(name), torch.device("cpu"), True)
+    return out
+
+
+def test_otsu_split_separation():
+    hist = np.zeros(256, np.int64)
+    hist[10], hist[240] = 900, 100
+    level, sep = otsu_split(hist)
+    assert level == otsu_level(hist) and sep == pytest.approx(230 / 255)
+    assert otsu_split(np.bincount(np.full(50, 7), minlength=256)) == (127, 0.0)
+    noise = np.bincount(quantise(np.random.default_rng(0).normal(0.2, 0.05, 10**5)),
+                        minlength=256)
+    assert otsu_split(noise)[1] < 0.1         # unimodal: Otsu splits it, but nothing apart
+    with pytest.raises(Exception, match="min_separation"):
+        InferConfig(min_separation=1.0).validate()
+
+
+@pytest.mark.parametrize("name", ["shallow-wide", "unet4-norm", "single-filter", "hourglass"])
+def test_blank_frames_give_empty_masks_and_one_warning(models, name, tmp_path, caplog):
+    frames = blank_frames(64, 80)
+    store = movie_store(tmp_path / "blank", frames, chunk_frames=3)
+    model = models[name]
+    before, _ = infer_all(store, model, name, tmp_path / "off", min_separation=0, min_area_px=5)
+    caplog.clear()
+    masks, receipts = infer_all(store, model, name, tmp_path / "on", min_area_px=5)
+    assert masks.sum() == 0
+    assert [r["blank_frames"] for r in receipts] == [3, 2]
+    assert all(t == 1.0 for r in receipts for t in r["thresholds"])
+    warnings = [r.getMessage() for r in caplog.records if "featureless" in r.getMessage()]
+    assert len(warnings) == 2                          # one per chunk, not one per frame
+    assert str(store.path) in warnings[0] and "frames 0-2" in warnings[0]
+    assert "chunk 1" in warnings[1] and "frames 3-4" in warnings[1]
+    if name in ("shallow-wide", "single-filter"):      # what the check prevents
+        assert before.reshape(len(frames), -1).mean(axis=1).max() > 0.3
+    # otsu_chunk judges the chunk: all blank here, so all empty as well
+    masks, receipts = infer_all(store, model, name, tmp_path / "chunk", threshold="otsu_chunk",
+                                min_area_px=5)
+    assert masks.sum() == 0 and [r["blank_frames"] for r in receipts] == [3, 2]
+
+
+def test_normal_masks_are_unchanged_by_the_blank_check(trained, models, small_movie, tmp_path,
+                                                       caplog):
+    root, _ = trained
+    store = MovieStore.open(root / "frames.zarr")
+    small = movie_store(tmp_path / "small", small_movie, chunk_frames=16)
+    for s in (store, small):
+        for mode in ("otsu_frame", "otsu_chunk"):
+            caplog.clear()
+            on, receipts = infer_all(s, models["shallow-wide"], "shallow-wide",
+                                     tmp_path / f"on-{s.path.stem}-{mode}", threshold=mode)
+            off, _ = infer_all(s, models["shallow-wide"], "shallow-wide",
+                               tmp_path / f"off-{s.path.stem}-{mode}", threshold=mode,
+                               min_separation=0)
+            np.testing.assert_array_equal(on, off)
+            assert on.reshape(len(on), -1).any(axis=1).all()
+            assert all(r["blank_frames"] == 0 for r in receipts)
+            assert not any("featureless" in r.getMessage() for r in caplog.records)
+    # every normal frame's Otsu classes lie far more than MIN_SEPARATION apart
+    from etemseg.infer import predict_levels
+    _, hist = predict_levels(models["shallow-wide"], small_movie, arch=parse_arch("shallow-wide"),
+                             cfg=InferConfig(), device="cpu")
+    assert min(otsu_split(h)[1] for h in hist) > MIN_SEPARATION + 0.2
+
+
+def test_only_the_blank_frames_of_a_mixed_movie_are_emptied(trained, models, tmp_path, caplog):
+    root, data = trained
+    normal = MovieStore.open(root / "frames.zarr").array[:]
+    blank = blank_frames(*normal.shape[1:], seed=1)
+    # chunks of 4: [n, zeros, n, grey] [n, noise, n, noise] [noise, n]
+    order = [("n", 0), ("b", 0), ("n", 1), ("b", 1), ("n", 2), ("b", 2), ("n", 3), ("b", 3),
+             ("b", 4), ("n", 4)]
+    frames = np.stack([normal[i] if kind == "n" else blank[i] for kind, i in order])
+    is_blank = np.array([kind == "b" for kind, _ in order])
+    store = movie_store(tmp_path / "mixed", frames, chunk_frames=4)
+    model = models["shallow-wide"]
+    masks, receipts = infer_all(store, model, "shallow-wide", tmp_path / "on")
+    off, _ = infer_all(store, model, "shallow-wide", tmp_path / "off", min_separation=0)
+    per_frame = masks.reshape(len(masks), -1).sum(axis=1)
+    assert (per_frame[is_blank] == 0).all() and (per_frame[~is_blank] > 0).all()
+    np.testing.assert_array_equal(masks[~is_blank], off[~is_blank])
+    assert off[is_blank].any()                  # without the check the noise became particles
+    assert [r["blank_frames"] for r in receipts] == [2, 2, 1]
+    assert sum(r["blank_frames"] for r in receipts) == is_blank.sum()
+    text = "\n".join(r.getMessage() for r in caplog.records if "featureless" in r.getMessage())
+    assert "frames 1, 3;" in text and "frames 5, 7;" in text and "frames 8;" in text
+    # otsu_chunk: the same frames are featureless and left out of the chunk's threshold (half
+    # noise frames would otherwise pull it into the noise), so the normal frames keep theirs
+    masks, receipts = infer_all(store, model, "shallow-wide", tmp_path / "chunk",
+                                threshold="otsu_chunk")
+    per_frame = masks.reshape(len(masks), -1).sum(axis=1)
+    assert (per_frame[is_blank] == 0).all() and (per_frame[~is_blank] > 0).all()
+    assert [r["blank_frames"] for r in receipts] == [2, 2, 1]
+    normal_only = movie_store(tmp_path / "normal", frames[~is_blank], chunk_frames=5)
+    alone, _ = infer_all(normal_only, model, "shallow-wide", tmp_path / "alone",
+                         threshold="otsu_chunk")
+    f1 = rates(**pixel_counts(masks[~is_blank] > 0, alone > 0))["f1"]
+    assert f1 > 0.95                 # ~ the threshold of the normal frames' chunk on their own
+
+
+def test_fixed_threshold_has_no_blank_check(models, tmp_path):
+    """``fixed``: the user chose the threshold; a constant frame above it stays all particle."""
+    frames = blank_frames(32, 40)
+    store = movie_store(tmp_path / "blank", frames, chunk_frames=5)
+    masks, (receipt,) = infer_all(store, models["single-filter"], "single-filter", tmp_path / "o",
+                                  threshold="fixed", min_area_px=0)
+    assert receipt["blank_frames"] == 0
+    q = MovieStore.open(tmp_path / "o/prob.zarr").array[:]
+    np.testing.assert_array_equal(masks, mask_from_levels_stack(q, 127))
+    assert masks[0].all()      # the untrained filter's constant response is above 0.5
+
+
+def mask_from_levels_stack(q, level):
+    return np.stack([mask_from_levels(f, level, 0) for f in q])
