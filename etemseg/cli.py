@@ -55,7 +55,14 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
     values = _dataclass_values(args, SynthParams)
     if args.params_json:
-        values.update(json.loads(args.params_json))
+        try:
+            extra = json.loads(args.params_json)
+        except ValueError as exc:
+            raise EtemsegError(f"--params-json: not valid JSON ({exc})") from None
+        if not isinstance(extra, dict):
+            raise EtemsegError(f"--params-json: expected a JSON object such as "
+                               f'\'{{"frames": 8}}\', got a {type(extra).__name__}')
+        values.update(extra)
     params = SynthParams.from_dict(values)
     summary = write_synthetic_movie(args.out_dir, params, progress=not args.quiet)
     print(json.dumps(summary, indent=1, default=str))
@@ -179,13 +186,14 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import TrainConfig, load_training_data, train
+    from .train import TrainConfig, guard_model_folder, load_training_data, train
 
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     cfg = TrainConfig.from_dict(_dataclass_values(args, TrainConfig))
+    guard_model_folder(args.out, inputs=[path for pair in args.pair for path in pair])
     data = load_training_data(args.pair, cfg, stride=args.frame_stride, max_frames=args.max_frames)
     log.info("training %s on %d frames (%d train / %d validation, split %s)", cfg.model,
              len(data.images), len(data.train), len(data.val), cfg.split)
@@ -482,7 +490,9 @@ def _args_train(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--pair", nargs=2, action="append", required=True,
                    metavar=("FRAMES.zarr", "PSEUDO.zarr"), help="training movie (repeatable)")
-    p.add_argument("--out", type=Path, required=True, help="output folder, e.g. models/unet4-norm")
+    p.add_argument("--out", type=Path, required=True,
+                   help="model folder, new or written by `etemseg train` (model.pt, metrics.csv, "
+                        "curve.png, checkpoint.pt), e.g. models/unet4-norm")
     p.add_argument("--frame-stride", type=int, default=1, help="use every N-th frame")
     p.add_argument("--max-frames", type=int, help="at most this many frames per movie")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
@@ -640,8 +650,31 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except EtemsegError as exc:
-        print(f"etemseg {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        message = str(exc)
+    except OSError as exc:
+        # An OSError that names a file (permission denied, no such file or folder, read-only
+        # file system, a file where a folder is expected, ...) is about a path the user gave or
+        # its surroundings: the user can fix it, so it gets the one-line treatment. OSErrors
+        # without a file name (EIO, ENOSPC raised by write(), broken pipes, network failures)
+        # say nothing actionable about the input and may be bugs: their traceback is kept.
+        if exc.filename is None:
+            raise
+        import os
+
+        from .store import display_path   # the output, not its temporary sibling
+
+        names = [display_path(os.fsdecode(f)) if isinstance(f, (str, bytes, os.PathLike))
+                 else f for f in (exc.filename, exc.filename2) if f is not None]
+        message = f"{' -> '.join(map(str, names))}: {exc.strerror or type(exc).__name__}"
+        blocker = names[0]
+        if isinstance(exc, NotADirectoryError) or (
+                isinstance(exc, FileExistsError) and isinstance(blocker, Path)
+                and blocker.exists() and not blocker.is_dir()):
+            message += " (a file stands where a folder is needed)"
+    # one line, whatever a library put in the message
+    message = " ".join(line.strip() for line in message.splitlines() if line.strip())
+    print(f"etemseg {args.command}: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -319,6 +319,8 @@ def _check_frame(path: Path, arr: np.ndarray) -> np.ndarray:
         raise InputFileError(
             path, f"holds {arr.ndim}-D data of shape {tuple(arr.shape)}, expected one 2-D frame"
         )
+    if 0 in arr.shape:
+        raise InputFileError(path, f"holds an empty frame (shape {tuple(arr.shape)})")
     if not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))
     return arr
@@ -334,7 +336,15 @@ def _check_shape(path: Path, arr: np.ndarray, expect_shape) -> None:
 
 
 def _cannot_read(path: Path, exc: BaseException) -> InputFileError:
-    reason = str(exc).strip() or type(exc).__name__
+    """The error for a file a reader library choked on: one line, and a hint when the library's
+    own words say little (``KeyError: 1``, ``unpack requires a buffer of 4 bytes``...)."""
+    lines = str(exc).strip().splitlines()
+    reason = lines[0].strip() if lines else ""
+    if len(reason) > 200:
+        reason = reason[:197] + "..."
+    if not reason or len(reason) < 24 or isinstance(exc, (KeyError, IndexError, EOFError)) \
+            or "unpack requires" in reason or "failed to read" in reason:
+        reason = f"the file looks truncated or damaged ({type(exc).__name__}: {reason or '-'})"
     return InputFileError(path, f"cannot be read: {reason}")
 
 
@@ -717,6 +727,10 @@ def _npy_layout(path: Path) -> tuple[int, tuple[int, ...], np.dtype]:
         raise InputFileError(
             path, f"is truncated: its header describes {need} bytes but the file has {have}"
         )
+    if have > need:  # np.save writes exactly the header and the data
+        raise InputFileError(
+            path, f"is damaged: its header describes {need} bytes but the file has {have}"
+        )
     if len(shape) == 3 and shape[-1] in (3, 4) and shape[0] > 4:
         raise InputFileError(
             path, f"looks like RGB/RGBA colour data (shape {shape}); expected single-channel frames"
@@ -806,10 +820,16 @@ def read_frame(source: FrameSource | str | Path, *, expect_shape=None) -> np.nda
             if page != 0:
                 raise InputFileError(path, f"has no frame {page} (a DM file holds one image)")
             arr = _read_dm(path)
-        elif fam == "tiff":
-            arr = _read_tiff(path, page)
         else:
-            arr = _read_npy(path, page)
+            if parse_k2_name(path.name) is not None:
+                # a K2 dump holds one frame per file: never keep only the first page of a stack
+                # (the scan checks the first file only, to stay cheap)
+                n = _TIFF_CACHE.get(path)[1].n_frames if fam == "tiff" else _npy_layout(path)[0]
+                if n != 1:
+                    raise InputFileError(
+                        path, f"is K2-named but holds {n} frames; a K2 dump has one frame per file"
+                    )
+            arr = _read_tiff(path, page) if fam == "tiff" else _read_npy(path, page)
     except InputFileError:
         raise
     except Exception as exc:  # library errors on corrupt input: ValueError, TiffFileError, ...
@@ -933,6 +953,7 @@ def _list_frame_files(root: Path) -> list[str]:
                 if not is_file:
                     continue
                 if os.path.splitext(entry.name)[1].lower() in _FAMILY:
+                    _check_utf8_name(root, entry.name)
                     names.append(entry.name)
                 else:
                     others.append(entry.name)
@@ -958,6 +979,20 @@ def _list_frame_files(root: Path) -> list[str]:
             f"mixes frame file types ({a!r} and {b!r}); keep one type per folder",
         )
     return names
+
+
+def _check_utf8_name(root: Path, name: str) -> None:
+    """Refuse a frame file whose name is not valid UTF-8 (Python hands it over with surrogate
+    escapes): the store records every frame's source name as text, and silently skipping the
+    file would drop a frame from the movie. The message shows the raw bytes."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = os.fsencode(name)
+        raise InputFileError(
+            root, f"frame file name {raw!r} is not valid UTF-8; rename it (e.g. with "
+            "`convmv -f latin1 -t utf8`)"
+        ) from None
 
 
 def _tiff_frame_count(path: Path) -> int:
@@ -1129,3 +1164,42 @@ def count_frames(src: str | Path, fps: float = 400.0) -> int:
     int
     """
     return len(_build_sources(Path(src), _check_fps(fps))[0])
+
+
+def source_manifest(src: str | Path) -> dict:
+    """What identifies a dump's content: name, size (bytes) and modification time (ns) of every
+    frame file, in time order; other files in the folder (notes, ``Thumbs.db``) are not part of it.
+
+    The workflow tracks a movie's source by this manifest rather than by the folder's mtime, so
+    adding an unrelated file reruns nothing, while an added, removed or rewritten frame reruns
+    the movie (:func:`write_source_manifest`).
+    """
+    root = Path(src)
+    files = []
+    for name in _list_frame_files(root):
+        try:
+            st = os.stat(root / name)
+        except OSError as exc:
+            raise InputFileError(root / name, f"cannot be read: {exc.strerror or exc}") from exc
+        files.append([name, int(st.st_size), int(st.st_mtime_ns)])
+    return {"source": str(root.resolve()), "files": files}
+
+
+def write_source_manifest(src: str | Path, path: str | Path) -> bool:
+    """Write :func:`source_manifest` of ``src`` to ``path`` (JSON) unless ``path`` already holds
+    the same manifest; returns True when written. The file's mtime therefore changes exactly when
+    the frames change, which is what Snakemake compares."""
+    import json
+
+    from .atomic import atomic_path
+
+    path = Path(path)
+    text = json.dumps(source_manifest(src), separators=(",", ":")) + "\n"
+    try:
+        if path.read_text() == text:
+            return False
+    except (OSError, UnicodeDecodeError):
+        pass
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return True

@@ -18,9 +18,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .atomic import atomic_path
-from .errors import ConfigError, InputFileError
+from .errors import ConfigError, InputFileError, is_int, is_number
 from .framedump import FrameSource, read_frame, scan_dump
-from .store import DEFAULT_CLEVEL, DEFAULT_CODEC, MovieStore, create_store, fault_point
+from .store import (DEFAULT_CLEVEL, DEFAULT_CODEC, MovieStore, compressors_for, create_store,
+                    display_path, fault_point)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,33 @@ def to_store_dtype(frame: np.ndarray, dtype: np.dtype, path: Path) -> np.ndarray
     return frame.astype(np.uint16, copy=False)
 
 
+def check_options(*, fps: float = 400.0, pixel_size_nm: float | None = None,
+                  chunk_frames: int = 400, zarr_chunk_frames: int | None = None,
+                  codec: str = DEFAULT_CODEC, clevel: int = DEFAULT_CLEVEL) -> None:
+    """Refuse bad ingest options before anything is read or written.
+
+    Raises :class:`ConfigError` naming the option (the config key; the command-line option is
+    the same with dashes): ``fps`` and ``pixel_size_nm`` must be finite and > 0 (``inf`` and
+    ``nan`` included), ``chunk_frames`` an integer >= 1, ``zarr_chunk_frames`` an integer >= 1
+    dividing it, ``codec``/``clevel`` a known codec and its level range.
+    """
+    if not (is_number(fps) and fps > 0):
+        raise ConfigError(f"fps: must be a finite number > 0 (frames/s), got {fps!r}")
+    if pixel_size_nm is not None and not (is_number(pixel_size_nm) and pixel_size_nm > 0):
+        raise ConfigError(f"pixel_size_nm: must be a finite number > 0 (nm/px), got "
+                          f"{pixel_size_nm!r}")
+    if not (is_int(chunk_frames) and chunk_frames >= 1):
+        raise ConfigError(f"chunk_frames: must be an integer >= 1, got {chunk_frames!r}")
+    if zarr_chunk_frames is not None:
+        if not (is_int(zarr_chunk_frames) and zarr_chunk_frames >= 1):
+            raise ConfigError(f"zarr_chunk_frames: must be an integer >= 1, got "
+                              f"{zarr_chunk_frames!r}")
+        if chunk_frames % zarr_chunk_frames:
+            raise ConfigError(f"zarr_chunk_frames: {zarr_chunk_frames} must divide chunk_frames "
+                              f"({chunk_frames}) so that jobs never share a Zarr chunk")
+    compressors_for(codec, clevel)  # ConfigError for an unknown codec or a level out of range
+
+
 def init_store(src: str | Path, out: str | Path, *, fps: float = 400.0,
                pixel_size_nm: float | None = None, chunk_frames: int = 400,
                zarr_chunk_frames: int | None = None, codec: str = DEFAULT_CODEC,
@@ -75,10 +103,10 @@ def init_store(src: str | Path, out: str | Path, *, fps: float = 400.0,
     chunk_frames : int
         Frames per time chunk (one job each); default one second at 400 fps.
     """
+    check_options(fps=fps, pixel_size_nm=pixel_size_nm, chunk_frames=chunk_frames,
+                  zarr_chunk_frames=zarr_chunk_frames, codec=codec, clevel=clevel)
     index = scan_dump(src, fps=fps)
     if pixel_size_nm is not None:
-        if not pixel_size_nm > 0:
-            raise ConfigError(f"pixel_size_nm: must be > 0, got {pixel_size_nm}")
         calibrated = index.pixel_size_nm
         if calibrated is not None and not np.isclose(calibrated, pixel_size_nm, rtol=0.01):
             log.warning("pixel size override %.4g nm replaces the file calibration %.4g nm",
@@ -141,10 +169,10 @@ def ingest_chunk(out: str | Path | MovieStore, k: int, *, progress: bool = False
     bar.close()
     if nonfinite:
         log.warning("chunk %d of %s: %d non-finite pixels (NaN/inf) in the source", k,
-                    store.path, nonfinite)
+                    display_path(store.path), nonfinite)
     n_px = (t1 - t0) * shape[0] * shape[1] - nonfinite
     return {
-        "stage": "ingest", "store": str(store.path), "chunk": k, "t0": t0, "t1": t1,
+        "stage": "ingest", "store": str(display_path(store.path)), "chunk": k, "t0": t0, "t1": t1,
         "frames": t1 - t0, "first_source": str(sources[0]), "last_source": str(sources[-1]),
         "min_counts": lo, "max_counts": hi, "mean_counts": total / max(n_px, 1),
         "nonfinite_pixels": nonfinite, "elapsed_s": round(time.perf_counter() - start, 3),
@@ -158,6 +186,7 @@ def ingest(src: str | Path, out: str | Path, *, progress: bool = True, **options
     failure (corrupt frame, wrong shape) leaves an existing ``out`` untouched.
     """
     out = Path(out)
+    check_options(**options)   # before anything is created
     with atomic_path(out, directory=True) as tmp:
         store = init_store(src, tmp, **options)
         bar = tqdm(total=store.n_frames, desc=f"ingest {out.name}", unit="frame",

@@ -58,6 +58,7 @@ __all__ = [
     "measure_chunk",
     "write_parquet",
     "read_parquet_units",
+    "read_particle_table",
     "read_parquet_metadata",
     "concat_tables",
 ]
@@ -520,7 +521,7 @@ def measure_chunk(mask_store: MovieStore | str | Path, frame_store: MovieStore |
     parts = []
     for b0, block in masks.read_chunk(k):
         b1 = b0 + len(block)
-        parts.append(_measure(block, frames.array[b0:b1], frame0=b0, time_s=time_s[b0:b1],
+        parts.append(_measure(block, frames.read(b0, b1), frame0=b0, time_s=time_s[b0:b1],
                               pixel_size_nm=ps, movie=movie, min_area_px=min_area_px,
                               connectivity=connectivity, warn=False, model=model))
     parts = [p for p in parts if len(p)]
@@ -583,15 +584,64 @@ def write_parquet(df: pd.DataFrame, path: str | Path, *, metadata: dict | None =
     schema = pa.schema(fields, metadata={"etemseg": json.dumps(meta, default=str)})
     table = pa.Table.from_arrays(arrays, schema=schema)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+        # page checksums: a flipped bit in the data is an error on reading, not a wrong value
+        pq.write_table(table, tmp, compression="zstd", write_page_checksum=True)
     return path
+
+
+def read_particle_table(path: str | Path, *, frames: tuple[int, int] | None = None
+                        ) -> pd.DataFrame:
+    """Read and check a particle table written by :func:`write_parquet` (``etemseg measure``).
+
+    Parameters
+    ----------
+    path : path
+        A ``chunk-{k}.parquet`` (or any particle table).
+    frames : (int, int), optional
+        Frame range ``[t0, t1)`` the table must stay inside (its time chunk).
+
+    Raises
+    ------
+    InputFileError
+        Naming ``path``: it is missing, not a Parquet file, damaged (a page checksum or
+        decoding error), lacks a column of :data:`COLUMNS` or has one of another type, holds
+        labels < 1 or frames outside ``frames``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(path, "does not exist" if not path.exists() else "is not a file")
+    schema = _read_schema(path)
+    for field in SCHEMA:
+        if field.name not in schema.names:
+            raise InputFileError(path, f"not a particle table from `etemseg measure` (no column "
+                                       f"{field.name!r})")
+        typ = schema.field(field.name).type
+        if not (typ == field.type or (pa.types.is_string(field.type)
+                                      and (pa.types.is_large_string(typ)
+                                           or pa.types.is_string_view(typ)))):
+            raise InputFileError(path, f"column {field.name!r} has type {typ}, not {field.type}; "
+                                       "not a particle table from `etemseg measure`")
+    try:
+        df = pd.read_parquet(path, engine="pyarrow", page_checksum_verification=True)
+    except (OSError, pa.ArrowException, ValueError, EOFError) as exc:
+        reason = (str(exc).strip().splitlines() or [""])[0][:160] or type(exc).__name__
+        raise InputFileError(path, f"damaged Parquet file ({reason})") from exc
+    if len(df):
+        if (df["label"] < 1).any():
+            raise InputFileError(path, "holds labels < 1 (0 is background); damaged table?")
+        lo, hi = int(df["frame"].min()), int(df["frame"].max())
+        if frames is not None and not (frames[0] <= lo and hi < frames[1]):
+            raise InputFileError(path, f"holds frames {lo}..{hi}, outside its time chunk "
+                                       f"({frames[0]}..{frames[1] - 1})")
+    return df
 
 
 def _read_schema(path: str | Path) -> pa.Schema:
     try:
         return pq.read_schema(path)
-    except (OSError, pa.ArrowException) as exc:
-        raise InputFileError(path, f"not a readable Parquet file ({exc})") from exc
+    except (OSError, pa.ArrowException, ValueError, EOFError) as exc:
+        reason = (str(exc).strip().splitlines() or [""])[0][:160] or type(exc).__name__
+        raise InputFileError(path, f"not a readable Parquet file ({reason})") from exc
 
 
 def read_parquet_units(path: str | Path) -> dict[str, str]:

@@ -19,8 +19,11 @@ memory bounded by one block, whatever the movie length.
 
 from __future__ import annotations
 
+import itertools
+import logging
 import math
 import os
+import re
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +35,7 @@ import zarr.codecs
 
 from . import __version__
 from .atomic import atomic_path
-from .errors import ConfigError, InputFileError
+from .errors import ConfigError, InputFileError, is_int, is_number
 
 ARRAY = "0"
 #: Codecs offered for the movie array; the ingest benchmark compares them.
@@ -42,6 +45,33 @@ DEFAULT_CLEVEL = 3
 DEFAULT_BLOCK_BYTES = 64 * 2**20
 #: Environment variable read by :func:`fault_point` (a test hook; unset in normal use).
 FAULT_ENV = "ETEMSEG_FAULT"
+#: What Zarr and its codecs raise for a damaged chunk: a short or checksum-failing chunk
+#: (ValueError), Blosc/Zstd decompression errors (RuntimeError), an unreadable file (OSError).
+_DECODE_ERRORS = (ValueError, RuntimeError, OSError, EOFError)
+#: (store, chunk) pairs already warned about as missing (one warning per chunk and process).
+_WARNED: set = set()
+
+log = logging.getLogger(__name__)
+
+
+_TMP_NAME = re.compile(r"^\.(?P<name>.+)\.tmp-[A-Za-z0-9_]+$")
+
+
+def display_path(path: str | Path) -> Path:
+    """``path`` as the user knows it: the temporary sibling names of
+    :func:`~etemseg.atomic.atomic_path` (``.frames.zarr.tmp-x1y2``) replaced by their target
+    (``frames.zarr``), so messages about a store being built name the output, not the temporary."""
+    path = Path(path)
+    parts = [(m["name"] if (m := _TMP_NAME.match(p)) else p) for p in path.parts]
+    return Path(*parts) if parts else path
+
+
+def _reason(exc: BaseException) -> str:
+    """First line of an exception's message (its type if empty), at most 160 characters."""
+    text = (str(exc).strip().splitlines() or [""])[0] or type(exc).__name__
+    if "checksum" in text.lower():
+        text = "CRC-32C checksum mismatch"
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def compressors_for(codec: str, clevel: int = DEFAULT_CLEVEL) -> list:
@@ -49,15 +79,25 @@ def compressors_for(codec: str, clevel: int = DEFAULT_CLEVEL) -> list:
 
     ``blosc-*`` use Blosc with bit-shuffle (integer pixel data with few significant bits compresses
     far better bit-shuffled); ``zstd`` is plain Zstandard; ``none`` stores raw bytes.
+
+    Every codec ends with a CRC-32C checksum of the chunk (the Zarr v3 ``crc32c`` codec, 4 bytes
+    per chunk): without it a flipped bit in a compressed chunk decodes silently into wrong pixels;
+    with it reading the chunk fails and :class:`MovieStore` reports the store and chunk.
     """
+    if codec in CODECS and codec != "none":
+        lo, hi = (0, 9) if codec.startswith("blosc") else (-(1 << 17), 22)
+        if not is_int(clevel) or not lo <= clevel <= hi:
+            raise ConfigError(f"clevel: {codec} takes a compression level {lo}..{hi}, "
+                              f"got {clevel!r}")
+    crc = [zarr.codecs.Crc32cCodec()]
     if codec == "blosc-zstd":
-        return [zarr.codecs.BloscCodec(cname="zstd", clevel=clevel, shuffle="bitshuffle")]
+        return [zarr.codecs.BloscCodec(cname="zstd", clevel=clevel, shuffle="bitshuffle")] + crc
     if codec == "blosc-lz4":
-        return [zarr.codecs.BloscCodec(cname="lz4", clevel=clevel, shuffle="bitshuffle")]
+        return [zarr.codecs.BloscCodec(cname="lz4", clevel=clevel, shuffle="bitshuffle")] + crc
     if codec == "zstd":
-        return [zarr.codecs.ZstdCodec(level=clevel)]
+        return [zarr.codecs.ZstdCodec(level=clevel)] + crc
     if codec == "none":
-        return []
+        return crc
     raise ConfigError(f"codec: unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
 
 
@@ -173,7 +213,8 @@ def create_store(path: str | Path, *, n_frames: int, frame_shape: tuple[int, int
     meta.update(attrs or {})
     with atomic_path(path, directory=True) as tmp:
         group = zarr.open_group(tmp, mode="w", zarr_format=3)
-        group.attrs.update({"ome": _ome_attrs(path.stem, fps, pixel_size_nm), "etemseg": meta})
+        group.attrs.update({"ome": _ome_attrs(display_path(path).stem, fps, pixel_size_nm),
+                            "etemseg": meta})
         group.create_array(ARRAY, shape=(n_frames, H, W), chunks=(zarr_chunk_frames, H, W),
                            dtype=dtype, compressors=compressors_for(codec, clevel),
                            fill_value=0, dimension_names=("t", "y", "x"))
@@ -199,17 +240,64 @@ class MovieStore:
 
     @classmethod
     def open(cls, path: str | Path, mode: str = "r") -> "MovieStore":
-        """Open a store created by :func:`create_store` (``mode='r+'`` for jobs that write chunks)."""
+        """Open a store created by :func:`create_store` (``mode='r+'`` for jobs that write chunks).
+
+        Checks what every stage relies on (the movie, ``time_s`` and ``frame_index`` arrays and
+        the ``chunk_frames``, ``fps`` and ``pixel_size_nm`` metadata); a damaged or foreign store
+        is an :class:`InputFileError` naming it.
+        """
         path = Path(path)
+
+        def bad(problem: str) -> InputFileError:
+            return InputFileError(display_path(path), problem)
+
         if not (path / "zarr.json").exists():
-            raise InputFileError(path, "not an etemseg movie store (no zarr.json); run ingest first")
+            raise bad("not an etemseg movie store (no zarr.json); run ingest first")
         try:
             group = zarr.open_group(path, mode=mode, zarr_format=3)
-            array = group[ARRAY]
-            meta = dict(group.attrs["etemseg"])
-        except (KeyError, ValueError, OSError) as exc:
-            raise InputFileError(path, f"not a valid etemseg movie store ({exc})") from exc
-        return cls(path, group, array, meta)
+            meta = group.attrs.get("etemseg")
+        except (ValueError, TypeError, OSError) as exc:  # JSONDecodeError is a ValueError
+            raise bad(f"not a valid etemseg movie store ({_reason(exc)})") from exc
+        if not isinstance(meta, dict):
+            raise bad("not an etemseg movie store (no 'etemseg' attributes)")
+        arrays = {}
+        for name in (ARRAY, "time_s", "frame_index"):
+            try:
+                arrays[name] = group[name]
+            except KeyError:
+                raise bad(f"damaged or incomplete movie store: the {name!r} array is "
+                          "missing") from None
+            except (ValueError, TypeError, OSError) as exc:
+                raise bad(f"damaged movie store: the {name!r} array cannot be opened "
+                          f"({_reason(exc)})") from exc
+            if not isinstance(arrays[name], zarr.Array):
+                raise bad(f"damaged movie store: {name!r} is not an array")
+        array = arrays[ARRAY]
+        if array.ndim != 3:
+            raise bad(f"the movie array has shape {array.shape}; expected (t, y, x)")
+        for name in ("time_s", "frame_index"):
+            if arrays[name].shape != array.shape[:1]:
+                raise bad(f"damaged movie store: the {name!r} array has shape "
+                          f"{arrays[name].shape}, not ({array.shape[0]},) like the movie")
+
+        def shown(key):
+            return "missing" if meta.get(key) is None else repr(meta[key])
+
+        if not (is_int(meta.get("chunk_frames")) and meta["chunk_frames"] >= 1):
+            raise bad(f"damaged movie store: metadata 'chunk_frames' is {shown('chunk_frames')}; "
+                      "expected an integer >= 1")
+        if not (is_number(meta.get("fps")) and meta["fps"] > 0):
+            raise bad(f"damaged movie store: metadata 'fps' is {shown('fps')}; expected a "
+                      "number > 0")
+        ps = meta.get("pixel_size_nm")
+        if ps is not None and not (is_number(ps) and ps > 0):
+            raise bad(f"damaged movie store: metadata 'pixel_size_nm' is {ps!r}; expected a "
+                      "number > 0 or null")
+        if mode != "r":
+            # Writers store every Zarr chunk, all-zero ones included (Zarr skips them by
+            # default), so a missing chunk file always means "never written" (see read()).
+            array = array.with_config({"write_empty_chunks": True})
+        return cls(path, group, array, dict(meta))
 
     @property
     def n_frames(self) -> int:
@@ -237,11 +325,100 @@ class MovieStore:
 
     def time_s(self) -> np.ndarray:
         """Time of each frame since the first, s."""
-        return self.group["time_s"][:]
+        return self.read(0, self.n_frames, name="time_s")
 
     def frame_index(self) -> np.ndarray:
         """Absolute camera frame index of each frame."""
-        return self.group["frame_index"][:]
+        return self.read(0, self.n_frames, name="frame_index")
+
+    @property
+    def is_frames_store(self) -> bool:
+        """Whether this is a movie written by ``etemseg ingest`` (not a derived product)."""
+        stage = self.meta.get("stage") or ("ingest" if "source" in self.meta else None)
+        return stage == "ingest"
+
+    def read(self, t0: int, t1: int, *, name: str = ARRAY) -> np.ndarray:
+        """Frames ``[t0, t1)`` of the movie (or of the 1-D array ``name``), Zarr chunk by chunk.
+
+        A chunk that cannot be decoded (truncated, corrupt, checksum mismatch, unreadable file)
+        raises :class:`InputFileError` naming the store and the chunk. Zarr reads a *missing*
+        chunk file as zeros; writers store every chunk (see :meth:`open`), so a missing chunk of
+        the movie array means its job never ran: an error for a frames store (``ingest``), whose
+        pixels every later stage needs, and a logged warning for a derived store (pseudo-labels,
+        probabilities, masks), where stores written by older versions legitimately skip all-zero
+        chunks. Missing chunks of the small per-frame arrays (``time_s``...) are not checked:
+        they are written at creation, and Zarr skips those equal to the fill value.
+        """
+        arr = self.array if name == ARRAY else self.group[name]
+        t0, t1 = max(0, int(t0)), min(int(arr.shape[0]), int(t1))
+        if t1 <= t0:
+            return arr[t0:t1]
+        step = int(arr.chunks[0])
+        parts = []
+        for c in range(t0 // step, (t1 - 1) // step + 1):
+            a, b = max(t0, c * step), min(t1, (c + 1) * step)
+            if name == ARRAY:
+                self._check_present(c)
+            try:
+                parts.append(arr[a:b])
+            except _DECODE_ERRORS as exc:
+                raise self._damaged(arr, name, c, exc) from exc
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def take(self, frames: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The movie frames at the indices ``frames`` (any order), with the checks of
+        :meth:`read`: for readers that pick frames across the movie (e.g. training)."""
+        idx = np.asarray(frames, dtype=np.int64)
+        step = int(self.array.chunks[0])
+        chunks = np.unique(idx // step) if idx.size else []
+        for c in chunks:
+            self._check_present(int(c))
+        try:
+            return self.array.get_orthogonal_selection((idx,))
+        except _DECODE_ERRORS as exc:
+            for c in chunks:
+                try:
+                    self.array[int(c) * step:(int(c) + 1) * step]
+                except _DECODE_ERRORS as exc_c:
+                    raise self._damaged(self.array, ARRAY, int(c), exc_c) from exc
+            raise
+
+    def _check_present(self, c: int) -> None:
+        """Handle a missing chunk file of movie chunk row ``c`` (see :meth:`read`)."""
+        arr, step = self.array, int(self.array.chunks[0])
+        for rest in itertools.product(*(range(n) for n in arr.cdata_shape[1:])):
+            key = arr.metadata.encode_chunk_key((c, *rest))
+            if not (self.path / ARRAY / key).is_file():
+                self._missing_chunk(f"{ARRAY}/{key}", c * step, min(arr.shape[0], (c + 1) * step))
+
+    def _damaged(self, arr: zarr.Array, name: str, c: int, exc: BaseException) -> InputFileError:
+        """The error for a chunk of row ``c`` that does not decode, naming the first bad chunk."""
+        return InputFileError(display_path(self.path), f"Zarr chunk {self._chunk_at(arr, name, c)}"
+                                                       f" is corrupt or truncated ({_reason(exc)})")
+
+    def _chunk_at(self, arr: zarr.Array, name: str, c: int) -> str:
+        """Key of chunk row ``c`` (of its first damaged chunk, if a frame spans several)."""
+        coords = [(c, *rest) for rest in itertools.product(*(range(n)
+                                                              for n in arr.cdata_shape[1:]))]
+        for coord in coords if len(coords) > 1 else ():
+            try:
+                arr[tuple(slice(i * n, (i + 1) * n) for i, n in zip(coord, arr.chunks))]
+            except _DECODE_ERRORS:
+                return f"{name}/{arr.metadata.encode_chunk_key(coord)}"
+        return f"{name}/{arr.metadata.encode_chunk_key(coords[0])}"
+
+    def _missing_chunk(self, key: str, a: int, b: int) -> None:
+        shown, first = display_path(self.path), a // self.chunk_frames
+        if self.is_frames_store:
+            raise InputFileError(shown, f"Zarr chunk {key} (frames {a}..{b - 1}) is missing: time "
+                                        f"chunk {first} was never ingested, or the file was "
+                                        f"deleted; rerun `etemseg ingest SRC {shown} --chunk "
+                                        f"{first}`")
+        if (self.path, key) not in _WARNED:
+            _WARNED.add((self.path, key))
+            log.warning("%s: Zarr chunk %s (frames %d..%d) is missing; reading it as zeros (time "
+                        "chunk %d was never written, or the store predates etemseg writing "
+                        "all-zero chunks)", shown, key, a, b - 1, first)
 
     def chunk_bounds(self, k: int) -> tuple[int, int]:
         """Frame range ``[t0, t1)`` of time chunk ``k``."""
@@ -257,7 +434,7 @@ class MovieStore:
     def read_chunk(self, k: int) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(t0, frames)`` blocks of time chunk ``k`` in order, one Zarr chunk at a time."""
         for b0, b1 in self.blocks(k):
-            yield b0, self.array[b0:b1]
+            yield b0, self.read(b0, b1)
 
     def like(self, path: str | Path, dtype, *, codec: str | None = None, attrs: dict | None = None,
              ) -> "MovieStore":
@@ -268,8 +445,9 @@ class MovieStore:
         create_store(path, n_frames=self.n_frames, frame_shape=self.frame_shape, dtype=dtype,
                      chunk_frames=self.chunk_frames, fps=self.fps,
                      pixel_size_nm=self.pixel_size_nm, time_s=self.time_s(),
-                     frame_index=self.frame_index(), codec=codec or self.meta["codec"],
-                     clevel=self.meta["clevel"],
+                     frame_index=self.frame_index(),
+                     codec=codec or self.meta.get("codec", DEFAULT_CODEC),
+                     clevel=self.meta.get("clevel", DEFAULT_CLEVEL),
                      zarr_chunk_frames=int(self.array.chunks[0]),
                      attrs={"derived_from": str(self.path), **(attrs or {})})
         return MovieStore.open(path, mode="r+")

@@ -1524,6 +1524,7 @@ def track_movie(frames_path, masks_path, particles_dir, *, movie: str = "", mode
     from scipy import ndimage
 
     from .errors import InputFileError
+    from .measure import read_particle_table
     from .store import MovieStore
 
     frames, masks = MovieStore.open(frames_path), MovieStore.open(masks_path)
@@ -1533,15 +1534,15 @@ def track_movie(frames_path, masks_path, particles_dir, *, movie: str = "", mode
         path = particles_dir / f"chunk-{k}.parquet"
         if not path.exists():
             raise InputFileError(path, f"detections of chunk {k} are missing; measure it first")
-        tables.append(pd.read_parquet(path))
-    tables = [t for t in tables if len(t)]
-    detections = pd.concat(tables, ignore_index=True) if tables else tables_empty(particles_dir)
+        tables.append(read_particle_table(path, frames=masks.chunk_bounds(k)))
+    nonempty = [t for t in tables if len(t)]
+    detections = pd.concat(nonempty, ignore_index=True) if nonempty else tables[0]
     block: dict = {}
 
     def label_source(frame: int) -> np.ndarray:
         if not (block and block["t0"] <= frame < block["t1"]):
             b0 = frame - frame % int(masks.array.chunks[0])
-            data = masks.array[b0:b0 + int(masks.array.chunks[0])]
+            data = masks.read(b0, b0 + int(masks.array.chunks[0]))
             block.update(t0=b0, t1=b0 + len(data), data=data)
         labels, _ = ndimage.label(block["data"][frame - block["t0"]] > 0,
                                   structure=np.ones((3, 3), bool))
