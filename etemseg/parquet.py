@@ -71,8 +71,9 @@ def write_table_set(folder: str | Path, tables: dict, *, metadata: dict | None =
 
     Every table is written completely to a temporary sibling first; only then are they renamed
     into place, one after the other (microseconds apart). Each carries the same ``set_id`` in its
-    ``etemseg`` metadata, so a reader (:func:`read_table_set`) detects the one remaining way to
-    get a mixed set (a death between two renames) and refuses it instead of mixing runs.
+    ``etemseg`` metadata (a digest of the tables, so identical runs write identical files), and a
+    reader (:func:`read_table_set`) detects the one remaining way to get a mixed set (a death
+    between two renames) and refuses it instead of mixing runs.
 
     Parameters
     ----------
@@ -89,12 +90,18 @@ def write_table_set(folder: str | Path, tables: dict, *, metadata: dict | None =
         The set id.
     """
     import contextlib
+    import hashlib
     import os
-    import uuid
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    set_id = uuid.uuid4().hex
+    # the id is a digest of the content, so identical runs write identical bytes
+    digest = hashlib.sha256(json.dumps(metadata or {}, sort_keys=True, default=str).encode())
+    for name in sorted(tables):
+        df = tables[name][0]
+        digest.update(name.encode() + ",".join(map(str, df.columns)).encode())
+        digest.update(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
+    set_id = digest.hexdigest()[:32]
     meta = {**(metadata or {}), "set_id": set_id, "set": sorted(tables)}
     staged = []
     try:

@@ -537,8 +537,11 @@ class TrainingRun:
 
     @classmethod
     def new(cls, data: TrainingData, cfg: TrainConfig, device: torch.device) -> TrainingRun:
-        """A run at epoch 0: weights initialised from ``cfg.seed``."""
+        """A run at epoch 0: weights and every global random state initialised from ``cfg.seed``
+        (torch, NumPy, Python), so a run, and each checkpoint it writes, is reproducible."""
         torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        random.seed(cfg.seed)
         model = build_model(parse_arch(cfg.model)).to(device)
         weight = class_weights(data, cfg)
         use_amp = cfg.amp and device.type == "cuda"

@@ -10,6 +10,8 @@ What a user types to recover:
 * a job killed (OOM killer, ``scancel``, ``kill -9``) while Snakemake keeps running: Snakemake
   reports the job as failed (exit status 137) and removes its bookkeeping, so a plain rerun,
   ``snakemake``, redoes exactly the chunks without a receipt;
+* a killed ``train`` job resumes from ``models/{model}/checkpoint.pt`` on the rerun, with the
+  random states of the epoch it stopped after, so the model equals an uninterrupted run's;
 * Snakemake itself killed with its jobs (node death, SIGKILL of the whole process tree): its lock
   and "incomplete" markers stay behind, so ``snakemake --unlock`` then
   ``snakemake --rerun-incomplete``. A plain rerun refuses: the directory is locked, and a receipt
@@ -135,6 +137,15 @@ def assert_same(a, b, where: str) -> None:
         assert isinstance(b, list) and len(a) == len(b), where
         for i, (x, y) in enumerate(zip(a, b)):
             assert_same(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor) and where.endswith("['model_file']"):
+        # the checkpoint keeps the finished model.pt as bytes; torch.save writes a random
+        # serialization id into every file, so compare what the two files hold
+        import io
+
+        def load(t):
+            return torch.load(io.BytesIO(t.numpy().tobytes()), weights_only=True)
+
+        assert_same(strip_timings(load(a)), strip_timings(load(b)), where)
     elif isinstance(a, torch.Tensor):
         assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
     else:
@@ -201,7 +212,16 @@ def test_killed_jobs_and_node_death_then_rerun_equal_an_uninterrupted_run(tmp_pa
     assert not (receipts / "pseudolabel/chunk-0.json").exists()
     assert not (wd / f"models/{MODEL}/model.pt").exists()   # nothing downstream ran
 
-    # 2. node death: the rerun gets as far as inference, whose chunk 1 freezes after 2 of its
+    # 1b. training SIGKILLed after the first of its two epochs (Snakemake alive): the job
+    #     fails, Snakemake removes its declared outputs, the checkpoint stays for the next run
+    monkeypatch.setenv("ETEMSEG_FAULT", "train:0:1")
+    r = snakemake(wd, "--keep-going", *TARGETS)
+    log = r.stdout + r.stderr
+    assert r.returncode != 0 and "Error in rule train" in log and SIGKILLED in log, log[-4000:]
+    assert (wd / f"models/{MODEL}/checkpoint.pt").exists()
+    assert not (wd / f"models/{MODEL}/model.pt").exists()
+
+    # 2. node death: the rerun resumes training, then gets as far as inference, whose chunk 1 freezes after 2 of its
     #    4 blocks; then Snakemake and every job it runs are SIGKILLed at once
     monkeypatch.setenv("ETEMSEG_FAULT", "infer:1:2:stop")
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",

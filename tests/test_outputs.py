@@ -181,7 +181,9 @@ def test_track_tables_are_one_unit(tmp_path, capsys):
     first = write_table_set(tmp_path, tables, metadata={"movie": "m"})
     assert set(read_table_set(tmp_path)) == set(tables)
     keep = (tmp_path / "events.parquet").read_bytes()
-    second = write_table_set(tmp_path, tables)
+    assert write_table_set(tmp_path, tables, metadata={"movie": "m"}) == first   # by content
+    changed = {**tables, "events": (df.assign(x_nm=[1.0, 3.0]), None)}
+    second = write_table_set(tmp_path, changed, metadata={"movie": "m"})
     assert first != second
     (tmp_path / "events.parquet").write_bytes(keep)        # a death between two renames
     with pytest.raises(Exception, match="different runs"):
