@@ -50,6 +50,18 @@ def _dataclass_values(args: argparse.Namespace, cls) -> dict:
     return {k: v for k, v in vars(args).items() if k in names and v is not None}
 
 
+def _check_receipt(path: Path | None) -> None:
+    """Refuse an unwritable ``--receipt`` before a chunk job does its work, not after."""
+    import os
+
+    if path is None:
+        return
+    folder = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
+    if path.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise EtemsegError(f"{path}: --receipt cannot be written there "
+                           f"({'a folder' if path.is_dir() else f'{folder} is not writable'})")
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from .synth import SynthParams, write_synthetic_movie
 
@@ -84,7 +96,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                  store.frame_shape, store.n_chunks)
         return 0
     if args.chunk is not None:
+        _check_receipt(args.receipt)
         store = MovieStore.open(args.out, mode="r+")
+        if store.meta.get("stage", "ingest") != "ingest" or "source" not in store.meta:
+            raise EtemsegError(f"{args.out}: not a frame store written by `etemseg ingest --init`"
+                               f" (stage {store.meta.get('stage')!r})")
         recorded = Path(store.meta["source"])
         if Path(args.src).resolve() != recorded:
             raise EtemsegError(f"{args.out}: store was initialised from {recorded}, not {args.src}")
@@ -122,6 +138,7 @@ def cmd_pseudolabel(args: argparse.Namespace) -> int:
         src.like(args.out, np.uint8, attrs=attrs)
         return 0
     if args.chunk is not None:
+        _check_receipt(args.receipt)
         receipt = label_chunk(src, MovieStore.open(args.out, mode="r+"), args.chunk,
                               progress=not args.quiet, **run)
         if args.receipt:
@@ -162,11 +179,11 @@ def cmd_overlay(args: argparse.Namespace) -> int:
         name, _, path = spec.partition("=")
         if not path:
             raise EtemsegError(f"--mask: expected NAME=STORE.zarr, got {spec!r}")
-        masks[name] = MovieStore.open(path).array[args.frame] > 0
+        masks[name] = MovieStore.open(path).take([args.frame])[0] > 0
     if args.truth:
         masks["ground truth"] = zarr.open_array(args.truth, mode="r")[args.frame] > 0
     t = frames.time_s()[args.frame]
-    overlay_png(frames.array[args.frame], masks, args.out, pixel_size_nm=frames.pixel_size_nm,
+    overlay_png(frames.take([args.frame])[0], masks, args.out, pixel_size_nm=frames.pixel_size_nm,
                 title=f"{frames.path.parent.name}  frame {args.frame}  t = {t:.4f} s")
     return 0
 
@@ -235,6 +252,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
         return 0
     model, meta = open_model(args.model, device, cfg.optimised)
     if args.chunk is not None:
+        _check_receipt(args.receipt)
         receipt = infer_chunk(frames, MovieStore.open(prob_path, "r+"),
                               MovieStore.open(mask_path, "r+"), args.chunk, model, meta, cfg,
                               device, progress=not args.quiet)
@@ -243,21 +261,14 @@ def cmd_infer(args: argparse.Namespace) -> int:
         log.info("chunk %d: %d frames at %.2f frames/s on %s", args.chunk, receipt["frames"],
                  receipt["frames_per_s"], device)
         return 0
-    # Whole movie: both stores are built in one temporary folder next to OUT's contents and each
-    # renamed into place when complete; nothing else in OUT is touched.
-    import tempfile
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".infer.tmp-", dir=args.out) as tmpdir:
-        tmp = Path(tmpdir)
-        prob = frames.like(tmp / "prob.zarr", np.uint8, attrs={**attrs, "stage": "infer-probability"})
-        mask = frames.like(tmp / "mask.zarr", np.uint8, attrs={**attrs, "stage": "infer-mask"})
+    # Whole movie: each store is built under a temporary sibling and renamed into place when
+    # both are complete (atomic_path); nothing else in OUT is touched.
+    with atomic_path(prob_path, directory=True) as tmp_prob, \
+            atomic_path(mask_path, directory=True) as tmp_mask:
+        prob = frames.like(tmp_prob, np.uint8, attrs={**attrs, "stage": "infer-probability"})
+        mask = frames.like(tmp_mask, np.uint8, attrs={**attrs, "stage": "infer-mask"})
         for k in range(frames.n_chunks):
             infer_chunk(frames, prob, mask, k, model, meta, cfg, device, progress=not args.quiet)
-        for name, path in (("prob.zarr", prob_path), ("mask.zarr", mask_path)):
-            with atomic_path(path, directory=True) as final:
-                final.rmdir()
-                (tmp / name).rename(final)
     return 0
 
 

@@ -758,13 +758,13 @@ def plot_model_contours(results_dir: str | Path, movie: str, models: Sequence[st
     masks = {}
     for name in models:
         if source == "otsu":
-            q = MovieStore.open(movie_dir / name / "prob.zarr").array[t]
+            q = MovieStore.open(movie_dir / name / "prob.zarr").take([t])[0]
             masks[(labels or {}).get(name, name)] = q > otsu_level(
                 np.bincount(q.ravel(), minlength=256))
         else:
             masks[(labels or {}).get(name, name)] = (
-                MovieStore.open(movie_dir / name / "mask.zarr").array[t] > 0)
-    return plot_contours(frames.array[t], masks, path, pixel_size_nm=frames.pixel_size_nm,
+                MovieStore.open(movie_dir / name / "mask.zarr").take([t])[0] > 0)
+    return plot_contours(frames.take([t])[0], masks, path, pixel_size_nm=frames.pixel_size_nm,
                          crop=crop, title=f"{movie} frame {t} ({source} masks)")
 
 
@@ -885,7 +885,7 @@ def evaluation_frames(meta: dict, frames_path: str | Path, n_frames: int, *,
 
 
 def _read(store: MovieStore, idx: np.ndarray) -> np.ndarray:
-    return store.array.get_orthogonal_selection((idx,))
+    return store.take(idx)
 
 
 def _open_truth(path: Path, shape) -> object:
@@ -1030,11 +1030,11 @@ def evaluate_model(movie_dir: str | Path, model_name: str, model_path: str | Pat
 
     # line profiles on the middle evaluation frame
     t = int(idx[len(idx) // 2])
-    raw = frames.array[t].astype(np.float64)
-    ref_frame = (np.asarray(truth[t]) > 0) if truth is not None else (pseudo.array[t] > 0)
+    raw = frames.take([t])[0].astype(np.float64)
+    ref_frame = (np.asarray(truth[t]) > 0) if truth is not None else (pseudo.take([t])[0] > 0)
     picks = pick_particles(ref_frame, n=n_particles)
     half = max(8.0, float(picks["diameter_px"].max())) if len(picks) else 8.0
-    profiles = line_profiles(raw, {model_name: dequantise(prob.array[t])},
+    profiles = line_profiles(raw, {model_name: dequantise(prob.take([t])[0])},
                              picks[["y", "x"]].to_numpy(), half, pixel_size_nm=px)
     outputs.append(_write_csv(profiles, out_dir / "line_profiles.csv"))
     outputs.append(plot_line_profiles(profiles, out_dir / "line_profiles.png",

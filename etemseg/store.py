@@ -461,8 +461,9 @@ def fault_point(stage: str, k: int, blocks_written: int) -> None:
     receipt not yet written, and check that a rerun repairs it (``tests/test_faults.py``).
 
     ``ETEMSEG_FAULT`` is a comma-separated list of ``STAGE:CHUNK:BLOCKS[:ACTION]``: when ``stage``
-    (``ingest``, ``pseudolabel``, ``infer``), ``k`` and ``blocks_written`` match an entry the
-    process sends itself ``SIGKILL`` (ACTION ``kill``, the default: an uncatchable death, as by
+    (``ingest``, ``pseudolabel``, ``infer``; ``train`` with CHUNK 0 and BLOCKS = epochs done,
+    called after each checkpoint), ``k`` and ``blocks_written`` match an entry the process sends
+    itself ``SIGKILL`` (ACTION ``kill``, the default: an uncatchable death, as by
     the OOM killer or ``scancel``) or ``SIGSTOP`` (ACTION ``stop``: frozen mid-write, for a test
     that then kills the whole workflow as a node failure would). A malformed value is a
     :class:`ConfigError`, so a mistyped fault never silently does nothing.

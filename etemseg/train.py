@@ -288,8 +288,8 @@ def load_training_data(pairs: Sequence[tuple[str | Path, str | Path]], cfg: Trai
         idx = select_frames(frames.n_frames, stride, max_frames)
         for b in range(0, len(idx), 64):  # float16 halves the memory of the training set
             images.append(normalise_frames(
-                frames.array.get_orthogonal_selection((idx[b:b + 64],))).astype(np.float16))
-        labels.append(pseudo.array.get_orthogonal_selection((idx,)))
+                frames.take(idx[b:b + 64])).astype(np.float16))
+        labels.append(pseudo.take(idx))
         if labels[-1].max(initial=0) > 1:
             raise InputFileError(labels_path, f"--pair PSEUDO: values up to {labels[-1].max()}; "
                                  "pseudo-labels are 0 (background) and 1 (particle)")

@@ -189,3 +189,16 @@ def test_track_tables_are_one_unit(tmp_path, capsys):
     with pytest.raises(Exception, match="different runs"):
         read_table_set(tmp_path)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]   # no temporaries
+
+
+def test_chunk_jobs_check_receipt_and_store_before_working(movie, tmp_path, capsys):
+    frames = movie / "frames.zarr"
+    pseudo = tmp_path / "p.zarr"
+    assert main(["--quiet", "pseudolabel", str(frames), str(pseudo), "--init"]) == 0
+    receipt_dir = tmp_path / "receipt.json"
+    receipt_dir.mkdir()                                      # a folder where the receipt goes
+    assert "--receipt cannot be written" in refused(
+        capsys, "pseudolabel", frames, pseudo, "--chunk", "0", "--receipt", receipt_dir)
+    assert not list((pseudo / "0").rglob("c/*"))             # the chunk was not written first
+    line = refused(capsys, "ingest", movie / "raw", movie / "pseudo.zarr", "--chunk", "0")
+    assert "not a frame store written by `etemseg ingest --init`" in line
