@@ -98,9 +98,13 @@ def write_table_set(folder: str | Path, tables: dict, *, metadata: dict | None =
     # the id is a digest of the content, so identical runs write identical bytes
     digest = hashlib.sha256(json.dumps(metadata or {}, sort_keys=True, default=str).encode())
     for name in sorted(tables):
-        df = tables[name][0]
-        digest.update(name.encode() + ",".join(map(str, df.columns)).encode())
-        digest.update(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
+        df, schema = tables[name]
+        sink = pa.BufferOutputStream()
+        table = pa.Table.from_pandas(df, schema=schema, preserve_index=False)
+        with pa.ipc.new_stream(sink, table.schema) as stream:    # list columns hash too
+            stream.write_table(table)
+        digest.update(name.encode())
+        digest.update(sink.getvalue())
     set_id = digest.hexdigest()[:32]
     meta = {**(metadata or {}), "set_id": set_id, "set": sorted(tables)}
     staged = []

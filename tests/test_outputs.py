@@ -176,7 +176,7 @@ def test_measure_and_track_outputs_of_the_wrong_kind(movie, tmp_path, capsys):
 
 
 def test_track_tables_are_one_unit(tmp_path, capsys):
-    df = pd.DataFrame({"frame": [0, 1], "x_nm": [1.0, 2.0]})
+    df = pd.DataFrame({"frame": [0, 1], "x_nm": [1.0, 2.0], "parents": [[1, 2], []]})
     tables = {name: (df, None) for name in ("trajectories", "events", "frames")}
     first = write_table_set(tmp_path, tables, metadata={"movie": "m"})
     assert set(read_table_set(tmp_path)) == set(tables)
