@@ -127,14 +127,25 @@ def guard_output(target: str | Path, *, inputs=(), own=None, what: str = "output
                                   "refusing to replace it (move it away or choose another path)")
 
 
+#: What a movie store folder holds (see etemseg.io.store).
+STORE_PARTS = ("0", "time_s", "frame_index", "sources", "source_pages")
+
+
 def is_store_of(*stages: str):
     """Recogniser for :func:`guard_output`: a Zarr store whose ``etemseg.stage`` attribute is one
     of ``stages`` (stores written by earlier versions without a stage: ``ingest`` stores are
-    recognised by their ``source`` attribute)."""
+    recognised by their ``source`` attribute; a store whose ``zarr.json`` Snakemake removed
+    before a rerun by its layout)."""
     import json
 
     def own(path: Path) -> bool:
-        meta = json.loads((Path(path) / "zarr.json").read_text())
+        path = Path(path)
+        if not (path / "zarr.json").exists():
+            # Snakemake deletes a rule's declared output (the store's zarr.json) before rerunning
+            # it: what is left is a headless store, recognised by its layout
+            return (path / "0" / "zarr.json").is_file() and all(
+                p.name in STORE_PARTS or p.name.startswith(".") for p in path.iterdir())
+        meta = json.loads((path / "zarr.json").read_text())
         block = meta.get("attributes", {}).get("etemseg", {})
         stage = block.get("stage") or ("ingest" if "source" in block else None)
         return stage in stages

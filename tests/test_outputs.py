@@ -202,3 +202,19 @@ def test_chunk_jobs_check_receipt_and_store_before_working(movie, tmp_path, caps
     assert not list((pseudo / "0").rglob("c/*"))             # the chunk was not written first
     line = refused(capsys, "ingest", movie / "raw", movie / "pseudo.zarr", "--chunk", "0")
     assert "not a frame store written by `etemseg ingest --init`" in line
+
+
+def test_store_without_its_zarr_json_is_still_recognised(movie, tmp_path, capsys):
+    """Snakemake deletes a rule's output (``pseudo.zarr/zarr.json``) before rerunning it."""
+    import shutil
+
+    out = shutil.copytree(movie / "pseudo.zarr", tmp_path / "pseudo.zarr")
+    (out / "zarr.json").unlink()
+    assert main(["--quiet", "pseudolabel", str(movie / "frames.zarr"), str(out), "--init"]) == 0
+    assert is_store_of("pseudolabel")(out)
+    foreign = tmp_path / "foreign"
+    (foreign / "0").mkdir(parents=True)
+    (foreign / "0" / "zarr.json").write_text("{}")
+    (foreign / "thesis.tex").write_text("x")
+    refused(capsys, "pseudolabel", movie / "frames.zarr", foreign, "--init")
+    assert (foreign / "thesis.tex").exists()
