@@ -7,7 +7,7 @@ Needs a CUDA device (``--device cpu`` runs the same steps small, to check the sc
    workflow does; host time per step is reported.
 2. **Batch sampling**: random crops + the paper's augmentation from host tensors (crop on the CPU,
    then upload) vs from the training set uploaded once to the GPU (``train.device_tensors``).
-3. **Training** (``etemseg.train.train``, the workflow's own function): ``--model`` with
+3. **Training** (``etemseg.stages.train.train``, the workflow's own function): ``--model`` with
    ``--crop``-px crops, batch ``--batch``, AMP (bf16 on Hopper), ``--epochs`` epochs of
    ``--samples`` crops; per-epoch wall time (including full-frame validation), images/s and peak
    GPU memory (``torch.cuda.max_memory_allocated``).
@@ -18,7 +18,7 @@ Needs a CUDA device (``--device cpu`` runs the same steps small, to check the sc
        host normalisation, float32 upload, eager float32 model (BatchNorm as modules, NCHW),
        softmax, float32 probabilities back to the host, quantised there.
    ``optimised``
-       ``etemseg.infer.stream_levels`` over ``--block``-frame blocks, as ``infer_chunk`` runs it:
+       ``etemseg.stages.infer.stream_levels`` over ``--block``-frame blocks, as ``infer_chunk`` runs it:
        uint16 upload through pinned buffers, normalisation on the GPU, folded BatchNorm,
        channels-last, autocast in ``--precisions``, uint8 probabilities and per-frame histograms
        back, transfers overlapping the GPU work of the neighbouring batches; per ``--batches``.
@@ -32,7 +32,7 @@ Needs a CUDA device (``--device cpu`` runs the same steps small, to check the sc
 
    Masks ``q > 127`` are compared with the naive float32 path (IoU, min over frames; largest
    probability difference in 1/255 levels).
-5. **Chunk job** (``--chunk``): ``etemseg.infer.infer_chunk`` on a Zarr store of the frames,
+5. **Chunk job** (``--chunk``): ``etemseg.stages.infer.infer_chunk`` on a Zarr store of the frames,
    Otsu per frame, min-area filter and both output stores written: the workflow's per-chunk
    frames/s, host post-processing included.
 
@@ -59,12 +59,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from etemseg.infer import (InferConfig, infer_chunk, open_model, predict,  # noqa: E402
+from etemseg.stages.infer import (InferConfig, infer_chunk, open_model, predict,  # noqa: E402
                            prepare_model, quantise, stream_levels)
-from etemseg.models import parse_arch  # noqa: E402
-from etemseg.pseudolabel import PRESETS, pseudolabel_stack  # noqa: E402
+from etemseg.nn.models import parse_arch  # noqa: E402
+from etemseg.stages.pseudolabel import PRESETS, pseudolabel_stack  # noqa: E402
 from etemseg.synth import SynthParams, simulate  # noqa: E402
-from etemseg.train import (TrainConfig, TrainingData, device_tensors, load_model,  # noqa: E402
+from etemseg.stages.train import (TrainConfig, TrainingData, device_tensors, load_model,  # noqa: E402
                            normalise_frames, normalise_tensor, sample_batch, split_frames, train)
 
 
@@ -313,7 +313,7 @@ def main(argv=None) -> int:
 
     # 5. the per-chunk job -------------------------------------------------------------------
     if args.chunk:
-        from etemseg.store import MovieStore, create_store
+        from etemseg.io.store import MovieStore, create_store
 
         n = len(iframes)
         create_store(work / "frames.zarr", n_frames=n, frame_shape=(h, w), dtype=np.uint16,

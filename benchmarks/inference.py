@@ -8,7 +8,7 @@ softmax; batch 1):
     The naive path: ``model.eval()``, ``torch.no_grad()``, NCHW float32, BatchNorm as modules,
     ``softmax(logits)[:, 1]``.
 ``optimised``
-    ``etemseg.infer.prepare_model(optimised=True)`` + ``etemseg.infer.predict``: BatchNorm folded
+    ``etemseg.stages.infer.prepare_model(optimised=True)`` + ``etemseg.stages.infer.predict``: BatchNorm folded
     into the convolutions, channels-last memory layout, ``torch.inference_mode``.
 ``optimised+heap``
     The optimised path in a process whose allocator keeps freed memory (glibc ``mallopt``:
@@ -71,9 +71,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from etemseg.infer import InferConfig, predict, prepare_model, retain_heap
-from etemseg.models import build_model, canonical_name, count_parameters, parse_arch
-from etemseg.train import normalise_frames
+from etemseg.stages.infer import InferConfig, predict, prepare_model, retain_heap
+from etemseg.nn.models import build_model, canonical_name, count_parameters, parse_arch
+from etemseg.stages.train import normalise_frames
 
 ARCHS = ["unet4-norm", "unet3-norm", "unet4", "hourglass", "single-filter", "shallow-wide",
          "unet4-twoconv-norm"]

@@ -34,7 +34,7 @@ def peak_rss_mb() -> float:
 
 def run_case(src: str, out: str, codec: str, chunk_frames: int) -> dict:
     """One ingest in this process; returns timings and peak memory."""
-    from etemseg.ingest import ingest_chunk, init_store
+    from etemseg.stages.ingest import ingest_chunk, init_store
 
     start = time.perf_counter()
     store = init_store(src, out, codec=codec, chunk_frames=chunk_frames)

@@ -91,7 +91,7 @@ def main() -> None:
         os.sched_setaffinity(0, {cpu})
         pinned = cpu
 
-    from etemseg.measure import COLUMNS, measure_stack
+    from etemseg.stages.measure import COLUMNS, measure_stack
     from etemseg.synth import SynthParams, simulate
 
     sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes.split(",") if s]
@@ -175,7 +175,7 @@ def main() -> None:
                     "pinned_cpu": pinned, "threads": 1},
         "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "notes": "masks = simulator ground-truth labels > 0 (8-connected components), intensity = "
-                 "simulated uint16 frames; ours = etemseg.measure.measure_stack on the whole "
+                 "simulated uint16 frames; ours = etemseg.stages.measure.measure_stack on the whole "
                  "block (labelling included, median of repeats); regionprops = per-frame "
                  "skimage label + regionprops_table with the same properties; peak = "
                  "tracemalloc peak of one measure_stack call.",

@@ -67,7 +67,7 @@ def peak_mb(fn, *args) -> float:
 
 def stage_split(img: np.ndarray, params, repeats: int = 2) -> dict[str, float]:
     """Milliseconds per stage of the fast path (work arrays reused), best of ``repeats``."""
-    from etemseg import pseudolabel as pl
+    from etemseg.stages import pseudolabel as pl
 
     _, ws = pl._fast_one(img, params, None)
     best: dict[str, float] = {}
@@ -136,7 +136,7 @@ def main() -> None:
     import numba
 
     numba.set_num_threads(1)
-    from etemseg.pseudolabel import (
+    from etemseg.stages.pseudolabel import (
         PRESETS,
         pseudolabel_fast,
         pseudolabel_reference,

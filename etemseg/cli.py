@@ -14,8 +14,8 @@ import sys
 import typing
 from pathlib import Path
 
-from . import __version__
-from .errors import EtemsegError
+from etemseg import __version__
+from etemseg.errors import EtemsegError
 
 log = logging.getLogger("etemseg")
 
@@ -63,7 +63,7 @@ def _check_receipt(path: Path | None) -> None:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from .synth import SynthParams, write_synthetic_movie
+    from etemseg.synth import SynthParams, write_synthetic_movie
 
     values = _dataclass_values(args, SynthParams)
     if args.params_json:
@@ -82,9 +82,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from .atomic import guard_output, is_store_of, write_json
-    from .ingest import ingest, ingest_chunk, init_store
-    from .store import MovieStore
+    from etemseg.io.atomic import guard_output, is_store_of, write_json
+    from etemseg.stages.ingest import ingest, ingest_chunk, init_store
+    from etemseg.io.store import MovieStore
 
     options = dict(fps=args.fps, pixel_size_nm=args.pixel_size_nm, chunk_frames=args.chunk_frames,
                    zarr_chunk_frames=args.zarr_chunk_frames, codec=args.codec, clevel=args.clevel)
@@ -119,9 +119,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_pseudolabel(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .atomic import atomic_path, guard_output, is_store_of, write_json
-    from .pseudolabel import PRESETS, PseudoLabelParams, label_chunk
-    from .store import MovieStore
+    from etemseg.io.atomic import atomic_path, guard_output, is_store_of, write_json
+    from etemseg.stages.pseudolabel import PRESETS, PseudoLabelParams, label_chunk
+    from etemseg.io.store import MovieStore
 
     if args.preset not in PRESETS:
         raise EtemsegError(f"--preset: unknown preset {args.preset!r}; one of {', '.join(PRESETS)}")
@@ -155,8 +155,8 @@ def cmd_pseudolabel(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from .atomic import write_json
-    from .scoring import score_stores
+    from etemseg.io.atomic import write_json
+    from etemseg.analysis.scoring import score_stores
 
     scores = score_stores(args.pred, args.truth, iou_min=args.iou_min)
     if args.out:
@@ -168,8 +168,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 def cmd_overlay(args: argparse.Namespace) -> int:
     import zarr
 
-    from .plotting import overlay_png
-    from .store import MovieStore
+    from etemseg.plotting import overlay_png
+    from etemseg.io.store import MovieStore
 
     frames = MovieStore.open(args.frames)
     if not 0 <= args.frame < frames.n_frames:
@@ -189,7 +189,7 @@ def cmd_overlay(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .models import model_table
+    from etemseg.nn.models import model_table
 
     rows = model_table()
     if args.json:
@@ -203,7 +203,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import TrainConfig, guard_model_folder, load_training_data, train
+    from etemseg.stages.train import TrainConfig, guard_model_folder, load_training_data, train
 
     if args.threads:
         import torch
@@ -223,10 +223,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_infer(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .atomic import atomic_path, guard_output, is_store_of, write_json
-    from .infer import InferConfig, infer_chunk, open_model, retain_heap
-    from .store import MovieStore
-    from .train import load_model, pick_device
+    from etemseg.io.atomic import atomic_path, guard_output, is_store_of, write_json
+    from etemseg.stages.infer import InferConfig, infer_chunk, open_model, retain_heap
+    from etemseg.io.store import MovieStore
+    from etemseg.stages.train import load_model, pick_device
 
     retain_heap()
     if args.threads:
@@ -275,9 +275,9 @@ def cmd_infer(args: argparse.Namespace) -> int:
 def cmd_measure(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .atomic import guard_output, is_etemseg_parquet
-    from .measure import empty_table, measure_chunk, write_parquet
-    from .store import MovieStore
+    from etemseg.io.atomic import guard_output, is_etemseg_parquet
+    from etemseg.stages.measure import empty_table, measure_chunk, write_parquet
+    from etemseg.io.store import MovieStore
 
     guard_output(args.out, inputs=[args.frames, args.masks], own=is_etemseg_parquet,
                  what="particle table")
@@ -296,7 +296,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_model
+    from etemseg.stages.evaluate import evaluate_model
 
     result = evaluate_model(args.movie_dir, args.model_name, args.model, out_dir=args.out,
                             max_frames=args.max_frames)
@@ -305,8 +305,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .atomic import atomic_path
-    from .evaluate import compare_models, plot_model_contours
+    from etemseg.io.atomic import atomic_path
+    from etemseg.stages.evaluate import compare_models, plot_model_contours
 
     rows = []
     for path in args.scores:
@@ -325,7 +325,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.sweep_png:
         import pandas as pd
 
-        from .evaluate import plot_threshold_sweep
+        from etemseg.stages.evaluate import plot_threshold_sweep
 
         dirs = [p if p.is_dir() else p.parent for p in args.scores]
         sweeps = {f"{r['model']} ({r['movie']})": pd.read_csv(d / "threshold_sweep.csv")
@@ -341,10 +341,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_track(args: argparse.Namespace) -> int:
     import pyarrow as pa
 
-    from .atomic import guard_output, is_etemseg_parquet
-    from .parquet import TRACK_TABLES, write_table_set
-    from .store import MovieStore
-    from .track import EVENTS_SCHEMA, track_movie
+    from etemseg.io.atomic import guard_output, is_etemseg_parquet
+    from etemseg.io.parquet import TRACK_TABLES, write_table_set
+    from etemseg.io.store import MovieStore
+    from etemseg.stages.track import EVENTS_SCHEMA, track_movie
 
     for name in TRACK_TABLES:
         guard_output(args.out / f"{name}.parquet", inputs=[args.frames, args.masks, args.particles],
@@ -367,10 +367,10 @@ def cmd_track(args: argparse.Namespace) -> int:
 
 
 def cmd_sintering(args: argparse.Namespace) -> int:
-    from .atomic import atomic_path, guard_output, holds_only, write_json
-    from .parquet import TRACK_TABLES, read_table_set
-    from .sintering import analyse, plot_sintering
-    from .store import MovieStore
+    from etemseg.io.atomic import atomic_path, guard_output, holds_only, write_json
+    from etemseg.io.parquet import TRACK_TABLES, read_table_set
+    from etemseg.analysis.sintering import analyse, plot_sintering
+    from etemseg.io.store import MovieStore
 
     guard_output(args.out, inputs=[args.frames, *(args.tracks / f"{name}.parquet"
                                                   for name in TRACK_TABLES)],
@@ -400,10 +400,10 @@ def cmd_sintering(args: argparse.Namespace) -> int:
 def cmd_score_tracks(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .atomic import write_json
-    from .parquet import read_table_set
-    from .scoring import score_stores, score_tracking
-    from .sintering import fit_lsw_rate, radius_series
+    from etemseg.io.atomic import write_json
+    from etemseg.io.parquet import read_table_set
+    from etemseg.analysis.scoring import score_stores, score_tracking
+    from etemseg.analysis.sintering import fit_lsw_rate, radius_series
 
     tracks = read_table_set(args.tracks, ("trajectories", "events"))
     traj, events = tracks["trajectories"], tracks["events"]
@@ -422,7 +422,7 @@ def cmd_score_tracks(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .store import MovieStore
+    from etemseg.io.store import MovieStore
 
     store = MovieStore.open(args.store)
     info = {"path": str(store.path), "shape": list(store.array.shape),
@@ -433,7 +433,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def _args_synth(p: argparse.ArgumentParser) -> None:
-    from .synth import SynthParams
+    from etemseg.synth import SynthParams
 
     p.add_argument("out_dir", type=Path)
     p.add_argument("--params-json", help="parameters as a JSON object (overrides the options)")
@@ -441,7 +441,7 @@ def _args_synth(p: argparse.ArgumentParser) -> None:
 
 
 def _args_ingest(p: argparse.ArgumentParser) -> None:
-    from .store import CODECS, DEFAULT_CLEVEL, DEFAULT_CODEC
+    from etemseg.io.store import CODECS, DEFAULT_CLEVEL, DEFAULT_CODEC
 
     p.add_argument("src", type=Path, help="frame dump folder")
     p.add_argument("out", type=Path, help="output store, e.g. results/movie/frames.zarr")
@@ -465,7 +465,7 @@ def _chunk_mode_arguments(p: argparse.ArgumentParser, verb: str) -> None:
 
 
 def _args_pseudolabel(p: argparse.ArgumentParser) -> None:
-    from .pseudolabel import PRESETS, PseudoLabelParams
+    from etemseg.stages.pseudolabel import PRESETS, PseudoLabelParams
 
     p.add_argument("frames", type=Path, help="movie store, e.g. results/movie/frames.zarr")
     p.add_argument("out", type=Path, help="output store, e.g. results/movie/pseudo.zarr")
@@ -497,7 +497,7 @@ def _args_models(p: argparse.ArgumentParser) -> None:
 
 
 def _args_train(p: argparse.ArgumentParser) -> None:
-    from .train import TrainConfig
+    from etemseg.stages.train import TrainConfig
 
     p.add_argument("--pair", nargs=2, action="append", required=True,
                    metavar=("FRAMES.zarr", "PSEUDO.zarr"), help="training movie (repeatable)")
@@ -511,7 +511,7 @@ def _args_train(p: argparse.ArgumentParser) -> None:
 
 
 def _args_infer(p: argparse.ArgumentParser) -> None:
-    from .infer import InferConfig
+    from etemseg.stages.infer import InferConfig
 
     p.add_argument("frames", type=Path)
     p.add_argument("model", type=Path, help="model file written by `etemseg train`")
@@ -672,7 +672,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         import os
 
-        from .store import display_path   # the output, not its temporary sibling
+        from etemseg.io.store import display_path   # the output, not its temporary sibling
 
         names = [display_path(os.fsdecode(f)) if isinstance(f, (str, bytes, os.PathLike))
                  else f for f in (exc.filename, exc.filename2) if f is not None]

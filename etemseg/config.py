@@ -8,9 +8,9 @@ with the key named. Imports nothing heavy (no torch, no numba): it runs on every
 
 from __future__ import annotations
 
-from .architectures import canonical_name, parse_arch
-from .errors import ConfigError
-from .store import DEFAULT_CLEVEL, DEFAULT_CODEC, compressors_for
+from etemseg.nn.architectures import canonical_name, parse_arch
+from etemseg.errors import ConfigError
+from etemseg.io.store import DEFAULT_CLEVEL, DEFAULT_CODEC, compressors_for
 
 def check_config(config: dict) -> None:
     """Cross-check a schema-validated workflow config; raise :class:`ConfigError` naming the key.

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from skimage.segmentation import find_boundaries  # noqa: E402
 
-from .atomic import atomic_path  # noqa: E402
+from etemseg.io.atomic import atomic_path  # noqa: E402
 
 
 def _display_range(frame: np.ndarray) -> tuple[float, float]:

@@ -72,9 +72,9 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from . import __version__
-from .atomic import atomic_path
-from .errors import ConfigError, InputFileError, is_int, is_number
+from etemseg import __version__
+from etemseg.io.atomic import atomic_path
+from etemseg.errors import ConfigError, InputFileError, is_int, is_number
 
 __all__ = [
     "SynthParams",

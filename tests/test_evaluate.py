@@ -11,7 +11,7 @@ import torch
 import zarr
 from skimage.measure import label as cc_label
 
-from etemseg.evaluate import (
+from etemseg.stages.evaluate import (
     GABOR_PARAMS,
     THRESHOLDS,
     compare_models,
@@ -31,7 +31,7 @@ from etemseg.evaluate import (
     plot_threshold_sweep,
     threshold_sweep,
 )
-from etemseg.infer import (
+from etemseg.stages.infer import (
     InferConfig,
     mask_from_levels,
     otsu_level,
@@ -39,10 +39,10 @@ from etemseg.infer import (
     prepare_model,
     quantise,
 )
-from etemseg.models import parse_arch
-from etemseg.scoring import pixel_counts, rates
-from etemseg.store import MovieStore, create_store
-from etemseg.train import TrainConfig, load_model, load_training_data, train
+from etemseg.nn.models import parse_arch
+from etemseg.analysis.scoring import pixel_counts, rates
+from etemseg.io.store import MovieStore, create_store
+from etemseg.stages.train import TrainConfig, load_model, load_training_data, train
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -2,7 +2,7 @@
 
 The kills are real SIGKILLs at a chosen point inside a per-chunk job, after some but not all Zarr
 blocks of its time chunk are written and before its receipt: the test hook
-:func:`etemseg.store.fault_point`, driven by the ``ETEMSEG_FAULT`` environment variable
+:func:`etemseg.io.store.fault_point`, driven by the ``ETEMSEG_FAULT`` environment variable
 (``STAGE:CHUNK:BLOCKS[:kill|stop]``; unset in normal use, and then it does nothing).
 
 What a user types to recover:
@@ -154,7 +154,7 @@ def assert_same(a, b, where: str) -> None:
 
 def output_files(wd: Path) -> list[str]:
     """Every file under results/ and models/, minus the ``.tmp-*`` siblings that atomic writes
-    killed mid-way may leave (documented in etemseg.atomic; never read by anything)."""
+    killed mid-way may leave (documented in etemseg.io.atomic; never read by anything)."""
     return sorted(str(p.relative_to(wd)) for top in ("results", "models")
                   for p in (wd / top).rglob("*") if p.is_file() and ".tmp-" not in p.name)
 
@@ -263,7 +263,7 @@ def test_killed_jobs_and_node_death_then_rerun_equal_an_uninterrupted_run(tmp_pa
                                   "ingest:1:2,infer"])
 def test_malformed_fault_spec_is_an_error_not_silently_ignored(monkeypatch, spec):
     from etemseg.errors import ConfigError
-    from etemseg.store import fault_point
+    from etemseg.io.store import fault_point
 
     monkeypatch.setenv("ETEMSEG_FAULT", spec)
     with pytest.raises(ConfigError, match="ETEMSEG_FAULT"):
@@ -271,7 +271,7 @@ def test_malformed_fault_spec_is_an_error_not_silently_ignored(monkeypatch, spec
 
 
 def test_fault_hook_does_nothing_when_unset_or_not_matching(monkeypatch):
-    from etemseg.store import fault_point
+    from etemseg.io.store import fault_point
 
     monkeypatch.delenv("ETEMSEG_FAULT", raising=False)
     fault_point("ingest", 1, 2)

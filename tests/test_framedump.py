@@ -1,4 +1,4 @@
-"""Tests for etemseg.framedump: K2 names, dump scanning, frame reading, calibration, refusals.
+"""Tests for etemseg.io.framedump: K2 names, dump scanning, frame reading, calibration, refusals.
 
 The DM3/DM4 fixtures in tests/data/dm/ are real files written by Gatan Digital Micrograph
 (see tests/data/dm/README.md); TIFF and .npy frames are generated here.
@@ -16,7 +16,7 @@ import pytest
 import tifffile
 
 from etemseg.errors import ConfigError, InputFileError
-from etemseg.framedump import (
+from etemseg.io.framedump import (
     SUPPORTED_SUFFIXES,
     DumpIndex,
     FrameSource,
@@ -138,7 +138,7 @@ def test_scan_k2_gap_across_second_boundary(tmp_path, caplog):
     (tmp_path / "notes.txt").write_text("ignored")
     (tmp_path / ".hidden.tif").write_bytes(b"not a tiff")
 
-    with caplog.at_level(logging.WARNING, logger="etemseg.framedump"):
+    with caplog.at_level(logging.WARNING, logger="etemseg.io.framedump"):
         idx = scan_dump(tmp_path, fps=400)
     assert isinstance(idx, DumpIndex)
     assert idx.naming == "k2"
@@ -326,7 +326,7 @@ def test_pixel_size_anisotropic_uses_x_and_warns(tmp_path, caplog):
     tifffile.imwrite(
         p, frame(0), imagej=True, resolution=(1 / 0.5, 1 / 0.6), metadata={"unit": "nm"}
     )
-    with caplog.at_level(logging.WARNING, logger="etemseg.framedump"):
+    with caplog.at_level(logging.WARNING, logger="etemseg.io.framedump"):
         assert read_pixel_size_nm(p) == pytest.approx(0.5)
     assert "differ" in caplog.text
 

@@ -10,14 +10,14 @@ import pytest
 import torch
 import zarr
 
-from etemseg.infer import (MIN_SEPARATION, InferConfig, infer_chunk, mask_from_levels,
+from etemseg.stages.infer import (MIN_SEPARATION, InferConfig, infer_chunk, mask_from_levels,
                            open_model, otsu_level, otsu_split, predict, prepare_model, quantise,
                            tiles)
-from etemseg.ingest import ingest
-from etemseg.models import build_model, halo, parse_arch, size_multiple
-from etemseg.scoring import rates, pixel_counts
-from etemseg.store import MovieStore
-from etemseg.train import TrainConfig, train
+from etemseg.stages.ingest import ingest
+from etemseg.nn.models import build_model, halo, parse_arch, size_multiple
+from etemseg.analysis.scoring import rates, pixel_counts
+from etemseg.io.store import MovieStore
+from etemseg.stages.train import TrainConfig, train
 
 from .test_train import disks_data
 
@@ -159,8 +159,8 @@ def test_min_area_filter_is_8_connected_like_the_measurements():
 
 
 def test_predict_levels_equals_quantised_predict_and_bincount():
-    from etemseg.infer import predict_levels, quantise
-    from etemseg.models import build_model
+    from etemseg.stages.infer import predict_levels, quantise
+    from etemseg.nn.models import build_model
 
     arch = parse_arch("unet3-norm")
     torch.manual_seed(0)
@@ -176,7 +176,7 @@ def test_predict_levels_equals_quantised_predict_and_bincount():
 
 
 def test_uint16_frames_keep_their_full_range_on_the_way_to_float():
-    from etemseg.infer import _to_float
+    from etemseg.stages.infer import _to_float
 
     raw = np.array([[0, 1, 32767, 32768, 40000, 65535]], np.uint16)
     np.testing.assert_array_equal(_to_float(torch.from_numpy(raw)).numpy(),
@@ -275,7 +275,7 @@ def test_normal_masks_are_unchanged_by_the_blank_check(trained, models, small_mo
             assert all(r["blank_frames"] == 0 for r in receipts)
             assert not any("featureless" in r.getMessage() for r in caplog.records)
     # every normal frame's Otsu classes lie far more than MIN_SEPARATION apart
-    from etemseg.infer import predict_levels
+    from etemseg.stages.infer import predict_levels
     _, hist = predict_levels(models["shallow-wide"], small_movie, arch=parse_arch("shallow-wide"),
                              cfg=InferConfig(), device="cpu")
     assert min(otsu_split(h)[1] for h in hist) > MIN_SEPARATION + 0.2

@@ -13,9 +13,9 @@ import tifffile
 import zarr
 
 from etemseg.errors import EtemsegError
-from etemseg.atomic import write_json
-from etemseg.ingest import ingest, ingest_chunk, init_store
-from etemseg.store import MovieStore, auto_zarr_chunk_frames, chunk_bounds, n_chunks
+from etemseg.io.atomic import write_json
+from etemseg.stages.ingest import ingest, ingest_chunk, init_store
+from etemseg.io.store import MovieStore, auto_zarr_chunk_frames, chunk_bounds, n_chunks
 
 from .conftest import k2_name, write_k2_dump
 

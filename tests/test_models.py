@@ -1,4 +1,4 @@
-"""Tests for etemseg.models: architectures, names, blur layer, parameter counts, training,
+"""Tests for etemseg.nn.models: architectures, names, blur layer, parameter counts, training,
 BatchNorm folding, any-size inputs, receptive fields."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from etemseg.errors import ConfigError
-from etemseg.models import (
+from etemseg.nn.models import (
     PAPER_MODELS,
     ArchConfig,
     GaussianBlur,

@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from etemseg.atomic import guard_output, holds_only, is_store_of
+from etemseg.io.atomic import guard_output, holds_only, is_store_of
 from etemseg.cli import main
 from etemseg.errors import OutputPathError
-from etemseg.parquet import read_table_set, write_table_set
-from etemseg.train import TrainConfig, train
+from etemseg.io.parquet import read_table_set, write_table_set
+from etemseg.stages.train import TrainConfig, train
 
 from .conftest import write_k2_dump
 from .test_train import disks_data

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from skimage import filters, morphology
 
-from etemseg import pseudolabel as pl
+from etemseg.stages import pseudolabel as pl
 from etemseg.errors import ConfigError, EtemsegError
-from etemseg.pseudolabel import (
+from etemseg.stages.pseudolabel import (
     PRESETS,
     PseudoLabelParams,
     pseudolabel_fast,
@@ -20,7 +20,7 @@ from etemseg.pseudolabel import (
 )
 from etemseg.synth import SynthParams, simulate
 
-LOGGER = "etemseg.pseudolabel"
+LOGGER = "etemseg.stages.pseudolabel"
 
 
 @cache

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import zarr
 
-from etemseg.pseudolabel import PRESETS, pseudolabel_stack
-from etemseg.store import MovieStore
+from etemseg.stages.pseudolabel import PRESETS, pseudolabel_stack
+from etemseg.io.store import MovieStore
 from etemseg.synth import SynthParams, write_synthetic_movie
 
 

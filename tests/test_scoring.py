@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from etemseg.scoring import match_particles, rates, score_frames
+from etemseg.analysis.scoring import match_particles, rates, score_frames
 
 
 def disk_labels(shape, disks):

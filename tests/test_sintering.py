@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from etemseg.sintering import analyse, fit_lsw_rate, lsw_pdf, plot_sintering, radius_series
+from etemseg.analysis.sintering import analyse, fit_lsw_rate, lsw_pdf, plot_sintering, radius_series
 
 
 def lsw_movie(K=2.0, r0=2.0, frames=40, n=30, dt=0.01, seed=0):

@@ -1,4 +1,4 @@
-"""Tests of etemseg.track: hand-made disc movies with known answers, and the simulator's truth."""
+"""Tests of etemseg.stages.track: hand-made disc movies with known answers, and the simulator's truth."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 from scipy import ndimage
 
 from etemseg.errors import ConfigError, EtemsegError
-from etemseg.scoring import raster_relabel
+from etemseg.analysis.scoring import raster_relabel
 from etemseg.synth import SynthParams, simulate, simulate_tracks
-from etemseg.track import (
+from etemseg.stages.track import (
     EVENTS_SCHEMA,
     estimate_drift,
     frames_table,
@@ -27,7 +27,7 @@ MODES = ["overlap", "centroid"]
 
 
 # ------------------------------------------------------------------------------------------
-# helpers: draw discs, measure components (bincount; independent of etemseg.measure)
+# helpers: draw discs, measure components (bincount; independent of etemseg.stages.measure)
 
 
 def paint(shape, discs, *, components=True):
@@ -142,7 +142,7 @@ def test_overlap_pairs_matches_reference(shift):
 
 @pytest.mark.parametrize("scale", [7.0, 60.0])  # 60: more pairs than the first buffer holds
 def test_neighbour_search_matches_brute_force(scale):
-    from etemseg.track import _near_pairs
+    from etemseg.stages.track import _near_pairs
 
     rng = np.random.default_rng(3)
     ya, xa, ka = rng.random(300) * 50, rng.random(300) * 80 - 20, rng.integers(0, 5, 300)

@@ -17,10 +17,10 @@ import torch
 
 from etemseg.cli import main
 from etemseg.errors import ConfigError, InputFileError, OutputPathError
-from etemseg.ingest import ingest
-from etemseg.models import parse_arch
-from etemseg.store import FAULT_ENV, MovieStore
-from etemseg.train import (TrainConfig, TrainingData, load_model, normalise_frames, rng_state,
+from etemseg.stages.ingest import ingest
+from etemseg.nn.models import parse_arch
+from etemseg.io.store import FAULT_ENV, MovieStore
+from etemseg.stages.train import (TrainConfig, TrainingData, load_model, normalise_frames, rng_state,
                            sample_batch, set_rng_state, split_frames, train)
 
 
@@ -109,7 +109,7 @@ def kill_after(monkeypatch, epoch: int) -> None:
         if (stage, k, done) == ("train", 0, epoch):
             raise Killed(epoch)
 
-    monkeypatch.setattr("etemseg.train.fault_point", hook)
+    monkeypatch.setattr("etemseg.stages.train.fault_point", hook)
 
 
 def untimed(rows: list[dict]) -> list[dict]:
@@ -165,7 +165,7 @@ def test_finished_run_reruns_and_rewrites_every_output(straight, tmp_path, monke
     data, reference = straight
     shutil.copytree(reference, tmp_path / "model")
     first = {name: (reference / name).read_bytes() for name in OUTPUTS}
-    monkeypatch.setattr("etemseg.train.train_epoch", lambda *a, **k: pytest.fail("trained"))
+    monkeypatch.setattr("etemseg.stages.train.train_epoch", lambda *a, **k: pytest.fail("trained"))
     for name in OUTPUTS:   # what Snakemake does before it reruns the job
         (tmp_path / "model" / name).unlink()
     meta = train(data, TrainConfig(**FAST), tmp_path / "model", progress=False)

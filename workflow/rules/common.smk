@@ -6,8 +6,8 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from etemseg.config import check_config
-from etemseg.framedump import count_frames, write_source_manifest
-from etemseg.store import n_chunks as _n_chunks
+from etemseg.io.framedump import count_frames, write_source_manifest
+from etemseg.io.store import n_chunks as _n_chunks
 
 
 validate(config, schema="../schemas/config.schema.yaml")

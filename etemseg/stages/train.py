@@ -12,7 +12,7 @@ it and gives the same weights and metrics as an uninterrupted run (the crops of 
 from a generator seeded by ``(seed, epoch)``; the global random states are saved and restored). A
 rerun after the last epoch trains nothing and rewrites every output from the checkpoint, so
 ``model.pt`` and ``metrics.csv`` come out byte for byte as the first time. The test hook
-``ETEMSEG_FAULT=train:0:E`` (see :func:`etemseg.store.fault_point`) kills the process right after
+``ETEMSEG_FAULT=train:0:E`` (see :func:`etemseg.io.store.fault_point`) kills the process right after
 the checkpoint of epoch ``E``.
 
 The model file (``model.pt``) holds plain tensors and JSON-like metadata only, so it loads with
@@ -41,11 +41,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import __version__
-from .atomic import atomic_path, guard_output, holds_only
-from .errors import ConfigError, InputFileError
-from .models import ArchConfig, build_model, canonical_name, count_parameters, parse_arch
-from .store import MovieStore, fault_point
+from etemseg import __version__
+from etemseg.io.atomic import atomic_path, guard_output, holds_only
+from etemseg.errors import ConfigError, InputFileError
+from etemseg.nn.models import ArchConfig, build_model, canonical_name, count_parameters, parse_arch
+from etemseg.io.store import MovieStore, fault_point
 
 log = logging.getLogger(__name__)
 
@@ -433,7 +433,7 @@ def _write_metrics_csv(history: list[dict], path: Path) -> None:
 
 def plot_curves(history: list[dict], path: Path, title: str) -> None:
     """Training/validation loss and validation F1 per epoch as a PNG."""
-    from .plotting import plt
+    from etemseg.plotting import plt
 
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=110)

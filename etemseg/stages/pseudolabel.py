@@ -55,7 +55,7 @@ Two implementations give the same mask:
   reusing the work arrays.
 
 Bad input is handled in one place for both (never an exception for bad pixel data, never a NaN
-threshold, never an all-ones mask; a warning on logger ``etemseg.pseudolabel``):
+threshold, never an all-ones mask; a warning on logger ``etemseg.stages.pseudolabel``):
 
 * non-finite pixels (NaN, +-inf; float sources) are replaced by the median of the finite pixels;
   a frame with no finite pixel gives an empty mask;
@@ -85,7 +85,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from .errors import ConfigError, EtemsegError, is_int, is_number
+from etemseg.errors import ConfigError, EtemsegError, is_int, is_number
 
 __all__ = [
     "HIGH_COVERAGE_WARN",
@@ -108,7 +108,7 @@ __all__ = [
     "smoothed_noise",
 ]
 
-log = logging.getLogger("etemseg.pseudolabel")
+log = logging.getLogger("etemseg.stages.pseudolabel")
 
 #: Quantisation levels of the smoothed frame in the fast reconstruction (16 bit).
 QUANT_LEVELS = 65536
@@ -1383,7 +1383,7 @@ def remove_small_components(mask: np.ndarray, min_area_px: int) -> np.ndarray:
     """``mask`` (H, W) without its 8-connected components of fewer than ``min_area_px`` pixels.
 
     uint8 0/1 result. Releases the GIL (numba), so frames can be filtered in threads; the same
-    8-connectivity as the measurements (:mod:`etemseg.measure`), so every kept component is one
+    8-connectivity as the measurements (:mod:`etemseg.stages.measure`), so every kept component is one
     measured particle.
     """
     out = np.array(mask, dtype=np.uint8, order="C")   # a copy: the input is left alone
@@ -1565,12 +1565,12 @@ def label_chunk(src: Any, dst: Any, k: int, *, params: PseudoLabelParams | None 
                 method: str = "fast", threads: int = 1, progress: bool = False) -> dict[str, Any]:
     """Pseudo-label time chunk ``k`` of a movie store into a uint8 store of the same layout.
 
-    Streams the chunk one Zarr block at a time (:func:`etemseg.store.map_chunk`); every frame's
+    Streams the chunk one Zarr block at a time (:func:`etemseg.io.store.map_chunk`); every frame's
     mask equals :func:`pseudolabel_stack` / the per-frame function, whatever ``threads`` is.
 
     Parameters
     ----------
-    src, dst : etemseg.store.MovieStore
+    src, dst : etemseg.io.store.MovieStore
         Frames ``(T, H, W)`` and the output store (``dst = src.like(path, np.uint8)``).
     k : int
         Time-chunk index.
@@ -1589,7 +1589,7 @@ def label_chunk(src: Any, dst: Any, k: int, *, params: PseudoLabelParams | None 
     """
     import time
 
-    from .store import map_chunk
+    from etemseg.io.store import map_chunk
 
     params = _check_params(params)
     if method not in ("fast", "reference"):

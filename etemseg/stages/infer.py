@@ -66,11 +66,11 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from .errors import ConfigError, InputFileError
-from .models import fuse_for_inference, halo, parse_arch, size_multiple
-from .pseudolabel import remove_small_components
-from .store import MovieStore, map_chunk
-from .train import NORMALISATION, load_model, normalise_tensor
+from etemseg.errors import ConfigError, InputFileError
+from etemseg.nn.models import fuse_for_inference, halo, parse_arch, size_multiple
+from etemseg.stages.pseudolabel import remove_small_components
+from etemseg.io.store import MovieStore, map_chunk
+from etemseg.stages.train import NORMALISATION, load_model, normalise_tensor
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ def probabilities(model, batches: Iterable[np.ndarray], *, arch, cfg: InferConfi
     frames, in order.
 
     Raw frames travel to the device as they are stored (uint16 is half of float32) and are
-    normalised there (:func:`etemseg.train.normalise_tensor`); tiles follow the model's pooling
+    normalised there (:func:`etemseg.stages.train.normalise_tensor`); tiles follow the model's pooling
     grid with its receptive-field halo, so tiled output equals whole-frame output.
     """
     device = torch.device(device)

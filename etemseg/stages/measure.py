@@ -43,10 +43,10 @@ import pyarrow.parquet as pq
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from . import __version__
-from .atomic import atomic_path
-from .errors import ConfigError, InputFileError
-from .store import MovieStore
+from etemseg import __version__
+from etemseg.io.atomic import atomic_path
+from etemseg.errors import ConfigError, InputFileError
+from etemseg.io.store import MovieStore
 
 __all__ = [
     "COLUMNS",
@@ -63,7 +63,7 @@ __all__ = [
     "concat_tables",
 ]
 
-log = logging.getLogger("etemseg.measure")
+log = logging.getLogger("etemseg.stages.measure")
 
 # --------------------------------------------------------------------------------------------
 # the table

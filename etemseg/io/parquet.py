@@ -16,8 +16,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import __version__
-from .atomic import atomic_path
+from etemseg import __version__
+from etemseg.io.atomic import atomic_path
 
 #: Column-name suffix -> unit, longest suffix first.
 SUFFIX_UNITS = (
@@ -128,7 +128,7 @@ def read_table_set(folder: str | Path, names=TRACK_TABLES) -> dict[str, pd.DataF
 
     Raises :class:`~etemseg.errors.InputFileError` naming the file (one line at the CLI).
     """
-    from .errors import InputFileError
+    from etemseg.errors import InputFileError
 
     folder = Path(folder)
     out, ids = {}, {}

@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, InputFileError
+from etemseg.errors import ConfigError, InputFileError
 
-logger = logging.getLogger("etemseg.framedump")
+logger = logging.getLogger("etemseg.io.framedump")
 
 __all__ = [
     "K2_PATTERN",
@@ -1191,7 +1191,7 @@ def write_source_manifest(src: str | Path, path: str | Path) -> bool:
     the frames change, which is what Snakemake compares."""
     import json
 
-    from .atomic import atomic_path
+    from etemseg.io.atomic import atomic_path
 
     path = Path(path)
     text = json.dumps(source_manifest(src), separators=(",", ":")) + "\n"

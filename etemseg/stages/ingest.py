@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .atomic import atomic_path
-from .errors import ConfigError, InputFileError, is_int, is_number
-from .framedump import FrameSource, read_frame, scan_dump
-from .store import (DEFAULT_CLEVEL, DEFAULT_CODEC, MovieStore, compressors_for, create_store,
+from etemseg.io.atomic import atomic_path
+from etemseg.errors import ConfigError, InputFileError, is_int, is_number
+from etemseg.io.framedump import FrameSource, read_frame, scan_dump
+from etemseg.io.store import (DEFAULT_CLEVEL, DEFAULT_CODEC, MovieStore, compressors_for, create_store,
                     display_path, fault_point)
 
 log = logging.getLogger(__name__)

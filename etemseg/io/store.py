@@ -33,9 +33,9 @@ import numpy as np
 import zarr
 import zarr.codecs
 
-from . import __version__
-from .atomic import atomic_path
-from .errors import ConfigError, InputFileError, is_int, is_number
+from etemseg import __version__
+from etemseg.io.atomic import atomic_path
+from etemseg.errors import ConfigError, InputFileError, is_int, is_number
 
 ARRAY = "0"
 #: Codecs offered for the movie array; the ingest benchmark compares them.
@@ -59,7 +59,7 @@ _TMP_NAME = re.compile(r"^\.(?P<name>.+)\.tmp-[A-Za-z0-9_]+$")
 
 def display_path(path: str | Path) -> Path:
     """``path`` as the user knows it: the temporary sibling names of
-    :func:`~etemseg.atomic.atomic_path` (``.frames.zarr.tmp-x1y2``) replaced by their target
+    :func:`~etemseg.io.atomic.atomic_path` (``.frames.zarr.tmp-x1y2``) replaced by their target
     (``frames.zarr``), so messages about a store being built name the output, not the temporary."""
     path = Path(path)
     parts = [(m["name"] if (m := _TMP_NAME.match(p)) else p) for p in path.parts]

@@ -61,9 +61,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .architectures import (BLUR_TRUNCATE, FAMILIES, LEAKY_SLOPE, ArchConfig, canonical_name,
+from etemseg.nn.architectures import (BLUR_TRUNCATE, FAMILIES, LEAKY_SLOPE, ArchConfig, canonical_name,
                             parse_arch)
-from .errors import ConfigError
+from etemseg.errors import ConfigError
 
 __all__ = [
     "FAMILIES",

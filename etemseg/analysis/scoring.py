@@ -140,8 +140,8 @@ def score_stores(pred_path, truth_path, *, iou_min: float = 0.5) -> dict:
     """
     import zarr
 
-    from .errors import InputFileError
-    from .store import MovieStore
+    from etemseg.errors import InputFileError
+    from etemseg.io.store import MovieStore
 
     pred = MovieStore.open(pred_path)
     try:

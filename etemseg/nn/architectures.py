@@ -10,7 +10,7 @@ channels), ``cls<n>`` (classes).  The paper's figure names ("Norm", "TwoConv_Nor
 tokens split on '_' or '-', and a token may concatenate modifiers ("TwoConvNorm"); without a
 family they are 4-level UNets (the paper's 1024x1024 study).  :func:`canonical_name` gives the
 unique explicit name (``unet4-twoconv-norm-blur1``), which :func:`parse_arch` maps back.
-The networks themselves are built by :mod:`etemseg.models`.
+The networks themselves are built by :mod:`etemseg.nn.models`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from .errors import ConfigError
+from etemseg.errors import ConfigError
 
 FAMILIES = ("unet", "hourglass", "single_filter", "shallow_wide")
 ACTIVATIONS = ("relu", "leaky_relu")

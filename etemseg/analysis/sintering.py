@@ -130,8 +130,8 @@ def analyse(trajectories: pd.DataFrame, frames: pd.DataFrame, events: pd.DataFra
 def plot_sintering(series: pd.DataFrame, psd: pd.DataFrame, summary: dict, path, *,
                    title: str = "") -> None:
     """Four panels: <r>(t), <r>^3 - <r0>^3 with the LSW fit, number density, PSDs vs LSW."""
-    from .atomic import atomic_path
-    from .plotting import plt
+    from etemseg.io.atomic import atomic_path
+    from etemseg.plotting import plt
 
     fig, axes = plt.subplots(2, 2, figsize=(10, 7.5), dpi=110)
     t = series["time_s"].to_numpy()

@@ -19,7 +19,7 @@ atomically; :func:`compare_models` turns the per-model results into the study ta
 
 Thresholds
 ----------
-Probabilities are stored as uint8 levels ``q = round(255 p)`` (see :mod:`etemseg.infer`).  A pixel
+Probabilities are stored as uint8 levels ``q = round(255 p)`` (see :mod:`etemseg.stages.infer`).  A pixel
 is positive at threshold ``t`` when ``p > t``, i.e. ``q > floor(255 t)`` — the semantics of the
 inference masks (``q > level``).  All counts at all thresholds come from one 256-bin histogram per
 frame and class of the reference (cumulative sums), never from a pass over the pixels per
@@ -37,13 +37,13 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage, optimize
 
-from .atomic import atomic_path, write_json
-from .errors import InputFileError
-from .infer import dequantise, otsu_level, quantise
-from .plotting import overlay_png, plt
-from .scoring import equivalent_diameter_px, pixel_counts, rates, score_frames
-from .store import MovieStore
-from .train import load_model, select_frames
+from etemseg.io.atomic import atomic_path, write_json
+from etemseg.errors import InputFileError
+from etemseg.stages.infer import dequantise, otsu_level, quantise
+from etemseg.plotting import overlay_png, plt
+from etemseg.analysis.scoring import equivalent_diameter_px, pixel_counts, rates, score_frames
+from etemseg.io.store import MovieStore
+from etemseg.stages.train import load_model, select_frames
 
 log = logging.getLogger(__name__)
 

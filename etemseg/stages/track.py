@@ -105,7 +105,7 @@ import pyarrow as pa
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from .errors import ConfigError, EtemsegError, is_int, is_number
+from etemseg.errors import ConfigError, EtemsegError, is_int, is_number
 
 __all__ = [
     "EVENTS_SCHEMA",
@@ -1523,9 +1523,9 @@ def track_movie(frames_path, masks_path, particles_dir, *, movie: str = "", mode
 
     from scipy import ndimage
 
-    from .errors import InputFileError
-    from .measure import read_particle_table
-    from .store import MovieStore
+    from etemseg.errors import InputFileError
+    from etemseg.stages.measure import read_particle_table
+    from etemseg.io.store import MovieStore
 
     frames, masks = MovieStore.open(frames_path), MovieStore.open(masks_path)
     particles_dir = Path(particles_dir)

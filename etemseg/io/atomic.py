@@ -95,7 +95,7 @@ def guard_output(target: str | Path, *, inputs=(), own=None, what: str = "output
     what : str
         Words for the error message ("pseudo-label store", "particle table", ...).
     """
-    from .errors import OutputPathError
+    from etemseg.errors import OutputPathError
 
     target = Path(target)
     resolved = _resolved(target)
