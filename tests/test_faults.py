@@ -38,6 +38,8 @@ import zarr
 
 from .test_workflow import REPO, TINY, snakemake, workdir_with
 
+pytestmark = pytest.mark.slow   # whole-workflow runs: `pytest -m "not slow"` skips them
+
 #: One frame per Zarr block, so a 4-frame time chunk is written in 4 steps and a kill after 2
 #: leaves it half written.
 CONFIG = copy.deepcopy(TINY)

@@ -28,6 +28,8 @@ import yaml
 # repository root, not tests/, on sys.path: `from test_workflow import ...` would fail.
 from .test_workflow import REPO, TINY, snakemake, workdir_with
 
+pytestmark = pytest.mark.slow   # whole-workflow runs: `pytest -m "not slow"` skips them
+
 UPSTREAM = {"synth", "ingest_init", "ingest_chunk"}
 PSEUDO = {"pseudolabel_init", "pseudolabel_chunk", "pseudolabel_qa", "pseudolabel_score"}
 PER_MODEL = {"infer_init", "infer_chunk", "measure_chunk", "evaluate", "track", "sintering",

@@ -25,6 +25,8 @@ import pytest
 import yaml
 import zarr
 
+pytestmark = pytest.mark.slow   # whole-workflow runs: `pytest -m "not slow"` skips them
+
 REPO = Path(__file__).resolve().parents[1]
 SLURM_SH = REPO / "tests" / "slurm" / "slurm.sh"
 PROFILES = ["--profile", str(REPO / "profiles" / "slurm"),

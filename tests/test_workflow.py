@@ -75,6 +75,7 @@ def test_demo_config_is_valid_and_plans_three_ingest_chunks(tmp_path):
     assert "ingest_chunk" in r.stdout and "synth" in r.stdout
 
 
+@pytest.mark.slow
 def test_tiny_run_then_nothing_to_do(tmp_path):
     wd = workdir_with(tmp_path, TINY)
     r = snakemake(wd)

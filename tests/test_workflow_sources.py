@@ -13,6 +13,8 @@ import zarr
 from .conftest import k2_name, write_k2_dump
 from .test_workflow import snakemake, workdir_with
 
+pytestmark = pytest.mark.slow   # whole-workflow runs: `pytest -m "not slow"` skips them
+
 
 def planned(wd) -> str:
     r = snakemake(wd, "-n", "--quiet", "rules")

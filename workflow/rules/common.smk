@@ -5,26 +5,25 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+from etemseg import layout
 from etemseg.config import check_config
 from etemseg.io.framedump import count_frames, write_source_manifest
 from etemseg.io.store import n_chunks as _n_chunks
 
-
 validate(config, schema="../schemas/config.schema.yaml")
 check_config(config)  # cross-checks the schema cannot express: model names, train.movies, clevel
 
-INGEST = {"codec": "blosc-zstd", "clevel": 3, "zarr_chunk_frames": None, **config.get("ingest", {})}
+# The schema fills in every default (one place for them: workflow/schemas/config.schema.yaml).
+INGEST = config["ingest"]
 MOVIES = config["movies"]
-PSEUDOLABEL = {"preset": "default", "params": {}, "method": "fast", "threads": 1, "qa_frames": 3,
-               **config.get("pseudolabel", {})}
-TRAIN = {"movies": None, "frame_stride": 1, "max_frames": None, "threads": 2, "gpus": 1,
-         "settings": {}, **config.get("train", {})}
+PSEUDOLABEL = config["pseudolabel"]
+TRAIN = {"movies": None, "max_frames": None, **config["train"]}
 TRAIN_THREADS = int(TRAIN["threads"])
 TRAIN_GPUS = int(TRAIN["gpus"])
-MODELS = list(config.get("models", []))
-INFER = {"threads": 1, "gpus": 0, "settings": {}, **config.get("infer", {})}
-MEASURE = {"min_area_px": 20, **config.get("measure", {})}
-TRACK = {"max_disp_nm": 1.0, "memory": 3, "centroid_only": False, **config.get("track", {})}
+MODELS = list(config["models"])
+INFER = config["infer"]
+MEASURE = config["measure"]
+TRACK = config["track"]
 
 
 wildcard_constraints:
@@ -51,7 +50,7 @@ def movie_source(movie):
     """Frame-dump folder of a movie (for synthetic movies: the simulator's output)."""
     m = movie_cfg(movie)
     if "synthetic" in m:
-        return f"results/{movie}/synth/frames"
+        return layout.synth_frames(movie)
     return m["source"]
 
 
@@ -67,29 +66,24 @@ def movie_chunks(movie):
     return list(range(_n_chunks(movie_n_frames(movie), movie_chunk_frames(movie))))
 
 
-def source_manifest(movie):
-    """Path of a real movie's frame-file manifest (names, sizes, mtimes; see below)."""
-    return f"results/{movie}/source-manifest.json"
-
-
 # Refreshed once per run, while the workflow is parsed (before Snakemake looks at any file):
 # written only when the frames changed, so its mtime moves exactly then. A `notes.txt` or
 # `Thumbs.db` added to the dump reruns nothing; an added, removed or rewritten frame reruns the
 # movie from ingest on.
 for _movie, _cfg in MOVIES.items():
     if "synthetic" not in _cfg:
-        write_source_manifest(_cfg["source"], source_manifest(_movie))
+        write_source_manifest(_cfg["source"], layout.source_manifest(_movie))
 
 
 def ingest_source_input(wildcards):
     """What ingest waits for: the simulator's completion marker, or the real dump's manifest."""
     if "synthetic" in movie_cfg(wildcards.movie):
-        return f"results/{wildcards.movie}/synth/synth.json"
-    return source_manifest(wildcards.movie)
+        return layout.synth_marker(wildcards.movie)
+    return layout.source_manifest(wildcards.movie)
 
 
 def chunk_receipts(stage, movie):
-    return [f"results/{movie}/receipts/{stage}/chunk-{k}.json" for k in movie_chunks(movie)]
+    return [layout.receipt(stage, movie, k) for k in movie_chunks(movie)]
 
 
 def pseudolabel_options(wildcards=None):
@@ -106,7 +100,7 @@ def qa_frames(movie):
 
 def pseudolabel_qa_input(wildcards):
     k = int(wildcards.t) // movie_chunk_frames(wildcards.movie)
-    return f"results/{wildcards.movie}/receipts/pseudolabel/chunk-{k}.json"
+    return layout.receipt("pseudolabel", wildcards.movie, k)
 
 
 def train_movies():
@@ -122,7 +116,7 @@ def train_input(wildcards):
 
 def train_pairs(wildcards):
     return " ".join(
-        f"--pair results/{m}/frames.zarr results/{m}/pseudo.zarr" for m in train_movies()
+        f"--pair {layout.frames_store(m)} {layout.pseudo_store(m)}" for m in train_movies()
     )
 
 
@@ -151,7 +145,7 @@ def infer_options(wildcards):
 def movie_frame_shape(movie):
     """(H, W) of a movie's frames: from its store once ingested, else the synthetic config, else
     a K2-IS frame (the largest this workflow expects)."""
-    meta = Path(f"results/{movie}/frames.zarr/0/zarr.json")
+    meta = Path(layout.frames_store(movie)) / "0" / "zarr.json"
     if meta.exists():
         return tuple(json.loads(meta.read_text())["shape"][1:])
     synth = movie_cfg(movie).get("synthetic")
@@ -173,18 +167,22 @@ def all_targets():
     for movie in MOVIES:
         targets += chunk_receipts("ingest", movie)
         targets += chunk_receipts("pseudolabel", movie)
-        targets += [f"results/{movie}/qa/pseudo-frame-{t}.png" for t in qa_frames(movie)]
+        targets += [layout.qa_png(movie, t) for t in qa_frames(movie)]
         if "synthetic" in movie_cfg(movie):
-            targets.append(f"results/{movie}/pseudo_scores.json")
+            targets.append(layout.pseudo_scores(movie))
     for model in MODELS:
-        targets.append(f"models/{model}/model.pt")
+        targets.append(layout.model_file(model))
         for movie in MOVIES:
-            targets += [f"results/{movie}/{model}/particles/chunk-{k}.parquet"
-                        for k in movie_chunks(movie)]
-            targets += [f"results/{movie}/{model}/eval",
-                        f"results/{movie}/{model}/sintering/sintering.png"]
+            targets += [layout.particles_chunk(movie, model, k) for k in movie_chunks(movie)]
+            targets += [
+                layout.eval_dir(movie, model),
+                f"{layout.sintering_dir(movie, model)}/sintering.png",
+            ]
             if "synthetic" in movie_cfg(movie):
-                targets.append(f"results/{movie}/{model}/track_scores.json")
+                targets.append(layout.track_scores(movie, model))
     if MODELS:
-        targets += ["results/model_comparison.csv", "results/model_contours.png"]
+        targets += [
+            layout.comparison("model_comparison.csv"),
+            layout.comparison("model_contours.png"),
+        ]
     return targets

@@ -3,43 +3,45 @@
 
 rule infer_init:
     input:
-        frames="results/{movie}/frames.zarr/zarr.json",
-        model="models/{model}/model.pt",
+        frames=layout.store_meta(layout.frames_store("{movie}")),
+        model=layout.model_file("{model}"),
     output:
-        prob="results/{movie}/{model}/prob.zarr/zarr.json",
-        mask="results/{movie}/{model}/mask.zarr/zarr.json",
+        prob=layout.store_meta(layout.prob_store("{movie}", "{model}")),
+        mask=layout.store_meta(layout.mask_store("{movie}", "{model}")),
     log:
-        "logs/{movie}/{model}/infer_init.log",
-    params:
-        options=infer_options,
+        layout.log("{movie}", "{model}", "infer_init"),
     conda:
         "../../envs/cpu.yaml"
+    params:
+        frames=lambda w: layout.frames_store(w.movie),
+        out=lambda w: layout.product_dir(w.movie, w.model),
+        options=infer_options,
     shell:
-        "etemseg --quiet infer results/{wildcards.movie}/frames.zarr {input.model:q}"
-        " results/{wildcards.movie}/{wildcards.model} --init --expect {wildcards.model}"
-        " {params.options} > {log:q} 2>&1"
+        "etemseg --quiet infer {params.frames:q} {input.model:q} {params.out:q} --init"
+        " --expect {wildcards.model} {params.options} > {log:q} 2>&1"
 
 
 rule infer_chunk:
     input:
-        prob="results/{movie}/{model}/prob.zarr/zarr.json",
-        mask="results/{movie}/{model}/mask.zarr/zarr.json",
-        frames="results/{movie}/receipts/ingest/chunk-{k}.json",
-        model="models/{model}/model.pt",
+        prob=layout.store_meta(layout.prob_store("{movie}", "{model}")),
+        mask=layout.store_meta(layout.mask_store("{movie}", "{model}")),
+        frames=layout.receipt("ingest", "{movie}", "{k}"),
+        model=layout.model_file("{model}"),
     output:
-        "results/{movie}/{model}/receipts/infer/chunk-{k}.json",
+        layout.receipt("infer", "{movie}", "{k}", model="{model}"),
     log:
-        "logs/{movie}/{model}/infer/chunk-{k}.log",
-    params:
-        options=infer_options,
+        layout.log("{movie}", "{model}", "infer", "chunk-{k}"),
     conda:
         "../../envs/gpu.yaml" if INFER["gpus"] else "../../envs/cpu.yaml"
     threads: int(INFER["threads"])
     resources:
         gpu=int(INFER["gpus"]),
         mem_mb=infer_mem_mb,
+    params:
+        frames=lambda w: layout.frames_store(w.movie),
+        out=lambda w: layout.product_dir(w.movie, w.model),
+        options=infer_options,
     shell:
-        "etemseg --quiet infer results/{wildcards.movie}/frames.zarr {input.model:q}"
-        " results/{wildcards.movie}/{wildcards.model} --chunk {wildcards.k} --expect"
-        " {wildcards.model} --threads {threads} --receipt {output:q} {params.options}"
-        " > {log:q} 2>&1"
+        "etemseg --quiet infer {params.frames:q} {input.model:q} {params.out:q}"
+        " --chunk {wildcards.k} --expect {wildcards.model} --threads {threads}"
+        " --receipt {output:q} {params.options} > {log:q} 2>&1"

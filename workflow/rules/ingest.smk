@@ -1,46 +1,56 @@
 # Frame dump -> results/{movie}/frames.zarr, one job per time chunk.
 
 
+def ingest_options(wildcards):
+    """Store options of `etemseg ingest --init` from the config."""
+    m = movie_cfg(wildcards.movie)
+    opts = [
+        f"--fps {movie_fps(wildcards.movie)}",
+        f"--chunk-frames {movie_chunk_frames(wildcards.movie)}",
+        f"--codec {INGEST['codec']}",
+        f"--clevel {INGEST['clevel']}",
+    ]
+    if INGEST["zarr_chunk_frames"]:
+        opts.append(f"--zarr-chunk-frames {INGEST['zarr_chunk_frames']}")
+    if m.get("pixel_size_nm"):
+        opts.append(f"--pixel-size-nm {m['pixel_size_nm']}")
+    return " ".join(opts)
+
+
 rule ingest_init:
     input:
         ingest_source_input,
     output:
-        "results/{movie}/frames.zarr/zarr.json",
+        layout.store_meta(layout.frames_store("{movie}")),
     log:
-        "logs/{movie}/ingest_init.log",
-    params:
-        src=lambda w: movie_source(w.movie),
-        store=lambda w: f"results/{w.movie}/frames.zarr",
-        fps=lambda w: movie_fps(w.movie),
-        chunk_frames=lambda w: movie_chunk_frames(w.movie),
-        options=lambda w: " ".join(
-            [f"--codec {INGEST['codec']} --clevel {INGEST['clevel']}"]
-            + ([f"--zarr-chunk-frames {INGEST['zarr_chunk_frames']}"] if INGEST["zarr_chunk_frames"] else [])
-            + ([f"--pixel-size-nm {movie_cfg(w.movie)['pixel_size_nm']}"] if movie_cfg(w.movie).get("pixel_size_nm") else [])
-        ),
+        layout.log("{movie}", "ingest_init"),
     conda:
         "../../envs/cpu.yaml"
     threads: 1
+    params:
+        src=lambda w: movie_source(w.movie),
+        store=lambda w: layout.frames_store(w.movie),
+        options=ingest_options,
     shell:
-        "etemseg --quiet ingest {params.src:q} {params.store:q} --init --fps {params.fps}"
-        " --chunk-frames {params.chunk_frames} {params.options} > {log:q} 2>&1"
+        "etemseg --quiet ingest {params.src:q} {params.store:q} --init {params.options}"
+        " > {log:q} 2>&1"
 
 
 rule ingest_chunk:
     input:
-        "results/{movie}/frames.zarr/zarr.json",
+        layout.store_meta(layout.frames_store("{movie}")),
     output:
-        "results/{movie}/receipts/ingest/chunk-{k}.json",
+        layout.receipt("ingest", "{movie}", "{k}"),
     log:
-        "logs/{movie}/ingest/chunk-{k}.log",
-    params:
-        src=lambda w: movie_source(w.movie),
-        store=lambda w: f"results/{w.movie}/frames.zarr",
+        layout.log("{movie}", "ingest", "chunk-{k}"),
     conda:
         "../../envs/cpu.yaml"
     threads: 1
     resources:
         mem_mb=1000,
+    params:
+        src=lambda w: movie_source(w.movie),
+        store=lambda w: layout.frames_store(w.movie),
     shell:
         "etemseg --quiet ingest {params.src:q} {params.store:q} --chunk {wildcards.k}"
         " --receipt {output:q} > {log:q} 2>&1"

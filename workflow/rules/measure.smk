@@ -3,21 +3,22 @@
 
 rule measure_chunk:
     input:
-        masks="results/{movie}/{model}/receipts/infer/chunk-{k}.json",
-        frames="results/{movie}/receipts/ingest/chunk-{k}.json",
+        masks=layout.receipt("infer", "{movie}", "{k}", model="{model}"),
+        frames=layout.receipt("ingest", "{movie}", "{k}"),
     output:
-        "results/{movie}/{model}/particles/chunk-{k}.parquet",
+        layout.particles_chunk("{movie}", "{model}", "{k}"),
     log:
-        "logs/{movie}/{model}/measure/chunk-{k}.log",
-    params:
-        min_area=MEASURE["min_area_px"],
+        layout.log("{movie}", "{model}", "measure", "chunk-{k}"),
     conda:
         "../../envs/cpu.yaml"
     threads: 1
     resources:
         mem_mb=2000,
+    params:
+        frames=lambda w: layout.frames_store(w.movie),
+        masks=lambda w: layout.mask_store(w.movie, w.model),
+        min_area=MEASURE["min_area_px"],
     shell:
-        "etemseg --quiet measure results/{wildcards.movie}/frames.zarr"
-        " results/{wildcards.movie}/{wildcards.model}/mask.zarr {output:q} --chunk {wildcards.k}"
-        " --movie {wildcards.movie} --model {wildcards.model} --min-area-px {params.min_area}"
-        " > {log:q} 2>&1"
+        "etemseg --quiet measure {params.frames:q} {params.masks:q} {output:q}"
+        " --chunk {wildcards.k} --movie {wildcards.movie} --model {wildcards.model}"
+        " --min-area-px {params.min_area} > {log:q} 2>&1"

@@ -3,40 +3,43 @@
 
 rule pseudolabel_init:
     input:
-        "results/{movie}/frames.zarr/zarr.json",
+        frames=layout.store_meta(layout.frames_store("{movie}")),
     output:
-        "results/{movie}/pseudo.zarr/zarr.json",
+        layout.store_meta(layout.pseudo_store("{movie}")),
     log:
-        "logs/{movie}/pseudolabel_init.log",
-    params:
-        options=pseudolabel_options,
+        layout.log("{movie}", "pseudolabel_init"),
     conda:
         "../../envs/cpu.yaml"
     threads: 1
+    params:
+        frames=lambda w: layout.frames_store(w.movie),
+        store=lambda w: layout.pseudo_store(w.movie),
+        options=pseudolabel_options,
     shell:
-        "etemseg --quiet pseudolabel results/{wildcards.movie}/frames.zarr"
-        " results/{wildcards.movie}/pseudo.zarr --init {params.options} > {log:q} 2>&1"
+        "etemseg --quiet pseudolabel {params.frames:q} {params.store:q} --init {params.options}"
+        " > {log:q} 2>&1"
 
 
 rule pseudolabel_chunk:
     input:
-        store="results/{movie}/pseudo.zarr/zarr.json",
-        frames="results/{movie}/receipts/ingest/chunk-{k}.json",
+        store=layout.store_meta(layout.pseudo_store("{movie}")),
+        frames=layout.receipt("ingest", "{movie}", "{k}"),
     output:
-        "results/{movie}/receipts/pseudolabel/chunk-{k}.json",
+        layout.receipt("pseudolabel", "{movie}", "{k}"),
     log:
-        "logs/{movie}/pseudolabel/chunk-{k}.log",
-    params:
-        options=pseudolabel_options,
+        layout.log("{movie}", "pseudolabel", "chunk-{k}"),
     conda:
         "../../envs/cpu.yaml"
     threads: PSEUDOLABEL["threads"]
     resources:
         mem_mb=2000,
+    params:
+        frames=lambda w: layout.frames_store(w.movie),
+        store=lambda w: layout.pseudo_store(w.movie),
+        options=pseudolabel_options,
     shell:
-        "etemseg --quiet pseudolabel results/{wildcards.movie}/frames.zarr"
-        " results/{wildcards.movie}/pseudo.zarr --chunk {wildcards.k} --threads {threads}"
-        " --receipt {output:q} {params.options} > {log:q} 2>&1"
+        "etemseg --quiet pseudolabel {params.frames:q} {params.store:q} --chunk {wildcards.k}"
+        " --threads {threads} --receipt {output:q} {params.options} > {log:q} 2>&1"
 
 
 rule pseudolabel_qa:
@@ -44,43 +47,46 @@ rule pseudolabel_qa:
         pseudolabel_qa_input,
     output:
         report(
-            "results/{movie}/qa/pseudo-frame-{t}.png",
+            layout.qa_png("{movie}", "{t}"),
             caption="../report/pseudo_qa.rst",
             category="Pseudo-labels",
             subcategory="{movie}",
             labels={"movie": "{movie}", "frame": "{t}"},
         ),
     log:
-        "logs/{movie}/qa/pseudo-frame-{t}.log",
+        layout.log("{movie}", "qa", "pseudo-frame-{t}"),
+    conda:
+        "../../envs/cpu.yaml"
     params:
+        frames=lambda w: layout.frames_store(w.movie),
+        pseudo=lambda w: layout.pseudo_store(w.movie),
         truth=lambda w: (
-            f"--truth results/{w.movie}/synth/truth/labels.zarr"
+            f"--truth {layout.truth_dir(w.movie)}/labels.zarr"
             if "synthetic" in movie_cfg(w.movie)
             else ""
         ),
-    conda:
-        "../../envs/cpu.yaml"
     shell:
-        "etemseg --quiet overlay results/{wildcards.movie}/frames.zarr {output:q}"
-        " --frame {wildcards.t} --mask pseudo-label=results/{wildcards.movie}/pseudo.zarr"
-        " {params.truth} > {log:q} 2>&1"
+        "etemseg --quiet overlay {params.frames:q} {output:q} --frame {wildcards.t}"
+        " --mask pseudo-label={params.pseudo:q} {params.truth} > {log:q} 2>&1"
 
 
 rule pseudolabel_score:
     input:
         receipts=lambda w: chunk_receipts("pseudolabel", w.movie),
-        truth="results/{movie}/synth/synth.json",
+        truth=layout.synth_marker("{movie}"),
     output:
         report(
-            "results/{movie}/pseudo_scores.json",
+            layout.pseudo_scores("{movie}"),
             caption="../report/pseudo_scores.rst",
             category="Pseudo-labels",
             subcategory="{movie}",
         ),
     log:
-        "logs/{movie}/pseudolabel_score.log",
+        layout.log("{movie}", "pseudolabel_score"),
     conda:
         "../../envs/cpu.yaml"
+    params:
+        pseudo=lambda w: layout.pseudo_store(w.movie),
+        labels=lambda w: f"{layout.truth_dir(w.movie)}/labels.zarr",
     shell:
-        "etemseg --quiet score results/{wildcards.movie}/pseudo.zarr"
-        " results/{wildcards.movie}/synth/truth/labels.zarr --out {output:q} > {log:q} 2>&1"
+        "etemseg --quiet score {params.pseudo:q} {params.labels:q} --out {output:q} > {log:q} 2>&1"

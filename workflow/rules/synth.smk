@@ -4,16 +4,16 @@ import json
 
 rule synth:
     output:
-        "results/{movie}/synth/synth.json",
+        layout.synth_marker("{movie}"),
     log:
-        "logs/{movie}/synth.log",
-    params:
-        out=lambda w: f"results/{w.movie}/synth",
-        synthetic=lambda w: json.dumps(
-            {"fps": movie_fps(w.movie), **movie_cfg(w.movie)["synthetic"]}
-        ),
+        layout.log("{movie}", "synth"),
     conda:
         "../../envs/cpu.yaml"
     threads: 1
+    params:
+        out=lambda w: layout.synth_dir(w.movie),
+        synthetic=lambda w: json.dumps(
+            {"fps": movie_fps(w.movie), **movie_cfg(w.movie)["synthetic"]}
+        ),
     shell:
         "etemseg --quiet synth {params.out:q} --params-json {params.synthetic:q} > {log:q} 2>&1"

@@ -4,28 +4,25 @@
 
 rule track:
     input:
-        lambda w: [
-            f"results/{w.movie}/{w.model}/particles/chunk-{k}.parquet"
-            for k in movie_chunks(w.movie)
-        ],
+        lambda w: [layout.particles_chunk(w.movie, w.model, k) for k in movie_chunks(w.movie)],
     output:
-        trajectories="results/{movie}/{model}/trajectories.parquet",
-        events="results/{movie}/{model}/events.parquet",
-        frames="results/{movie}/{model}/frames.parquet",
+        **{t: layout.track_table("{movie}", "{model}", t) for t in layout.TRACK_TABLES},
     log:
-        "logs/{movie}/{model}/track.log",
-    params:
-        options=lambda w: " ".join(_cli_options(TRACK)),
+        layout.log("{movie}", "{model}", "track"),
     conda:
         "../../envs/cpu.yaml"
     resources:
         mem_mb=8000,
+    params:
+        frames=lambda w: layout.frames_store(w.movie),
+        masks=lambda w: layout.mask_store(w.movie, w.model),
+        particles=lambda w: layout.particles_dir(w.movie, w.model),
+        out=lambda w: layout.product_dir(w.movie, w.model),
+        options=lambda w: " ".join(_cli_options(TRACK)),
     shell:
-        "etemseg --quiet track results/{wildcards.movie}/frames.zarr"
-        " results/{wildcards.movie}/{wildcards.model}/mask.zarr"
-        " results/{wildcards.movie}/{wildcards.model}/particles"
-        " results/{wildcards.movie}/{wildcards.model} --movie {wildcards.movie}"
-        " --model {wildcards.model} {params.options} > {log:q} 2>&1"
+        "etemseg --quiet track {params.frames:q} {params.masks:q} {params.particles:q}"
+        " {params.out:q} --movie {wildcards.movie} --model {wildcards.model} {params.options}"
+        " > {log:q} 2>&1"
 
 
 rule sintering:
@@ -33,40 +30,46 @@ rule sintering:
         rules.track.output,
     output:
         figure=report(
-            "results/{movie}/{model}/sintering/sintering.png",
+            f"{layout.sintering_dir('{movie}', '{model}')}/sintering.png",
             caption="../report/sintering.rst",
             category="Sintering",
             subcategory="{movie}",
             labels={"movie": "{movie}", "model": "{model}"},
         ),
-        summary="results/{movie}/{model}/sintering/summary.json",
+        summary=f"{layout.sintering_dir('{movie}', '{model}')}/summary.json",
     log:
-        "logs/{movie}/{model}/sintering.log",
+        layout.log("{movie}", "{model}", "sintering"),
     conda:
         "../../envs/cpu.yaml"
+    params:
+        frames=lambda w: layout.frames_store(w.movie),
+        tracks=lambda w: layout.product_dir(w.movie, w.model),
+        out=lambda w: layout.sintering_dir(w.movie, w.model),
     shell:
-        "etemseg --quiet sintering results/{wildcards.movie}/frames.zarr"
-        " results/{wildcards.movie}/{wildcards.model}"
-        " results/{wildcards.movie}/{wildcards.model}/sintering > {log:q} 2>&1"
+        "etemseg --quiet sintering {params.frames:q} {params.tracks:q} {params.out:q}"
+        " > {log:q} 2>&1"
 
 
 rule score_tracks:
     input:
         tracks=rules.track.output,
-        truth="results/{movie}/synth/synth.json",
+        truth=layout.synth_marker("{movie}"),
     output:
         report(
-            "results/{movie}/{model}/track_scores.json",
+            layout.track_scores("{movie}", "{model}"),
             caption="../report/track_scores.rst",
             category="Sintering",
             subcategory="{movie}",
             labels={"movie": "{movie}", "model": "{model}", "table": "scores vs truth"},
         ),
     log:
-        "logs/{movie}/{model}/score_tracks.log",
+        layout.log("{movie}", "{model}", "score_tracks"),
     conda:
         "../../envs/cpu.yaml"
+    params:
+        tracks=lambda w: layout.product_dir(w.movie, w.model),
+        masks=lambda w: layout.mask_store(w.movie, w.model),
+        truth=lambda w: layout.truth_dir(w.movie),
     shell:
-        "etemseg --quiet score-tracks results/{wildcards.movie}/{wildcards.model}"
-        " results/{wildcards.movie}/{wildcards.model}/mask.zarr"
-        " results/{wildcards.movie}/synth/truth {output:q} > {log:q} 2>&1"
+        "etemseg --quiet score-tracks {params.tracks:q} {params.masks:q} {params.truth:q}"
+        " {output:q} > {log:q} 2>&1"

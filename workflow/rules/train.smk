@@ -5,19 +5,16 @@ rule train:
     input:
         train_input,
     output:
-        model="models/{model}/model.pt",
-        metrics="models/{model}/metrics.csv",
+        model=layout.model_file("{model}"),
+        metrics=f"{layout.model_dir('{model}')}/metrics.csv",
         curve=report(
-            "models/{model}/curve.png",
+            f"{layout.model_dir('{model}')}/curve.png",
             caption="../report/train_curve.rst",
             category="Training",
             labels={"model": "{model}"},
         ),
     log:
-        "logs/train/{model}.log",
-    params:
-        pairs=train_pairs,
-        options=train_options,
+        layout.log("train", "{model}"),
     conda:
         "../../envs/gpu.yaml"
     threads: TRAIN_THREADS
@@ -25,6 +22,10 @@ rule train:
         gpu=TRAIN_GPUS,
         mem_mb=16000,
         runtime=240,
+    params:
+        pairs=train_pairs,
+        out=lambda w: layout.model_dir(w.model),
+        options=train_options,
     shell:
-        "etemseg --quiet train {params.pairs} --out models/{wildcards.model}"
-        " --model {wildcards.model} --threads {threads} {params.options} > {log:q} 2>&1"
+        "etemseg --quiet train {params.pairs} --out {params.out:q} --model {wildcards.model}"
+        " --threads {threads} {params.options} > {log:q} 2>&1"
