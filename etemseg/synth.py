@@ -66,7 +66,6 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
@@ -74,6 +73,7 @@ from scipy.spatial import cKDTree
 
 from etemseg import __version__
 from etemseg.io.atomic import atomic_path
+from etemseg.io.parquet import write_table
 from etemseg.errors import ConfigError, InputFileError, is_int, is_number
 
 __all__ = [
@@ -975,10 +975,11 @@ def write_synthetic_movie(
             bar.close()
         particles = tb.particles_arrow()
         events = tb.events_arrow()
-        pq.write_table(particles, truth_dir / "particles.parquet", compression="zstd")
-        pq.write_table(events, truth_dir / "events.parquet", compression="zstd")
-        drift = pa.Table.from_pandas(simulate_drift(p), preserve_index=False)
-        pq.write_table(drift, truth_dir / "drift.parquet", compression="zstd")
+        truth_meta = {"source": "etemseg synth ground truth", "pixel_size_nm": ps,
+                      "fps": float(p.fps), "seed": p.seed}
+        write_table(particles, truth_dir / "particles.parquet", metadata=truth_meta)
+        write_table(events, truth_dir / "events.parquet", metadata=truth_meta)
+        write_table(simulate_drift(p), truth_dir / "drift.parquet", metadata=truth_meta)
 
         pdf = particles.to_pandas()
         edf = events.to_pandas()

@@ -305,6 +305,12 @@ def test_write_synthetic_movie(tmp_path):
     pd.testing.assert_frame_equal(parts, parts2)
     assert len(events) == len(events2)
     assert list(drift.columns) == ["frame", "dy_px", "dx_px"]
+    import pyarrow.parquet as pq     # truth tables carry units like every other table
+    assert pq.read_schema(out / "truth" / "particles.parquet").field("radius_nm").metadata == \
+        {b"unit": b"nm"}
+    assert pq.read_schema(out / "truth" / "drift.parquet").field("dx_px").metadata == \
+        {b"unit": b"px"}
+    assert b"etemseg" in pq.read_schema(out / "truth" / "events.parquet").metadata
     meta = json.loads((out / "synth.json").read_text())
     assert SynthParams.from_dict(meta["params"]) == p
     assert meta["summary"]["n_frames"] == p.frames == summary["n_frames"]

@@ -35,16 +35,24 @@ def unit_of(column: str) -> str | None:
     return None
 
 
-def write_table(df: pd.DataFrame, path: str | Path, *, metadata: dict | None = None,
+def write_table(df: pd.DataFrame | pa.Table, path: str | Path, *, metadata: dict | None = None,
                 schema: pa.Schema | None = None) -> Path:
-    """Write ``df`` atomically as zstd Parquet with per-column units and provenance.
+    """Write a table atomically as zstd Parquet with per-column units, provenance and page
+    checksums: the one Parquet writer of etemseg (particles, tracks, events, truth tables).
 
     Parameters
     ----------
+    df : pandas.DataFrame or pyarrow.Table
+        The table.
+    path : path
+        Destination ``.parquet`` file (written to a temporary sibling, then renamed).
+    metadata : dict, optional
+        Provenance stored as JSON under the schema metadata key ``etemseg``.
     schema : pyarrow.Schema, optional
         Fixed schema (so empty tables keep their types); default inferred from ``df``.
     """
-    table = pa.Table.from_pandas(df, schema=schema, preserve_index=False)
+    table = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, schema=schema,
+                                                                       preserve_index=False)
     fields = []
     for field in table.schema:
         meta = dict(field.metadata or {})
@@ -58,7 +66,8 @@ def write_table(df: pd.DataFrame, path: str | Path, *, metadata: dict | None = N
     table = table.cast(pa.schema(fields, metadata=schema_meta))
     path = Path(path)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+        # page checksums: a flipped bit in the data is an error on reading, not a wrong value
+        pq.write_table(table, tmp, compression="zstd", write_page_checksum=True)
     return path
 
 
