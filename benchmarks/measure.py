@@ -75,80 +75,73 @@ def baseline(masks: np.ndarray, frames: np.ndarray, ps: float, time_s: np.ndarra
     return pd.concat(parts, ignore_index=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=16, help="frames per size (default 16)")
-    parser.add_argument("--sizes", default="1024x1024,1792x1920", help="HxW,HxW,...")
-    parser.add_argument("--repeat", type=int, default=5, help="timed runs of measure_stack")
-    parser.add_argument("--baseline-repeat", type=int, default=1, help="timed baseline runs")
-    parser.add_argument("--no-pin", action="store_true", help="do not pin to one CPU core")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "measure.json"))
-    args = parser.parse_args()
+def max_diffs(df, ref) -> tuple[dict[str, float], int]:
+    """Max |ours - regionprops| per column (orientation also modulo pi) and the number of
+    orientations that differ by pi."""
+    from etemseg.analysis.measure import COLUMNS
 
-    pinned = None
-    if not args.no_pin and hasattr(os, "sched_setaffinity"):
-        cpu = max(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {cpu})
-        pinned = cpu
+    assert len(df) == len(ref), (len(df), len(ref))
+    diffs = {}
+    for col in COLUMNS[2:]:  # movie, model: strings
+        a = df[col].to_numpy().astype(np.float64)
+        b = ref[col].to_numpy().astype(np.float64)
+        diffs[col] = float(np.max(np.abs(a - b))) if len(a) else 0.0
+    d = df["orientation_rad"].to_numpy() - ref["orientation_rad"].to_numpy()
+    wrapped = (d + math.pi / 2) % math.pi - math.pi / 2
+    diffs["orientation_rad_mod_pi"] = float(np.max(np.abs(wrapped))) if len(d) else 0.0
+    return diffs, int(np.sum(np.abs(d) > 1e-6))
 
-    from etemseg.stages.measure import COLUMNS, measure_stack
+
+def bench_size(h: int, w: int, args: argparse.Namespace) -> dict:
+    """One result row: measure_stack vs the per-frame baseline on a simulated (T, h, w) movie."""
+    from etemseg.analysis.measure import measure_stack
     from etemseg.synth import SynthParams, simulate
 
-    sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes.split(",") if s]
-    rows = []
-    for h, w in sizes:
-        p = SynthParams(frames=args.frames, height=h, width=w, seed=1)
-        images, labels = (np.stack(a) for a in zip(*simulate(p)))
-        masks = (labels > 0).astype(np.uint8)
-        del labels
-        ps = p.pixel_size_nm
-        time_s = np.arange(p.frames) / p.fps
+    p = SynthParams(frames=args.frames, height=h, width=w, seed=1)
+    images, labels = (np.stack(a) for a in zip(*simulate(p)))
+    masks = (labels > 0).astype(np.uint8)
+    del labels
+    ps = p.pixel_size_nm
+    time_s = np.arange(p.frames) / p.fps
 
-        def ours(masks=masks, images=images, time_s=time_s, ps=ps):
-            return measure_stack(masks, images, frame0=0, time_s=time_s, pixel_size_nm=ps,
-                                 movie="bench")
+    def ours():
+        return measure_stack(masks, images, frame0=0, time_s=time_s, pixel_size_nm=ps,
+                             movie="bench")
 
-        ours()  # warm-up (imports, page faults)
-        t_ours = []
-        for _ in range(args.repeat):
-            t0 = time.perf_counter()
-            df = ours()
-            t_ours.append(time.perf_counter() - t0)
-        t_ref = []
-        for _ in range(args.baseline_repeat):
-            t0 = time.perf_counter()
-            ref = baseline(masks, images, ps, time_s)
-            t_ref.append(time.perf_counter() - t0)
-        tracemalloc.start()
-        ours()
-        peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
-        tracemalloc.stop()
+    ours()  # warm-up (imports, page faults)
+    t_ours = []
+    for _ in range(args.repeat):
+        t0 = time.perf_counter()
+        df = ours()
+        t_ours.append(time.perf_counter() - t0)
+    t_ref = []
+    for _ in range(args.baseline_repeat):
+        t0 = time.perf_counter()
+        ref = baseline(masks, images, ps, time_s)
+        t_ref.append(time.perf_counter() - t0)
+    tracemalloc.start()
+    ours()
+    peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    diffs, n_orient_pi = max_diffs(df, ref)
 
-        assert len(df) == len(ref), (len(df), len(ref))
-        diffs = {}
-        for col in COLUMNS[1:]:
-            a = df[col].to_numpy().astype(np.float64)
-            b = ref[col].to_numpy().astype(np.float64)
-            diffs[col] = float(np.max(np.abs(a - b))) if len(a) else 0.0
-        d = df["orientation_rad"].to_numpy() - ref["orientation_rad"].to_numpy()
-        wrapped = (d + math.pi / 2) % math.pi - math.pi / 2
-        diffs["orientation_rad_mod_pi"] = float(np.max(np.abs(wrapped))) if len(d) else 0.0
-        n_orient_pi = int(np.sum(np.abs(d) > 1e-6))
+    s_ours, s_ref = statistics.median(t_ours), statistics.median(t_ref)
+    n = len(df)
+    return {
+        "size": f"{h}x{w}", "frames": p.frames, "particles": n,
+        "coverage": float(masks.mean()),
+        "ours_s": s_ours, "ours_s_all": t_ours, "regionprops_s": s_ref,
+        "regionprops_s_all": t_ref,
+        "ours_frames_per_s": p.frames / s_ours, "regionprops_frames_per_s": p.frames / s_ref,
+        "ours_particles_per_s": n / s_ours, "regionprops_particles_per_s": n / s_ref,
+        "speedup": s_ref / s_ours, "ours_peak_mb": peak_mb,
+        "ours_peak_mb_per_frame": peak_mb / p.frames,
+        "max_abs_diff": diffs, "orientation_off_by_pi": n_orient_pi,
+    }
 
-        s_ours, s_ref = statistics.median(t_ours), statistics.median(t_ref)
-        n = len(df)
-        rows.append({
-            "size": f"{h}x{w}", "frames": p.frames, "particles": n,
-            "coverage": float(masks.mean()),
-            "ours_s": s_ours, "ours_s_all": t_ours, "regionprops_s": s_ref,
-            "regionprops_s_all": t_ref,
-            "ours_frames_per_s": p.frames / s_ours, "regionprops_frames_per_s": p.frames / s_ref,
-            "ours_particles_per_s": n / s_ours, "regionprops_particles_per_s": n / s_ref,
-            "speedup": s_ref / s_ours, "ours_peak_mb": peak_mb,
-            "ours_peak_mb_per_frame": peak_mb / p.frames,
-            "max_abs_diff": diffs, "orientation_off_by_pi": n_orient_pi,
-        })
 
+def print_table(rows: list[dict]) -> None:
+    """Speed table and the per-column differences to regionprops."""
     header = (f"{'size':>10} {'frames':>6} {'particles':>9} {'ours fr/s':>9} {'rp fr/s':>8} "
               f"{'ours part/s':>11} {'rp part/s':>9} {'speed-up':>8} {'peak MB':>8}")
     print(header)
@@ -166,6 +159,27 @@ def main() -> None:
     print(f"{'orientation off by pi':<24} "
           + " ".join(f"{r['orientation_off_by_pi']:>10}" for r in rows))
 
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=16, help="frames per size (default 16)")
+    parser.add_argument("--sizes", default="1024x1024,1792x1920", help="HxW,HxW,...")
+    parser.add_argument("--repeat", type=int, default=5, help="timed runs of measure_stack")
+    parser.add_argument("--baseline-repeat", type=int, default=1, help="timed baseline runs")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin to one CPU core")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "measure.json"))
+    args = parser.parse_args()
+
+    pinned = None
+    if not args.no_pin and hasattr(os, "sched_setaffinity"):
+        cpu = max(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {cpu})
+        pinned = cpu
+
+    sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes.split(",") if s]
+    rows = [bench_size(h, w, args) for h, w in sizes]
+    print_table(rows)
+
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     doc = {
@@ -175,8 +189,8 @@ def main() -> None:
                     "pinned_cpu": pinned, "threads": 1},
         "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "notes": "masks = simulator ground-truth labels > 0 (8-connected components), intensity = "
-                 "simulated uint16 frames; ours = etemseg.stages.measure.measure_stack on the whole "
-                 "block (labelling included, median of repeats); regionprops = per-frame "
+                 "simulated uint16 frames; ours = etemseg.analysis.measure.measure_stack on the "
+                 "whole block (labelling included, median of repeats); regionprops = per-frame "
                  "skimage label + regionprops_table with the same properties; peak = "
                  "tracemalloc peak of one measure_stack call.",
         "results": rows,

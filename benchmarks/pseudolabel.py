@@ -67,6 +67,7 @@ def peak_mb(fn, *args) -> float:
 
 def stage_split(img: np.ndarray, params, repeats: int = 2) -> dict[str, float]:
     """Milliseconds per stage of the fast path (work arrays reused), best of ``repeats``."""
+    import etemseg.morphology as em
     from etemseg.stages import pseudolabel as pl
 
     _, ws = pl._fast_one(img, params, None)
@@ -79,43 +80,133 @@ def stage_split(img: np.ndarray, params, repeats: int = 2) -> dict[str, float]:
         t["normalise"] = t1 - t0
         pad = params.border_pad_px
         g_out = ws.gp[pad:-pad, pad:-pad] if pad else ws.g
-        g = pl._gauss_kernel(x, pl._gauss_weights(params.sigma), ws.tmp, g_out)
+        g = em.gaussian_into(x, em.gaussian_kernel1d(params.sigma), ws.tmp, g_out)
         t2 = time.perf_counter()
         t["gaussian"] = t2 - t1
         pl.smoothed_noise(g, params.sigma)
-        gp = pl.pad_frame(g, pad, out=ws.gp) if pad else g
+        gp = em.pad_frame(g, pad, out=ws.gp) if pad else g
         t3 = time.perf_counter()
         t["noise+pad"] = t3 - t2
         w2 = gp.shape[1] + 2
-        _, step = pl._keys_from_float(gp, ws.key1, pl.QUANT_LEVELS, True)
+        _, step = em.flood_keys_from_float(gp, ws.key1, pl.QUANT_LEVELS, True)
         ws.flood(ws.key1, w2)
         t4 = time.perf_counter()
         t["flood_dilation"] = t4 - t3
-        pl._keys_reflood(ws.key1, ws.key2, pl.QUANT_LEVELS - 1)
+        em.flood_keys_reflood(ws.key1, ws.key2, pl.QUANT_LEVELS - 1)
         ws.flood(ws.key2, w2)
         t5 = time.perf_counter()
         t["flood_erosion"] = t5 - t4
         lo, hi = pl._depth_sobel(ws.key1, ws.key2, w2, params.border_pad_px,
                                  pl.QUANT_LEVELS - 1, step, ws.dbuf, ws.tmp)
-        pl._rescale(ws.tmp, lo, hi)
+        em.rescale_inplace(ws.tmp, lo, hi)
         t6 = time.perf_counter()
         t["depth+sobel"] = t6 - t5
-        o = pl.opening_disk_fast(ws.tmp, params.opening_radius, out=x, tmp=ws.g)
+        o = em.opening_disk_fast(ws.tmp, params.opening_radius, out=x, tmp=ws.g)
         t7 = time.perf_counter()
         t["opening"] = t7 - t6
-        o_lo, o_hi = pl._minmax(o)
-        th = pl._otsu(o, o_lo, o_hi, 256)
-        mask = pl._threshold_mask(o, th, np.empty(o.shape, np.uint8))
+        o_lo, o_hi = em.image_minmax(o)
+        th = em.otsu_threshold(o, o_lo, o_hi, 256)
+        mask = em.threshold_into(o, th, np.empty(o.shape, np.uint8))
         t8 = time.perf_counter()
         t["threshold"] = t8 - t7
         if params.fill_holes:
-            pl._fill_holes(mask, ws.stack)
+            em.fill_holes_inplace(mask, ws.stack)
         if params.min_area_px > 1:
-            pl._remove_small(mask, params.min_area_px, ws.stack)
+            em.remove_small_inplace(mask, params.min_area_px, ws.stack)
         t["postprocess"] = time.perf_counter() - t8
         for k, v in t.items():
             best[k] = min(best.get(k, np.inf), v * 1e3)
     return best
+
+
+def bench_preset(frames: np.ndarray, truth: np.ndarray, name: str) -> dict:
+    """One result row: reference vs fast on ``frames`` (T, H, W) with preset ``name``."""
+    from etemseg.stages.pseudolabel import (
+        PRESETS,
+        pseudolabel_fast,
+        pseudolabel_reference,
+        pseudolabel_stack,
+    )
+
+    p = PRESETS[name]
+    # interleaved frame by frame, so that both methods see the same machine load
+    ref = np.empty(frames.shape, np.uint8)
+    fast = np.empty(frames.shape, np.uint8)
+    t_ref = t_fast = 0.0
+    for k in range(len(frames)):
+        t = time.perf_counter()
+        ref[k] = pseudolabel_reference(frames[k], p)
+        t_ref += time.perf_counter() - t
+        t = time.perf_counter()
+        fast[k] = pseudolabel_fast(frames[k], p)
+        t_fast += time.perf_counter() - t
+    t = time.perf_counter()
+    stacked = pseudolabel_stack(frames, p)
+    t_stack = time.perf_counter() - t
+    assert np.array_equal(stacked, fast)
+    ious = [iou(a, b) for a, b in zip(fast, ref)]
+    h, w = frames.shape[1:]
+    return {
+        "size": f"{h}x{w}",
+        "preset": name,
+        "frames": len(frames),
+        "ref_fps": len(frames) / t_ref,
+        "fast_fps": len(frames) / t_fast,
+        "ref_ms_per_frame": 1e3 * t_ref / len(frames),
+        "fast_ms_per_frame": 1e3 * t_fast / len(frames),
+        "fast_stack_fps": len(frames) / t_stack,
+        "stack_speedup": t_ref / t_stack,
+        "speedup": t_ref / t_fast,
+        "iou_min": min(ious),
+        "iou_mean": float(np.mean(ious)),
+        "f1_ref": float(np.mean([f1(m, g) for m, g in zip(ref, truth)])),
+        "f1_fast": float(np.mean([f1(m, g) for m, g in zip(fast, truth)])),
+        "ref_peak_mb": peak_mb(pseudolabel_reference, frames[0], p),
+        "fast_peak_mb": peak_mb(pseudolabel_fast, frames[0], p),
+        "fast_stage_ms": stage_split(frames[0], p),
+    }
+
+
+def print_table(rows: list[dict], pinned: int | None, warmup_s: float) -> None:
+    """The result rows as a table and the per-stage split of the fast path."""
+    hdr = (f"{'size':>10} {'preset':>8} {'n':>2} {'ref f/s':>8} {'fast f/s':>9} {'ref ms':>8} "
+           f"{'fast ms':>8} {'speedup':>8} {'IoU min':>8} {'F1 ref':>7} {'F1 fast':>8} "
+           f"{'ref MB':>7} {'fast MB':>8} {'stack f/s':>9} {'stack x':>8}")
+    print(hdr)
+    print("-" * len(hdr))
+    for r in rows:
+        print(f"{r['size']:>10} {r['preset']:>8} {r['frames']:>2} {r['ref_fps']:>8.2f} "
+              f"{r['fast_fps']:>9.2f} {r['ref_ms_per_frame']:>8.0f} {r['fast_ms_per_frame']:>8.1f} "
+              f"{r['speedup']:>7.1f}x {r['iou_min']:>8.5f} {r['f1_ref']:>7.3f} "
+              f"{r['f1_fast']:>8.3f} {r['ref_peak_mb']:>7.0f} {r['fast_peak_mb']:>8.0f} "
+              f"{r['fast_stack_fps']:>9.2f} {r['stack_speedup']:>7.1f}x")
+    print("\nfast path per stage (ms, frame 0, work arrays reused, best of 2):")
+    for r in rows:
+        st = r["fast_stage_ms"]
+        print(f"  {r['size']:>10} {r['preset']:>8}: "
+              + ", ".join(f"{k} {v:.1f}" for k, v in st.items())
+              + f"  (sum {sum(st.values()):.1f})")
+    print(f"\n1 thread per method, pinned to CPU {pinned}; numba warm-up/compile {warmup_s:.1f} s "
+          "excluded; peak memory = tracemalloc peak of one call")
+
+
+def warm_up(presets: list[str]) -> float:
+    """Compile (or load from cache) every kernel, for every preset; returns the seconds."""
+    from etemseg.stages.pseudolabel import (
+        PRESETS,
+        pseudolabel_fast,
+        pseudolabel_reference,
+        pseudolabel_stack,
+    )
+    from etemseg.synth import SynthParams, simulate
+
+    t0 = time.perf_counter()
+    warm = next(iter(simulate(SynthParams(frames=1, height=96, width=112, seed=9))))[0]
+    for name in presets:
+        pseudolabel_fast(warm, PRESETS[name])
+        pseudolabel_stack(warm[None], PRESETS[name])
+        pseudolabel_reference(warm, PRESETS[name])
+    return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -136,25 +227,12 @@ def main() -> None:
     import numba
 
     numba.set_num_threads(1)
-    from etemseg.stages.pseudolabel import (
-        PRESETS,
-        pseudolabel_fast,
-        pseudolabel_reference,
-        pseudolabel_stack,
-    )
     from etemseg.synth import SynthParams, simulate
 
     presets = [p for p in args.presets.split(",") if p]
     sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes.split(",") if s]
-
     # warm-up: compile (or load from cache) every kernel, both presets, outside the timing
-    t0 = time.perf_counter()
-    warm = next(iter(simulate(SynthParams(frames=1, height=96, width=112, seed=9))))[0]
-    for name in presets:
-        pseudolabel_fast(warm, PRESETS[name])
-        pseudolabel_stack(warm[None], PRESETS[name])
-        pseudolabel_reference(warm, PRESETS[name])
-    warmup_s = time.perf_counter() - t0
+    warmup_s = warm_up(presets)
 
     rows = []
     for h, w in sizes:
@@ -162,64 +240,10 @@ def main() -> None:
         frames = np.stack([f[0] for f in sim])
         truth = np.stack([f[1] > 0 for f in sim])
         for name in presets:
-            p = PRESETS[name]
-            # interleaved frame by frame, so that both methods see the same machine load
-            ref = np.empty(frames.shape, np.uint8)
-            fast = np.empty(frames.shape, np.uint8)
-            t_ref = t_fast = 0.0
-            for k in range(len(frames)):
-                t = time.perf_counter()
-                ref[k] = pseudolabel_reference(frames[k], p)
-                t_ref += time.perf_counter() - t
-                t = time.perf_counter()
-                fast[k] = pseudolabel_fast(frames[k], p)
-                t_fast += time.perf_counter() - t
-            t = time.perf_counter()
-            stacked = pseudolabel_stack(frames, p)
-            t_stack = time.perf_counter() - t
-            assert np.array_equal(stacked, fast)
-            ious = [iou(a, b) for a, b in zip(fast, ref)]
-            row = {
-                "size": f"{h}x{w}",
-                "preset": name,
-                "frames": len(frames),
-                "ref_fps": len(frames) / t_ref,
-                "fast_fps": len(frames) / t_fast,
-                "ref_ms_per_frame": 1e3 * t_ref / len(frames),
-                "fast_ms_per_frame": 1e3 * t_fast / len(frames),
-                "fast_stack_fps": len(frames) / t_stack,
-                "stack_speedup": t_ref / t_stack,
-                "speedup": t_ref / t_fast,
-                "iou_min": min(ious),
-                "iou_mean": float(np.mean(ious)),
-                "f1_ref": float(np.mean([f1(m, g) for m, g in zip(ref, truth)])),
-                "f1_fast": float(np.mean([f1(m, g) for m, g in zip(fast, truth)])),
-                "ref_peak_mb": peak_mb(pseudolabel_reference, frames[0], p),
-                "fast_peak_mb": peak_mb(pseudolabel_fast, frames[0], p),
-                "fast_stage_ms": stage_split(frames[0], p),
-            }
+            row = bench_preset(frames, truth, name)
             rows.append(row)
             print(f"  done {row['size']} {name}: {row['speedup']:.1f}x", file=sys.stderr)
-
-    hdr = (f"{'size':>10} {'preset':>8} {'n':>2} {'ref f/s':>8} {'fast f/s':>9} {'ref ms':>8} "
-           f"{'fast ms':>8} {'speedup':>8} {'IoU min':>8} {'F1 ref':>7} {'F1 fast':>8} "
-           f"{'ref MB':>7} {'fast MB':>8} {'stack f/s':>9} {'stack x':>8}")
-    print(hdr)
-    print("-" * len(hdr))
-    for r in rows:
-        print(f"{r['size']:>10} {r['preset']:>8} {r['frames']:>2} {r['ref_fps']:>8.2f} "
-              f"{r['fast_fps']:>9.2f} {r['ref_ms_per_frame']:>8.0f} {r['fast_ms_per_frame']:>8.1f} "
-              f"{r['speedup']:>7.1f}x {r['iou_min']:>8.5f} {r['f1_ref']:>7.3f} "
-              f"{r['f1_fast']:>8.3f} {r['ref_peak_mb']:>7.0f} {r['fast_peak_mb']:>8.0f} "
-              f"{r['fast_stack_fps']:>9.2f} {r['stack_speedup']:>7.1f}x")
-    print("\nfast path per stage (ms, frame 0, work arrays reused, best of 2):")
-    for r in rows:
-        st = r["fast_stage_ms"]
-        print(f"  {r['size']:>10} {r['preset']:>8}: "
-              + ", ".join(f"{k} {v:.1f}" for k, v in st.items())
-              + f"  (sum {sum(st.values()):.1f})")
-    print(f"\n1 thread per method, pinned to CPU {pinned}; numba warm-up/compile {warmup_s:.1f} s "
-          "excluded; peak memory = tracemalloc peak of one call")
+    print_table(rows, pinned, warmup_s)
 
     doc = {
         "benchmark": "pseudolabel",

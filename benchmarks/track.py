@@ -1,4 +1,4 @@
-"""Tracking benchmark: etemseg.stages.track.link_movie (centroid-only and mask-overlap modes) vs trackpy.
+"""Tracking benchmark: etemseg.tracking.link_movie (centroid-only and mask-overlap) vs trackpy.
 
 The same detections -- measured (bincount centroids / areas) from the simulator's TRUTH label
 images, relabelled to 1..n in raster order per frame as a labelling would -- are linked by
@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from etemseg.analysis.scoring import raster_relabel
 from etemseg.synth import SynthParams, simulate, simulate_drift, simulate_tracks
-from etemseg.stages.track import link_movie
+from etemseg.tracking import link_movie
 
 # --------------------------------------------------------------------------------------------
 # data

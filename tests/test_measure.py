@@ -13,18 +13,18 @@ from skimage.measure import label as sk_label
 from skimage.measure import regionprops_table
 
 from etemseg.errors import ConfigError, InputFileError
-from etemseg.stages.measure import (
+from etemseg.analysis.measure import (
     COLUMNS,
     SCHEMA,
     UNITS,
     empty_table,
-    measure_chunk,
     measure_frame,
     measure_stack,
     read_parquet_metadata,
     read_parquet_units,
     write_parquet,
 )
+from etemseg.stages.measure import measure_chunk
 from etemseg.io.store import MovieStore, create_store
 
 PS = 0.18
@@ -142,7 +142,7 @@ def test_orientation_ties_like_skimage():
 
 def test_component_numbering_does_not_rely_on_csgraph_order(monkeypatch):
     """Component ids follow raster order even if connected_components numbers them otherwise."""
-    from etemseg.stages import measure
+    from etemseg.analysis import measure
 
     masks = random_masks(t=2, seed=11)
     frames = random_frames(masks.shape)
@@ -212,7 +212,7 @@ def test_empty_single_frame_and_all_foreground():
 
 def test_no_pixel_size_gives_nan_nm_columns(caplog):
     masks = random_masks(t=1, seed=6)
-    with caplog.at_level(logging.WARNING, logger="etemseg.stages.measure"):
+    with caplog.at_level(logging.WARNING, logger="etemseg.analysis.measure"):
         df = measure_frame(masks[0], None, pixel_size_nm=None)
     assert "pixel size" in caplog.text
     for col in ("x_nm", "y_nm", "area_nm2", "eq_diameter_nm", "major_axis_nm", "minor_axis_nm",

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from skimage import filters, morphology
 
-from etemseg.stages import pseudolabel as pl
+import etemseg.morphology as em
 from etemseg.errors import ConfigError, EtemsegError
 from etemseg.stages.pseudolabel import (
     PRESETS,
@@ -117,13 +117,13 @@ def test_opening_equals_skimage(radius):
         ties = np.round(x * 8).astype(np.float32)  # many equal values
         for a in (x, ties):
             want = morphology.opening(a, morphology.disk(radius))
-            got = pl.opening_disk_fast(a, radius)
+            got = em.opening_disk_fast(a, radius)
             np.testing.assert_array_equal(got, want)
 
 
 def test_opening_radius_zero_is_identity():
     x = np.random.default_rng(0).random((20, 30)).astype(np.float32)
-    np.testing.assert_array_equal(pl.opening_disk_fast(x, 0), x)
+    np.testing.assert_array_equal(em.opening_disk_fast(x, 0), x)
 
 
 @pytest.mark.parametrize("method", ["dilation", "erosion"])
@@ -139,22 +139,50 @@ def test_flood_equals_skimage_reconstruction(method):
         seed = q.copy()
         seed[1:-1, 1:-1] = q.min() if method == "dilation" else q.max()
         want = morphology.reconstruction(seed, q, method=method)
-        got = pl.flood_reconstruct(q, method, levels)
+        got = em.flood_reconstruct(q, method, levels)
         assert got.dtype == np.uint16
         np.testing.assert_array_equal(got, want)
 
 
 def test_flood_rejects_bad_input():
     with pytest.raises(ConfigError, match="method"):
-        pl.flood_reconstruct(np.zeros((4, 4), np.uint8), "closing")
+        em.flood_reconstruct(np.zeros((4, 4), np.uint8), "closing")
     with pytest.raises(EtemsegError):
-        pl.flood_reconstruct(np.full((4, 4), 300), "erosion", levels=256)
+        em.flood_reconstruct(np.full((4, 4), 300), "erosion", levels=256)
+
+
+def test_remove_small_components_equals_scipy_labelling():
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(3)
+    mask = rng.random((60, 80)) > 0.62
+    mask.setflags(write=False)
+    lab, _ = ndi.label(mask, structure=np.ones((3, 3)))  # 8-connected
+    sizes = np.bincount(lab.ravel())
+    for min_area in (0, 1, 2, 5, 12):
+        keep = sizes >= min_area
+        keep[0] = False
+        got = em.remove_small_components(mask, min_area)
+        assert got.dtype == np.uint8
+        np.testing.assert_array_equal(got, keep[lab])
+    assert em.remove_small_components(mask.astype(np.uint16) * 7, 0).max() == 1
+
+
+def test_gaussian_kernel_is_scipys():
+    from scipy import ndimage as ndi
+
+    for sigma in (0.7, 1.0, 2.0, 3.3):
+        radius = int(4.0 * sigma + 0.5)
+        delta = np.zeros(2 * radius + 1)
+        delta[radius] = 1.0
+        want = ndi.gaussian_filter1d(delta, sigma, mode="constant", truncate=4.0)
+        np.testing.assert_allclose(em.gaussian_kernel1d(sigma), want, rtol=1e-6)
 
 
 def test_gaussian_matches_skimage():
     x = np.random.default_rng(1).random((50, 70))
     want = filters.gaussian(x, sigma=2.0)
-    np.testing.assert_allclose(pl.gaussian_fast(x, 2.0), want, atol=1e-6)
+    np.testing.assert_allclose(em.gaussian_fast(x, 2.0), want, atol=1e-6)
 
 
 def test_pad_frame_keeps_centre_and_continues_a_gradient():
@@ -163,19 +191,19 @@ def test_pad_frame_keeps_centre_and_continues_a_gradient():
 
     yy, xx = np.mgrid[:40, :50].astype(np.float64)
     ramp = trend(yy, xx)
-    p = pl.pad_frame(ramp, 6)
+    p = em.pad_frame(ramp, 6)
     np.testing.assert_array_equal(p[6:-6, 6:-6], ramp)
     # the trend continues into the pad (clamped to its range inside the frame): no mirror valley
     yy2, xx2 = np.mgrid[-6:46, -6:56].astype(np.float64)
     want = np.clip(trend(yy2, xx2), ramp.min(), ramp.max())
     np.testing.assert_allclose(p, want, atol=1e-9)
-    assert pl.pad_frame(ramp, 0) is ramp
+    assert em.pad_frame(ramp, 0) is ramp
 
 
 def test_pad_frame_mirrors_a_particle_cut_by_the_edge():
     yy, xx = np.mgrid[:60, :80].astype(np.float64)
     g = 1.0 - 0.5 * np.exp(-((yy - 30) ** 2 + xx**2) / 50.0)  # dark blob centred on the edge
-    p = pl.pad_frame(g, 10)
+    p = em.pad_frame(g, 10)
     np.testing.assert_allclose(p[10:-10, 10:20], p[10:-10, 9::-1], atol=0.01)  # ~mirror
     assert p[40, 10] < 0.6 and p[40, 0] > 0.9  # closed basin: high again beyond the mirror
 

@@ -1,4 +1,4 @@
-"""Tests of etemseg.stages.track: hand-made disc movies with known answers, and the simulator's truth."""
+"""Tests of etemseg.tracking: hand-made disc movies with known answers and the simulator's truth."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from scipy import ndimage
 from etemseg.errors import ConfigError, EtemsegError
 from etemseg.analysis.scoring import raster_relabel
 from etemseg.synth import SynthParams, simulate, simulate_tracks
-from etemseg.stages.track import (
+from etemseg.tracking import (
     EVENTS_SCHEMA,
     estimate_drift,
     frames_table,
@@ -142,13 +142,13 @@ def test_overlap_pairs_matches_reference(shift):
 
 @pytest.mark.parametrize("scale", [7.0, 60.0])  # 60: more pairs than the first buffer holds
 def test_neighbour_search_matches_brute_force(scale):
-    from etemseg.stages.track import _near_pairs
+    from etemseg.tracking.neighbours import near_pairs
 
     rng = np.random.default_rng(3)
     ya, xa, ka = rng.random(300) * 50, rng.random(300) * 80 - 20, rng.integers(0, 5, 300)
     yb, xb, kb = rng.random(400) * 50, rng.random(400) * 80 - 20, rng.integers(0, 5, 400)
     reach = rng.random(300) * scale
-    i, j, d = _near_pairs(ya, xa, ka, reach, yb, xb, kb)
+    i, j, d = near_pairs(ya, xa, ka, reach, yb, xb, kb)
     dist = np.hypot(ya[:, None] - yb[None], xa[:, None] - xb[None])
     hit = (dist < reach[:, None]) & (ka[:, None] == kb[None])
     bi, bj = np.nonzero(hit)
@@ -498,3 +498,28 @@ def test_against_simulator_truth(simulated, mode):
     # every frame summarised; counts agree with the table
     assert fr.frame.tolist() == list(range(p.frames))
     assert fr["count"].tolist() == det.groupby("frame").size().tolist()
+
+
+# ------------------------------------------------------------------------------------------
+# layering
+
+
+def test_tracking_imports_no_stage():
+    """etemseg.tracking depends downwards only: never on etemseg.stages or the CLI."""
+    import ast
+    from pathlib import Path
+
+    import etemseg.tracking
+
+    files = sorted(Path(etemseg.tracking.__file__).parent.glob("*.py"))
+    assert len(files) >= 5
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                assert not name.startswith(("etemseg.stages", "etemseg.cli")), (path.name, name)

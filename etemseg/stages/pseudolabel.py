@@ -30,8 +30,9 @@ border is not found at all).
 Extras, all off in ``PRESETS["paper"]``:
 
 * ``border_pad_px``: before steps 3-4, pad the smoothed frame by mirroring it about the frame
-  edge after removing a fitted quadratic illumination trend (:func:`pad_frame`); particles cut by
-  the edge become closed basins, and ``d`` is cropped back to the frame;
+  edge after removing a fitted quadratic illumination trend
+  (:func:`etemseg.morphology.pad_frame`); particles cut by the edge become closed basins, and
+  ``d`` is cropped back to the frame;
 * ``fill_holes`` (holes = background 4-connected and not touching the border), then
   ``min_area_px`` (remove 8-connected components with fewer pixels);
 * ``threshold="li"`` or ``"fixed"``.
@@ -43,11 +44,12 @@ paper preset ~0.86.
 Two implementations give the same mask:
 
 * :func:`pseudolabel_reference` -- the recipe literally, float64, scikit-image functions;
-* :func:`pseudolabel_fast` -- float32 numba kernels, single thread: separable Gaussian; both
-  reconstructions as O(n) *priority floods* from the frame border with a bucket queue on the
-  smoothed frame quantised to 16 bits; fused depth + Sobel; the disk opening decomposed exactly
-  into 1-D running min/max along rows (one chord width per disk row, sparse power-of-two minima);
-  histogram Otsu.  Reconstruction commutes with increasing grey-level maps, so the floods are
+* :func:`pseudolabel_fast` -- float32 numba kernels of :mod:`etemseg.morphology`, single
+  thread: separable Gaussian; both reconstructions as O(n) *priority floods* from the frame
+  border with a bucket queue on the smoothed frame quantised to 16 bits; fused depth + Sobel
+  (the one kernel kept here); the disk opening decomposed exactly into 1-D running min/max along
+  rows (one chord width per disk row, sparse power-of-two minima); histogram Otsu.
+  Reconstruction commutes with increasing grey-level maps, so the floods are
   exact on the quantised frame; the only differences to the reference are the 16-bit
   quantisation of ``g`` (depth error < ``range(g) / 65535``) and float32 rounding, which move a
   few pixels whose opened feature lies within ~1e-4 of the threshold (mask IoU vs the reference
@@ -86,6 +88,23 @@ import numba
 import numpy as np
 
 from etemseg.errors import ConfigError, EtemsegError, is_int, is_number
+from etemseg.morphology import (
+    FLOOD_KEY_MASK,
+    fill_holes_inplace,
+    flood_keys_from_float,
+    flood_keys_reflood,
+    gaussian_into,
+    gaussian_kernel1d,
+    image_minmax,
+    li_threshold,
+    opening_disk_fast,
+    otsu_threshold,
+    pad_frame,
+    priority_flood,
+    remove_small_inplace,
+    rescale_inplace,
+    threshold_into,
+)
 
 __all__ = [
     "HIGH_COVERAGE_WARN",
@@ -94,15 +113,9 @@ __all__ = [
     "PRESETS",
     "QUANT_LEVELS",
     "PseudoLabelParams",
-    "disk_halfwidths",
-    "flood_reconstruct",
-    "gaussian_fast",
     "label_chunk",
-    "opening_disk_fast",
-    "pad_frame",
     "prepare_frame",
     "pseudolabel_fast",
-    "remove_small_components",
     "pseudolabel_reference",
     "pseudolabel_stack",
     "smoothed_noise",
@@ -110,7 +123,8 @@ __all__ = [
 
 log = logging.getLogger("etemseg.stages.pseudolabel")
 
-#: Quantisation levels of the smoothed frame in the fast reconstruction (16 bit).
+#: Quantisation levels of the smoothed frame in the fast reconstruction (16 bit; at most
+#: :data:`etemseg.morphology.FLOOD_MAX_LEVELS`).
 QUANT_LEVELS = 65536
 #: Threshold (feature units) must exceed this many noise sigmas of the smoothed frame.
 NOISE_FLOOR_K = 0.65
@@ -154,9 +168,9 @@ class PseudoLabelParams:
     border_pad_px : int
         Not in the paper (0 there).  Pad the smoothed frame by this many px before the two
         border-seeded reconstructions (mirrored about the frame edge after removing a fitted
-        quadratic trend, see :func:`pad_frame`), and crop the depth ``d`` back to the frame.  A
-        particle cut by the frame edge then becomes a closed basin and is found; the pad should
-        exceed the largest particle diameter in px.
+        quadratic trend, see :func:`etemseg.morphology.pad_frame`), and crop the depth ``d``
+        back to the frame.  A particle cut by the frame edge then becomes a closed basin and is
+        found; the pad should exceed the largest particle diameter in px.
     """
 
     sigma: float = 2.0
@@ -383,131 +397,6 @@ def _empty(shape: tuple[int, ...]) -> np.ndarray:
     return np.zeros(shape, dtype=np.uint8)
 
 
-def _trend_coefficients(g: np.ndarray) -> tuple[np.ndarray, float, float, float, float,
-                                                 float, float]:
-    """Robust quadratic trend of ``g`` for :func:`pad_frame`.
-
-    Least squares on a regular grid of ~8k pixels in unit-scaled coordinates, refitted twice
-    without the dark outliers (residual below ``-1.5`` robust sigmas: the particles, which would
-    otherwise pull the surface down towards the edges they touch).
-
-    Returns
-    -------
-    coef : (6,) float64
-        ``B = c0 + c1 u + c2 v + c3 u^2 + c4 u v + c5 v^2`` with ``u = (y - yc) / sy``,
-        ``v = (x - xc) / sx``.
-    yc, xc, sy, sx : float
-    lo, hi : float
-        Range of ``B`` over the sampled frame pixels (the pad's trend is clamped to it).
-    """
-    h, w = g.shape
-    yc, xc = (h - 1) / 2.0, (w - 1) / 2.0
-    sy, sx = max(yc, 1.0), max(xc, 1.0)  # unit-scale coordinates: well-conditioned fit
-    step = max(1, int(math.sqrt(h * w / 8192.0)))  # ~8k samples whatever the frame size
-    sub = g[::step, ::step].astype(np.float64).ravel()
-    yy, xx = np.meshgrid((np.arange(0, h, step) - yc) / sy, (np.arange(0, w, step) - xc) / sx,
-                         indexing="ij")
-    yy = yy.ravel()
-    xx = xx.ravel()
-    design = np.stack([np.ones_like(yy), yy, xx, yy * yy, yy * xx, xx * xx], axis=1)
-    keep = np.ones(sub.shape, bool)
-    coef = np.array([float(np.mean(sub)), 0.0, 0.0, 0.0, 0.0, 0.0])
-    for _ in range(3):
-        if np.count_nonzero(keep) < 12:
-            break
-        c = np.linalg.lstsq(design[keep], sub[keep], rcond=None)[0]
-        if not np.all(np.isfinite(c)):  # pragma: no cover - degenerate input
-            break
-        coef = c
-        res = sub - design @ coef
-        sigma = 1.4826 * float(np.median(np.abs(res - np.median(res))))
-        if sigma <= 0:
-            break
-        keep = res > -1.5 * sigma
-    fit = design @ coef
-    return coef, yc, xc, sy, sx, float(fit.min()), float(fit.max())
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _mirror(i, n):  # pragma: no cover - numba
-    while i < 0 or i >= n:
-        i = -i - 1 if i < 0 else 2 * n - 1 - i
-    return i
-
-
-@numba.njit(cache=True, nogil=True, inline="always")
-def _quad(c, u, v):  # pragma: no cover - numba
-    return c[0] + c[1] * u + c[2] * v + c[3] * u * u + c[4] * u * v + c[5] * v * v
-
-
-@numba.njit(cache=True, nogil=True)
-def _pad_ring(gp, pad, coef, yc, xc, sy, sx, lo, hi):  # pragma: no cover - numba
-    """Fill the ``pad``-wide ring of ``gp`` ((H+2p, W+2p)) whose centre already holds the frame:
-    ``gp[pad + y, pad + x] = g[ys, xs] - B(ys, xs) + clip(B(y, x), lo, hi)`` with ``(ys, xs)``
-    the mirror position (numpy 'symmetric') and ``B`` the quadratic trend."""
-    hp, wp = gp.shape
-    h = hp - 2 * pad
-    w = wp - 2 * pad
-    for i in range(hp):
-        y = i - pad
-        ys = _mirror(y, h)
-        ud = (y - yc) / sy
-        us = (ys - yc) / sy
-        inside = 0 <= y < h
-        j = 0
-        while j < wp:
-            if inside and j == pad:
-                j = pad + w
-                continue
-            x = j - pad
-            xs = _mirror(x, w)
-            vd = (x - xc) / sx
-            vs = (xs - xc) / sx
-            td = min(max(_quad(coef, ud, vd), lo), hi)
-            gp[i, j] = gp[pad + ys, pad + xs] - _quad(coef, us, vs) + td
-            j += 1
-    return gp
-
-
-def pad_frame(g: np.ndarray, pad: int, out: np.ndarray | None = None) -> np.ndarray:
-    """Detrended mirror padding of the smoothed frame (``border_pad_px``), shared by both paths.
-
-    A quadratic surface ``B(y, x)`` is fitted to ``g`` (robustly, without the dark particles, see
-    :func:`_trend_coefficients`); the pad is the mirror image (numpy ``mode="symmetric"``, about
-    the frame edge, repeated if ``pad`` exceeds the frame) of ``g - B`` plus ``B`` extended into
-    the pad, clamped to the range ``B`` takes inside the frame (no runaway extrapolation).
-    Particles cut by the frame edge are mirrored into closed basins, while a smooth illumination
-    gradient continues through the edge instead of being folded into a valley (plain mirroring
-    makes the darker side of a gradient a spurious basin along the edge).
-
-    Parameters
-    ----------
-    g : numpy.ndarray
-        ``(H, W)`` float32 or float64 image.  May be the centre view ``out[pad:-pad, pad:-pad]``
-        of ``out`` itself (then only the ring is written).
-    pad : int
-        Pad width in px (>= 0).
-    out : numpy.ndarray, optional
-        ``(H + 2 pad, W + 2 pad)`` C-contiguous array of ``g``'s dtype to write into.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(H + 2 pad, W + 2 pad)``, same dtype as ``g``; the centre is ``g`` exactly (``g``
-        itself when ``pad == 0``).
-    """
-    if pad <= 0:
-        return g
-    coef, yc, xc, sy, sx, lo, hi = _trend_coefficients(g)
-    h, w = g.shape
-    if out is None:
-        out = np.empty((h + 2 * pad, w + 2 * pad), dtype=g.dtype)
-    centre = out[pad:pad + h, pad:pad + w]
-    if not np.shares_memory(centre, g):
-        centre[...] = g
-    return _pad_ring(out, int(pad), coef, yc, xc, sy, sx, lo, hi)
-
-
 # --------------------------------------------------------------------------------------------
 # reference implementation (scikit-image, float64)
 # --------------------------------------------------------------------------------------------
@@ -626,308 +515,9 @@ def pseudolabel_reference(image: np.ndarray, params: PseudoLabelParams | None = 
 
 
 # --------------------------------------------------------------------------------------------
-# fast implementation: numba kernels (float32, single thread, no temporaries inside the loops)
+# fast implementation: the recipe on the numba kernels of etemseg.morphology (float32, single
+# thread, work arrays reused across frames)
 # --------------------------------------------------------------------------------------------
-
-_VIS = 1 << 30  # "visited" bit of a flood key
-_RING = _VIS | (1 << 29)  # key of the 1-px ring around the image: visited, never a level
-_KEY_MASK = (1 << 29) - 1
-
-
-def _gauss_weights(sigma: float, truncate: float = 4.0) -> np.ndarray:
-    """scipy.ndimage's 1-D Gaussian kernel (radius ``int(truncate * sigma + 0.5)``), float32."""
-    radius = int(truncate * float(sigma) + 0.5)
-    xs = np.arange(-radius, radius + 1, dtype=np.float64)
-    phi = np.exp(-0.5 / (float(sigma) ** 2) * xs * xs)
-    phi /= phi.sum()
-    return phi.astype(np.float32)
-
-
-@numba.njit(cache=True, nogil=True)
-def _gauss_kernel(x, w, tmp, out):  # pragma: no cover - numba
-    """Separable symmetric convolution with 'nearest' borders (float32).
-
-    Vertical pass row by row into ``tmp``, horizontal pass on a padded row buffer into ``out``;
-    the inner loops run over contiguous 1-D slices so that LLVM vectorises them.
-    """
-    h, wd = x.shape
-    rad = (w.shape[0] - 1) // 2
-    w0 = w[rad]
-    for i in range(h):
-        row = tmp[i]
-        c = x[i]
-        for j in range(wd):
-            row[j] = w0 * c[j]
-        for k in range(1, rad + 1):
-            a = x[max(i - k, 0)]
-            b = x[min(i + k, h - 1)]
-            wk = w[rad + k]
-            for j in range(wd):
-                row[j] += wk * (a[j] + b[j])
-    buf = np.empty(wd + 2 * rad, np.float32)
-    acc = np.empty(wd, np.float32)
-    for i in range(h):
-        src = tmp[i]
-        for j in range(rad):
-            buf[j] = src[0]
-            buf[wd + rad + j] = src[wd - 1]
-        for j in range(wd):
-            buf[rad + j] = src[j]
-        mid = buf[rad: rad + wd]
-        for j in range(wd):
-            acc[j] = w0 * mid[j]
-        for k in range(1, rad + 1):
-            wk = w[rad + k]
-            lo = buf[rad - k: rad - k + wd]
-            hi = buf[rad + k: rad + k + wd]
-            for j in range(wd):
-                acc[j] += wk * (lo[j] + hi[j])
-        dst = out[i]
-        for j in range(wd):
-            dst[j] = acc[j]
-    return out
-
-
-def gaussian_fast(x: np.ndarray, sigma: float, truncate: float = 4.0) -> np.ndarray:
-    """Gaussian filter equal (to float32 rounding) to ``skimage.filters.gaussian(x, sigma)``.
-
-    Parameters
-    ----------
-    x : numpy.ndarray
-        ``(H, W)`` image; converted to C-contiguous float32.
-    sigma, truncate : float
-        As in ``scipy.ndimage.gaussian_filter``; borders ``mode='nearest'``.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(H, W)`` float32.
-    """
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    return _gauss_kernel(x, _gauss_weights(sigma, truncate), np.empty_like(x), np.empty_like(x))
-
-
-@numba.njit(cache=True, nogil=True)
-def _keys_from_float(g, key, levels, invert):  # pragma: no cover - numba
-    """Quantise ``g`` (H, W) linearly onto ``0 .. levels-1`` into the flood keys.
-
-    ``key`` is the flat ((H+2)*(W+2),) int32 key array with a 1-px ring marked visited;
-    ``invert`` stores ``levels-1-q`` (reconstruction by dilation).  Returns ``(lo, step)``: grey
-    value of level 0 and level spacing.
-    """
-    h, w = g.shape
-    w2 = w + 2
-    lo = g[0, 0]
-    hi = g[0, 0]
-    for i in range(h):
-        row = g[i]
-        for j in range(w):
-            v = row[j]
-            lo = min(lo, v)
-            hi = max(hi, v)
-    span = np.float64(hi) - np.float64(lo)
-    top = levels - 1
-    scale = np.float32(top / span) if span > 0 else np.float32(0.0)
-    lo32 = np.float32(lo)
-    half = np.float32(0.5)
-    vis = np.int32(_RING)
-    for j in range(w2):
-        key[j] = vis
-        key[(h + 1) * w2 + j] = vis
-    for i in range(h):
-        row = g[i]
-        base = (i + 1) * w2
-        key[base] = vis
-        key[base + w2 - 1] = vis
-        dst = key[base + 1: base + 1 + w]
-        if invert:
-            for j in range(w):
-                dst[j] = top - np.int32((row[j] - lo32) * scale + half)
-        else:
-            for j in range(w):
-                dst[j] = np.int32((row[j] - lo32) * scale + half)
-    return np.float64(lo), (span / top if span > 0 else 0.0)
-
-
-@numba.njit(cache=True, nogil=True)
-def _keys_from_int(q, key, top, invert):  # pragma: no cover - numba
-    """Integer image ``q`` (H, W) into flood keys (see :func:`_keys_from_float`)."""
-    h, w = q.shape
-    w2 = w + 2
-    vis = np.int32(_RING)
-    for j in range(w2):
-        key[j] = vis
-        key[(h + 1) * w2 + j] = vis
-    for i in range(h):
-        base = (i + 1) * w2
-        key[base] = vis
-        key[base + w2 - 1] = vis
-        for j in range(w):
-            v = np.int32(q[i, j])
-            key[base + 1 + j] = top - v if invert else v
-    return key
-
-
-@numba.njit(cache=True, nogil=True)
-def _keys_reflood(key1, key2, top):  # pragma: no cover - numba
-    """Keys of the second flood from the result of the first: ``key2 = top - (key1 & mask)``
-    (the dilation result ``r`` as erosion keys); ring pixels stay visited."""
-    n = key1.shape[0]
-    ring = np.int32(_RING)
-    m = np.int32(_KEY_MASK)
-    for p in range(n):
-        k = key1[p]
-        key2[p] = ring if k == ring else top - (k & m)
-    return key2
-
-
-@numba.njit(cache=True, nogil=True)
-def _flood(key, w2, nlev, seg, stack, rptr, wptr):  # pragma: no cover - numba
-    """Priority flood from the frame border on integer keys (bucket queue, 8-connectivity).
-
-    Computes in place the reconstruction by erosion of the key image from its border seed
-    ("fill every basin not connected to the border up to its spill level"): each pixel's key
-    becomes ``min over border paths of max(key along the path)``, with the visited bit set.
-    O(n + nlev), every pixel is queued once.
-
-    The queue is a bucket queue without linked lists (they make every pop a dependent cache
-    miss): a pixel found *above* the current level is final at its own key and is appended to
-    the contiguous segment of that level (segments laid out by a histogram of the keys, so they
-    never overflow); a pixel at or below the current level is filled to the current level and
-    goes on a LIFO stack that is drained before the level advances.
-
-    Parameters
-    ----------
-    key : (N,) int32, N = (H+2)*(W+2)
-        Keys of the image padded by a 1-px ring of ``_RING`` values (never queued).
-    w2 : int
-        Padded row length ``W + 2``.
-    nlev : int
-        Number of levels (keys are in ``[0, nlev)``).
-    seg, stack : (N,) int32
-        Work arrays.
-    rptr, wptr : (nlev,) int32
-        Work arrays (read and write position of every level's segment).
-    """
-    n = key.shape[0]
-    h2 = n // w2
-    vis = np.int32(_VIS)
-    for k in range(nlev):
-        rptr[k] = 0
-    for p in range(n):
-        k = key[p]
-        if k < vis:
-            rptr[k] += 1
-    acc = 0
-    for k in range(nlev):
-        c = rptr[k]
-        rptr[k] = acc
-        wptr[k] = acc
-        acc += c
-    for i in range(1, h2 - 1):
-        step = 1 if (i == 1 or i == h2 - 2) else max(w2 - 3, 1)
-        j = 1
-        while j <= w2 - 2:
-            p = i * w2 + j
-            kk = key[p]
-            if kk < vis:
-                key[p] = kk | vis
-                seg[wptr[kk]] = p
-                wptr[kk] += 1
-            j += step
-    o0 = -w2 - 1
-    o1 = -w2
-    o2 = -w2 + 1
-    o3 = -1
-    o4 = 1
-    o5 = w2 - 1
-    o6 = w2
-    o7 = w2 + 1
-    top = 0
-    lev = 0
-    while True:
-        if top > 0:
-            top -= 1
-            p = stack[top]
-        else:
-            while lev < nlev and rptr[lev] == wptr[lev]:
-                lev += 1
-            if lev == nlev:
-                break
-            p = seg[rptr[lev]]
-            rptr[lev] += 1
-        for t in range(8):
-            if t == 0:
-                q = p + o0
-            elif t == 1:
-                q = p + o1
-            elif t == 2:
-                q = p + o2
-            elif t == 3:
-                q = p + o3
-            elif t == 4:
-                q = p + o4
-            elif t == 5:
-                q = p + o5
-            elif t == 6:
-                q = p + o6
-            else:
-                q = p + o7
-            kq = key[q]
-            if kq < vis:
-                if kq <= lev:
-                    key[q] = lev | vis
-                    stack[top] = q
-                    top += 1
-                else:
-                    key[q] = kq | vis
-                    seg[wptr[kq]] = q
-                    wptr[kq] += 1
-    return key
-
-
-def flood_reconstruct(q: np.ndarray, method: str, levels: int = QUANT_LEVELS) -> np.ndarray:
-    """Reconstruction of an integer image from its border, by priority flood (O(n)).
-
-    Equals ``skimage.morphology.reconstruction(seed, q, method=method)`` with ``seed`` = ``q``
-    with the interior set to ``q.min()`` (dilation) or ``q.max()`` (erosion), 8-connectivity
-    (skimage's default 3x3 footprint).
-
-    Parameters
-    ----------
-    q : numpy.ndarray
-        ``(H, W)`` integer image with values in ``[0, levels)``.
-    method : {"dilation", "erosion"}
-        ``"dilation"`` removes bright domes not connected to the border, ``"erosion"`` fills dark
-        basins not connected to the border.
-    levels : int
-        Number of grey levels (<= 2**16).
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(H, W)`` uint16.
-    """
-    if method not in ("dilation", "erosion"):
-        raise ConfigError(f"method: must be 'dilation' or 'erosion' (got {method!r})")
-    q = np.asarray(q)
-    if q.ndim != 2 or q.size == 0 or q.dtype.kind not in "iub":
-        raise EtemsegError(f"flood_reconstruct: expected a non-empty 2-D integer image, got "
-                           f"{q.dtype} {q.shape}")
-    if not 1 <= levels <= 65536 or q.min() < 0 or q.max() >= levels:
-        raise EtemsegError("flood_reconstruct: values must lie in [0, levels), levels <= 65536")
-    h, w = q.shape
-    n = (h + 2) * (w + 2)
-    key = np.empty(n, np.int32)
-    top = levels - 1
-    invert = method == "dilation"
-    _keys_from_int(q, key, top, invert)
-    _flood(key, w + 2, levels, np.empty(n, np.int32), np.empty(n, np.int32),
-           np.empty(levels, np.int32), np.empty(levels, np.int32))
-    out = (key.reshape(h + 2, w + 2)[1:-1, 1:-1] & _KEY_MASK).astype(np.int32)
-    if invert:
-        out = top - out
-    return out.astype(np.uint16)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -940,7 +530,7 @@ def _depth_sobel(key1, key2, w2, off, top, step, dbuf, out):  # pragma: no cover
     (for a 3x3 kernel: the edge pixel repeated).  ``dbuf`` is (H+2, W+2) float32 work.
     """
     h, w = out.shape
-    m = np.int32(_KEY_MASK)
+    m = np.int32(FLOOD_KEY_MASK)
     st = np.float32(step)
     for i in range(h):
         base = (i + 1 + off) * w2 + 1 + off
@@ -982,416 +572,6 @@ def _depth_sobel(key1, key2, w2, off, top, step, dbuf, out):  # pragma: no cover
     return lo, hi
 
 
-@numba.njit(cache=True, nogil=True)
-def _rescale(s, lo, hi):  # pragma: no cover - numba
-    """In place ``s = (s - lo) / (hi - lo)`` (float32), zeros if ``hi <= lo``."""
-    h, w = s.shape
-    if hi > lo:
-        inv = np.float32(1.0 / (np.float64(hi) - np.float64(lo)))
-        lo32 = np.float32(lo)
-        for i in range(h):
-            row = s[i]
-            for j in range(w):
-                row[j] = (row[j] - lo32) * inv
-    else:
-        s[:] = 0
-    return s
-
-
-@numba.njit(cache=True, nogil=True)
-def _erode_disk(x, sign, rowk, hw, out):  # pragma: no cover - numba
-    """Grey erosion of ``sign * x`` by a disk, written as ``sign * result`` into ``out``.
-
-    The disk is given by its rows: row ``dy`` (``-R..R``) is the chord of half-width
-    ``hw[rowk[dy + R]]``.  Each input row's running minima over every distinct chord width come
-    from a sparse table of power-of-two minima (block length capped at 8, longer chords use more
-    blocks); the output row is the minimum of the ``2R + 1`` chord rows (a ring buffer).  Pixels
-    outside the frame are ignored.  Inner loops run over contiguous 1-D slices (vectorised).
-    """
-    h, w = x.shape
-    R = (rowk.shape[0] - 1) // 2
-    nw = hw.shape[0]
-    pad = 0
-    for k in range(nw):
-        pad = max(pad, hw[k])
-    n = w + 2 * pad
-    m0 = np.empty(n, np.float32)
-    m1 = np.empty(n, np.float32)
-    m2 = np.empty(n, np.float32)
-    m3 = np.empty(n, np.float32)
-    nlev = 1
-    blk = 1
-    while blk * 2 <= 2 * pad + 1 and nlev < 4:
-        blk *= 2
-        nlev += 1
-    nring = 2 * R + 1
-    ring = np.empty((nring, nw, w), np.float32)
-    acc = np.empty(w, np.float32)
-    inf = np.float32(np.inf)
-    done = 0
-    for y in range(h):
-        need = min(y + R, h - 1)
-        while done <= need:
-            src = x[done]
-            for j in range(pad):
-                m0[j] = inf
-                m0[pad + w + j] = inf
-            for j in range(w):
-                m0[pad + j] = sign * src[j]
-            if nlev > 1:
-                a = m0[0:n - 1]
-                b = m0[1:n]
-                for j in range(n - 1):
-                    m1[j] = min(a[j], b[j])
-                m1[n - 1] = m0[n - 1]
-            if nlev > 2:
-                a = m1[0:n - 2]
-                b = m1[2:n]
-                for j in range(n - 2):
-                    m2[j] = min(a[j], b[j])
-                m2[n - 2] = m1[n - 2]
-                m2[n - 1] = m1[n - 1]
-            if nlev > 3:
-                a = m2[0:n - 4]
-                b = m2[4:n]
-                for j in range(n - 4):
-                    m3[j] = min(a[j], b[j])
-                for j in range(n - 4, n):
-                    m3[j] = m2[j]
-            slot = ring[done % nring]
-            for k in range(nw):
-                r = hw[k]
-                length = 2 * r + 1
-                L = 0
-                bl = 1
-                while bl * 2 <= length and L < nlev - 1:
-                    bl *= 2
-                    L += 1
-                if L == 0:
-                    m = m0
-                elif L == 1:
-                    m = m1
-                elif L == 2:
-                    m = m2
-                else:
-                    m = m3
-                o = slot[k]
-                first = pad - r
-                last = pad + r - bl + 1
-                a = m[first:first + w]
-                b = m[last:last + w]
-                for j in range(w):
-                    o[j] = min(a[j], b[j])
-                s0 = first + bl
-                while s0 < last:
-                    c = m[s0:s0 + w]
-                    for j in range(w):
-                        o[j] = min(o[j], c[j])
-                    s0 += bl
-            done += 1
-        started = False
-        for dy in range(-R, R + 1):
-            yy = y + dy
-            if yy < 0 or yy >= h:
-                continue
-            src = ring[yy % nring, rowk[dy + R]]
-            if not started:
-                for j in range(w):
-                    acc[j] = src[j]
-                started = True
-            else:
-                for j in range(w):
-                    acc[j] = min(acc[j], src[j])
-        o = out[y]
-        for j in range(w):
-            o[j] = sign * acc[j]
-    return out
-
-
-def disk_halfwidths(radius: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row decomposition of ``skimage.morphology.disk(radius)``.
-
-    Returns
-    -------
-    hw : numpy.ndarray
-        ``(K,)`` int64 distinct chord half-widths.
-    rowk : numpy.ndarray
-        ``(2 * radius + 1,)`` int64; row ``dy + radius`` of the disk is the chord
-        ``[-hw[rowk[dy + radius]], +hw[...]]``.
-    """
-    from skimage.morphology import disk
-
-    fp = disk(int(radius)).astype(bool)
-    half = []
-    c = fp.shape[1] // 2
-    for row in fp:
-        nz = np.flatnonzero(row)
-        hw_row = c - int(nz[0])
-        if not (len(nz) == 2 * hw_row + 1 and nz[-1] == c + hw_row):  # pragma: no cover
-            raise AssertionError("disk rows are not centred chords")
-        half.append(hw_row)
-    hw = np.array(sorted(set(half)), dtype=np.int64)
-    rowk = np.array([int(np.searchsorted(hw, v)) for v in half], dtype=np.int64)
-    return hw, rowk
-
-
-def opening_disk_fast(
-    x: np.ndarray, radius: int, out: np.ndarray | None = None, tmp: np.ndarray | None = None
-) -> np.ndarray:
-    """Grey opening by ``skimage.morphology.disk(radius)``, exactly equal to skimage's.
-
-    The disk is the union of its rows (chords); erosion by a union is the minimum of the
-    erosions, and a chord erosion is a 1-D running minimum.  Dilation likewise with the maximum
-    (as ``-erosion(-x)``; the disk is symmetric).  Outside-frame pixels are ignored, which for a
-    disk equals skimage's default ``mode='reflect'``: a reflected neighbour is always inside the
-    disk as well, so it never changes the min/max.
-
-    Parameters
-    ----------
-    x : numpy.ndarray
-        ``(H, W)`` image, converted to C-contiguous float32 (exact for float32 input).
-    radius : int
-        Disk radius >= 0.
-    out, tmp : numpy.ndarray, optional
-        ``(H, W)`` float32 result and work buffers.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(H, W)`` float32.
-    """
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if out is None:
-        out = np.empty_like(x)
-    if radius <= 0:
-        np.copyto(out, x)
-        return out
-    hw, rowk = disk_halfwidths(radius)
-    if tmp is None:
-        tmp = np.empty_like(x)
-    _erode_disk(x, np.float32(1.0), rowk, hw, tmp)
-    _erode_disk(tmp, np.float32(-1.0), rowk, hw, out)
-    return out
-
-
-@numba.njit(cache=True, nogil=True)
-def _minmax(a):  # pragma: no cover - numba
-    h, w = a.shape
-    lo = a[0, 0]
-    hi = a[0, 0]
-    for i in range(h):
-        row = a[i]
-        for j in range(w):
-            lo = min(lo, row[j])
-            hi = max(hi, row[j])
-    return lo, hi
-
-
-@numba.njit(cache=True, nogil=True)
-def _otsu(a, lo, hi, nbins):  # pragma: no cover - numba
-    """``skimage.filters.threshold_otsu`` of a float image: ``nbins`` bins over ``[lo, hi]``,
-    threshold = centre of the bin maximising the between-class variance."""
-    h, w = a.shape
-    counts = np.zeros(nbins, np.float64)
-    lo64 = np.float64(lo)
-    span = np.float64(hi) - lo64
-    scale = nbins / span
-    for i in range(h):
-        row = a[i]
-        for j in range(w):
-            b = np.int64((np.float64(row[j]) - lo64) * scale)
-            b = min(max(b, 0), nbins - 1)
-            counts[b] += 1.0
-    width = span / nbins
-    best = -1.0
-    idx = 0
-    wa = 0.0
-    ma = 0.0
-    total_w = 0.0
-    total_m = 0.0
-    for k in range(nbins):
-        total_w += counts[k]
-        total_m += counts[k] * (lo64 + (k + 0.5) * width)
-    for k in range(nbins - 1):
-        ck = lo64 + (k + 0.5) * width
-        wa += counts[k]
-        ma += counts[k] * ck
-        wb = total_w - wa
-        if wa <= 0 or wb <= 0:
-            continue
-        d = ma / wa - (total_m - ma) / wb
-        v = wa * wb * d * d
-        if v > best:
-            best = v
-            idx = k
-    return lo64 + (idx + 0.5) * width
-
-
-@numba.njit(cache=True, nogil=True)
-def _li(a, lo, tol):  # pragma: no cover - numba
-    """``skimage.filters.threshold_li`` of a float image (mean initial guess, same iteration)."""
-    h, w = a.shape
-    lo64 = np.float64(lo)
-    tot = 0.0
-    for i in range(h):
-        for j in range(w):
-            tot += np.float64(a[i, j]) - lo64
-    t_next = tot / (h * w)
-    t_curr = -2.0 * tol
-    it = 0
-    while abs(t_next - t_curr) > tol and it < 1000:
-        it += 1
-        t_curr = t_next
-        sf = 0.0
-        nf = 0
-        sb = 0.0
-        nb = 0
-        for i in range(h):
-            for j in range(w):
-                v = np.float64(a[i, j]) - lo64
-                if v > t_curr:
-                    sf += v
-                    nf += 1
-                else:
-                    sb += v
-                    nb += 1
-        if nf == 0 or nb == 0:
-            break
-        mf = sf / nf
-        mb = sb / nb
-        if mb == 0.0:
-            break
-        t_next = (mb - mf) / (np.log(mb) - np.log(mf))
-    return t_next + lo64
-
-
-@numba.njit(cache=True, nogil=True)
-def _threshold_mask(a, t, out):  # pragma: no cover - numba
-    """``out = a > t`` as uint8 (``t`` compared in float64, like numpy)."""
-    h, w = a.shape
-    for i in range(h):
-        row = a[i]
-        o = out[i]
-        for j in range(w):
-            o[j] = np.uint8(np.float64(row[j]) > t)
-    return out
-
-
-@numba.njit(cache=True, nogil=True)
-def _fill_holes(mask, stack):  # pragma: no cover - numba
-    """Fill holes of a uint8 0/1 mask in place: every 0-pixel not 4-connected to the border.
-
-    Background reachable from the border is marked 2 by a forward and a backward raster pass,
-    then completed by a depth-first search from every marked pixel with an unmarked background
-    neighbour (concave pockets); unmarked background becomes 1.  ``stack``: (H*W,) int32 work.
-    """
-    h, w = mask.shape
-    for i in range(h):
-        for j in range(w):
-            if mask[i, j] == 0 and (
-                i == 0 or j == 0 or i == h - 1 or j == w - 1 or mask[i - 1, j] == 2
-                or mask[i, j - 1] == 2
-            ):
-                mask[i, j] = 2
-    for i in range(h - 2, 0, -1):
-        for j in range(w - 2, 0, -1):
-            if mask[i, j] == 0 and (mask[i + 1, j] == 2 or mask[i, j + 1] == 2):
-                mask[i, j] = 2
-    top = 0
-    for i in range(1, h - 1):
-        for j in range(1, w - 1):
-            if mask[i, j] == 2 and (
-                mask[i - 1, j] == 0 or mask[i + 1, j] == 0 or mask[i, j - 1] == 0
-                or mask[i, j + 1] == 0
-            ):
-                stack[top] = i * w + j
-                top += 1
-    while top > 0:
-        top -= 1
-        p = stack[top]
-        i = p // w
-        j = p - i * w
-        if i > 0 and mask[i - 1, j] == 0:
-            mask[i - 1, j] = 2
-            stack[top] = p - w
-            top += 1
-        if i < h - 1 and mask[i + 1, j] == 0:
-            mask[i + 1, j] = 2
-            stack[top] = p + w
-            top += 1
-        if j > 0 and mask[i, j - 1] == 0:
-            mask[i, j - 1] = 2
-            stack[top] = p - 1
-            top += 1
-        if j < w - 1 and mask[i, j + 1] == 0:
-            mask[i, j + 1] = 2
-            stack[top] = p + 1
-            top += 1
-    for i in range(h):
-        row = mask[i]
-        for j in range(w):
-            row[j] = np.uint8(row[j] != 2)
-    return mask
-
-
-@numba.njit(cache=True, nogil=True)
-def _remove_small(mask, min_area, stack):  # pragma: no cover - numba
-    """Remove 8-connected components of a uint8 0/1 mask with fewer than ``min_area`` pixels.
-
-    Depth-first search per component collecting its pixels in ``stack`` ((H*W,) int32); kept
-    components are marked 2 on the way and reset to 1 at the end.
-    """
-    h, w = mask.shape
-    for i0 in range(h):
-        for j0 in range(w):
-            if mask[i0, j0] != 1:
-                continue
-            mask[i0, j0] = 3
-            stack[0] = i0 * w + j0
-            size = 1
-            k = 0
-            while k < size:
-                p = stack[k]
-                k += 1
-                i = p // w
-                j = p - i * w
-                for di in range(-1, 2):
-                    ii = i + di
-                    if ii < 0 or ii >= h:
-                        continue
-                    for dj in range(-1, 2):
-                        jj = j + dj
-                        if jj < 0 or jj >= w:
-                            continue
-                        if mask[ii, jj] == 1:
-                            mask[ii, jj] = 3
-                            stack[size] = ii * w + jj
-                            size += 1
-            val = np.uint8(0) if size < min_area else np.uint8(2)
-            for k in range(size):
-                p = stack[k]
-                i = p // w
-                mask[i, p - i * w] = val
-    for i in range(h):
-        row = mask[i]
-        for j in range(w):
-            row[j] = np.uint8(row[j] != 0)
-    return mask
-
-
-def remove_small_components(mask: np.ndarray, min_area_px: int) -> np.ndarray:
-    """``mask`` (H, W) without its 8-connected components of fewer than ``min_area_px`` pixels.
-
-    uint8 0/1 result. Releases the GIL (numba), so frames can be filtered in threads; the same
-    8-connectivity as the measurements (:mod:`etemseg.stages.measure`), so every kept component is one
-    measured particle.
-    """
-    out = np.array(mask, dtype=np.uint8, order="C")   # a copy: the input is left alone
-    np.minimum(out, 1, out=out)
-    if min_area_px > 1:
-        _remove_small(out, int(min_area_px), np.empty(out.size, np.int32))
-    return out
-
 
 class _Workspace:
     """Work arrays of the fast path for one frame shape and pad, reused across frames."""
@@ -1413,7 +593,7 @@ class _Workspace:
         self.dbuf = np.empty((h + 2, w + 2), np.float32)
 
     def flood(self, key: np.ndarray, w2: int) -> np.ndarray:
-        return _flood(key, w2, QUANT_LEVELS, self.seg, self.stack, self.rptr, self.wptr)
+        return priority_flood(key, w2, QUANT_LEVELS, self.seg, self.stack, self.rptr, self.wptr)
 
     @classmethod
     def get(cls, ws: _Workspace | None, shape: tuple[int, int], pad: int) -> _Workspace:
@@ -1461,40 +641,40 @@ def _fast_one(
     pad = params.border_pad_px
     ws = _Workspace.get(ws, (h, w), pad)
     if pad:  # smooth straight into the centre of the padded frame
-        g = _gauss_kernel(x, _gauss_weights(params.sigma), ws.tmp, ws.gp[pad:-pad, pad:-pad])
+        g = gaussian_into(x, gaussian_kernel1d(params.sigma), ws.tmp, ws.gp[pad:-pad, pad:-pad])
     else:
-        g = _gauss_kernel(x, _gauss_weights(params.sigma), ws.tmp, ws.g)
+        g = gaussian_into(x, gaussian_kernel1d(params.sigma), ws.tmp, ws.g)
     noise = smoothed_noise(g, params.sigma)
     gp = pad_frame(g, pad, out=ws.gp) if pad else g
     w2 = gp.shape[1] + 2
     top = QUANT_LEVELS - 1
-    _, step = _keys_from_float(gp, ws.key1, QUANT_LEVELS, True)
+    _, step = flood_keys_from_float(gp, ws.key1, QUANT_LEVELS, True)
     ws.flood(ws.key1, w2)  # step 3: remove domes
-    _keys_reflood(ws.key1, ws.key2, top)
+    flood_keys_reflood(ws.key1, ws.key2, top)
     ws.flood(ws.key2, w2)  # step 4: fill basins
     s = ws.tmp
     s_lo, s_hi = _depth_sobel(ws.key1, ws.key2, w2, pad, top, step, ws.dbuf, s)
     s_lo, s_hi = float(s_lo), float(s_hi)
-    _rescale(s, s_lo, s_hi)
+    rescale_inplace(s, s_lo, s_hi)
     o = opening_disk_fast(s, params.opening_radius, out=x, tmp=ws.g)
-    o_lo, o_hi = _minmax(o)
+    o_lo, o_hi = image_minmax(o)
     o_lo, o_hi = float(o_lo), float(o_hi)
     if not o_hi > o_lo:
         log.warning("pseudolabel: feature is flat after the opening; returning an empty mask")
         return _empty((h, w)), ws
     if params.threshold == "otsu":
-        t = float(_otsu(o, o_lo, o_hi, 256))
+        t = float(otsu_threshold(o, o_lo, o_hi, 256))
     elif params.threshold == "li":
-        t = float(_li(o, o_lo, 1e-7))
+        t = float(li_threshold(o, o_lo, 1e-7))
     else:
         t = float(params.fixed_threshold)
     if not _accept_threshold(t, s_lo, s_hi, noise, params):
         return _empty((h, w)), ws
-    mask = _threshold_mask(o, t, np.empty((h, w), np.uint8))
+    mask = threshold_into(o, t, np.empty((h, w), np.uint8))
     if params.fill_holes:
-        _fill_holes(mask, ws.stack)
+        fill_holes_inplace(mask, ws.stack)
     if params.min_area_px > 1:
-        _remove_small(mask, params.min_area_px, ws.stack)
+        remove_small_inplace(mask, params.min_area_px, ws.stack)
     return _check_coverage(mask), ws
 
 
