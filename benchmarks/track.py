@@ -215,7 +215,7 @@ def bench_case(case: dict, repeat: int, search_range_px: float) -> list[dict]:
         for rep in range(repeat + 1):  # the first run warms up (numba cache load), untimed
             t0 = time.perf_counter()
             traj, events, frames = link_movie(det, src, frame_shape=labs[0].shape,
-                                              all_frames=np.arange(nframes))
+                                              all_frames=np.arange(nframes), memory=0)
             if rep > 0 or repeat == 0:
                 best = min(best, time.perf_counter() - t0)
         results[mode] = (traj, events, frames, best)

@@ -318,11 +318,11 @@ def test_measure_chunk_on_stores(tmp_path):
     times = fs.time_s()
     whole = measure_stack(masks[:4], frames[:4], frame0=0, time_s=times[:4], pixel_size_nm=PS,
                           movie="mv")
-    got = measure_chunk(ms, fs, 0, movie="mv")
+    got = measure_chunk(ms, fs, 0, movie="mv", min_area_px=0)
     pd.testing.assert_frame_equal(got, whole)
     assert got["frame"].tolist() == sorted(got["frame"])  # blocks in order
     # paths work too; the empty chunk still gives the schema and a valid file
-    none = measure_chunk(ms.path, fs.path, 1, movie="mv")
+    none = measure_chunk(ms.path, fs.path, 1, movie="mv", min_area_px=0)
     assert len(none) == 0 and tuple(none.columns) == COLUMNS
     out = write_parquet(none, tmp_path / "particles" / "chunk_0001.parquet",
                         metadata={"pixel_size_nm": fs.pixel_size_nm, "movie": "mv"})

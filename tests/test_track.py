@@ -304,7 +304,7 @@ def test_large_drift_shifts_label_images():
 def test_memory_bridges_a_flicker(mode):
     frames = [[(20, 30, 6), STATIC]] * 4 + [[STATIC]] + [[(20, 30.3, 6), STATIC]] * 4
     labs, det = movie(frames)
-    traj, events, _ = run(mode, labs, det)
+    traj, events, _ = run(mode, labs, det, memory=0)
     assert sorted(events.kind) == ["appear", "vanish"]
     assert traj.particle.nunique() == 3
     traj, events, fr = run(mode, labs, det, memory=1)
@@ -345,8 +345,8 @@ def test_chunked_detections_link_identically(mode):
     chunk_a = pd.concat(parts[:10], ignore_index=True)
     chunk_b = pd.concat(parts[10:], ignore_index=True)
     chunked = pd.concat([chunk_b, chunk_a], ignore_index=True)  # any order
-    t1, e1, f1 = run(mode, labs, whole)
-    t2, e2, f2 = run(mode, labs, chunked)
+    t1, e1, f1 = run(mode, labs, whole, memory=0)
+    t2, e2, f2 = run(mode, labs, chunked, memory=0)
     pd.testing.assert_frame_equal(t1, t2)
     pd.testing.assert_frame_equal(e1, e2)
     pd.testing.assert_frame_equal(f1, f2)

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 def measure_chunk(mask_store: MovieStore | str | Path, frame_store: MovieStore | str | Path,
-                  k: int, *, movie: str, min_area_px: int = 0, connectivity: int = 2,
+                  k: int, *, movie: str, min_area_px: int = 20, connectivity: int = 2,
                   model: str = "") -> pd.DataFrame:
     """Measure the particles of time chunk ``k``, streaming one Zarr chunk of frames at a time.
 

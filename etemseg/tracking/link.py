@@ -131,8 +131,10 @@ Group = tuple[np.ndarray, np.ndarray]
 
 
 def link(detections: pd.DataFrame, *, overlaps: OverlapTable | None = None,
-         pixel_size_nm: float | None = None, max_disp_nm: float = 1.0,
-         min_overlap: float = 0.2, min_absorbed_volume: float = 0.03, memory: int = 0,
+         pixel_size_nm: float | None = None, max_disp_nm: float = LinkParams.max_disp_nm,
+         min_overlap: float = LinkParams.min_overlap,
+         min_absorbed_volume: float = LinkParams.min_absorbed_volume,
+         memory: int = LinkParams.memory,
          frame_shape: tuple[int, int] | None = None, all_frames: Iterable[int] | None = None,
          drift: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Link per-frame detections into trajectories, with coalescence / vanish / appear events.
@@ -192,8 +194,10 @@ def link_movie(detections: pd.DataFrame,
                label_source: Callable[[int], np.ndarray] | None, *,
                pixel_size_nm: float | None = None, frame_shape: tuple[int, int] | None = None,
                all_frames: Iterable[int] | None = None, time_s: Any = None,
-               fps: float | None = None, max_disp_nm: float = 1.0, min_overlap: float = 0.2,
-               min_absorbed_volume: float = 0.03, memory: int = 0
+               fps: float | None = None, max_disp_nm: float = LinkParams.max_disp_nm,
+               min_overlap: float = LinkParams.min_overlap,
+               min_absorbed_volume: float = LinkParams.min_absorbed_volume,
+               memory: int = LinkParams.memory
                ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Link a whole movie, streaming frame pairs, and summarise every frame.
 

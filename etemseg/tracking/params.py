@@ -26,13 +26,14 @@ class LinkParams:
         hold to be counted as a coalescence parent instead of a vanish.  Default 0.03 (about a
         third of the merged diameter; smaller ones drown in the noise of the merged volume).
     memory : int
-        Present frames a particle may be missing and keep its id (0 = no bridging).  Default 0.
+        Present frames a particle may be missing and keep its id (0 = no bridging).  Default 3,
+        the workflow's (bridges particles flickering at the detection limit).
     """
 
     max_disp_nm: float = 1.0
     min_overlap: float = 0.2
     min_absorbed_volume: float = 0.03
-    memory: int = 0
+    memory: int = 3
 
     def validate(self) -> None:
         """Raise :class:`~etemseg.errors.ConfigError` naming the first bad field."""
