@@ -6,7 +6,8 @@ Needs a CUDA device (``--device cpu`` runs the same steps small, to check the sc
    ``--train-size``), pseudo-labelled with the fast classical path (``default`` preset) as the
    workflow does; host time per step is reported.
 2. **Batch sampling**: random crops + the paper's augmentation from host tensors (crop on the CPU,
-   then upload) vs from the training set uploaded once to the GPU (``train.device_tensors``).
+   then upload) vs from the training set uploaded once to the GPU
+   (``etemseg.nn.training.device_tensors``).
 3. **Training** (``etemseg.stages.train.train``, the workflow's own function): ``--model`` with
    ``--crop``-px crops, batch ``--batch``, AMP (bf16 on Hopper), ``--epochs`` epochs of
    ``--samples`` crops; per-epoch wall time (including full-frame validation), images/s and peak
@@ -18,13 +19,14 @@ Needs a CUDA device (``--device cpu`` runs the same steps small, to check the sc
        host normalisation, float32 upload, eager float32 model (BatchNorm as modules, NCHW),
        softmax, float32 probabilities back to the host, quantised there.
    ``optimised``
-       ``etemseg.stages.infer.stream_levels`` over ``--block``-frame blocks, as ``infer_chunk`` runs it:
+       ``etemseg.nn.inference.stream_levels`` over ``--block``-frame blocks, as ``infer_chunk``
+       runs it:
        uint16 upload through pinned buffers, normalisation on the GPU, folded BatchNorm,
        channels-last, autocast in ``--precisions``, uint8 probabilities and per-frame histograms
        back, transfers overlapping the GPU work of the neighbouring batches; per ``--batches``.
    ``float32-back``
-       the optimised model but float32 probabilities back and quantised on the host (what
-       ``predict`` + ``quantise`` cost).
+       the optimised model but float32 probabilities back (``etemseg.nn.inference.probabilities``)
+       and quantised on the host.
    ``model-only``
        forward passes on frames already normalised on the GPU: the ceiling without transfers.
    ``compile`` (``--compile``)
@@ -59,13 +61,17 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from etemseg.stages.infer import (InferConfig, infer_chunk, open_model, predict,  # noqa: E402
-                           prepare_model, quantise, stream_levels)
+from etemseg.levels import quantise  # noqa: E402
+from etemseg.nn.checkpoint import load_model, normalise_frames, normalise_tensor  # noqa: E402
+from etemseg.nn.inference import (InferConfig, open_model, prepare_model,  # noqa: E402
+                                  probabilities, stream_levels)
 from etemseg.nn.models import parse_arch  # noqa: E402
+from etemseg.nn.training import (TrainConfig, TrainingData, device_tensors,  # noqa: E402
+                                 sample_batch, split_frames)
+from etemseg.stages.infer import infer_chunk  # noqa: E402
 from etemseg.stages.pseudolabel import PRESETS, pseudolabel_stack  # noqa: E402
+from etemseg.stages.train import train  # noqa: E402
 from etemseg.synth import SynthParams, simulate  # noqa: E402
-from etemseg.stages.train import (TrainConfig, TrainingData, device_tensors, load_model,  # noqa: E402
-                           normalise_frames, normalise_tensor, sample_batch, split_frames, train)
 
 
 def sync(device: torch.device) -> None:
@@ -129,6 +135,16 @@ def streamed(model, arch, cfg: InferConfig, device, block: int):
     return run
 
 
+def float32_back(model, arch, cfg: InferConfig, device):
+    """Float32 probabilities back to the host (:func:`probabilities` in batches of
+    ``cfg.batch_size``), quantised there."""
+    def run(frames: np.ndarray) -> np.ndarray:
+        batches = (frames[b:b + cfg.batch_size] for b in range(0, len(frames), cfg.batch_size))
+        return quantise(np.concatenate([p.cpu().numpy() for p in probabilities(
+            model, batches, arch=arch, cfg=cfg, device=device)]))
+    return run
+
+
 def naive_fn(model, device, batch: int):
     def run(frames: np.ndarray) -> np.ndarray:
         out = np.empty(frames.shape, np.uint8)
@@ -141,7 +157,7 @@ def naive_fn(model, device, batch: int):
     return run
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--model", default="unet4-norm")
@@ -163,24 +179,19 @@ def main(argv=None) -> int:
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--chunk", action="store_true")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "gpu.json")
-    args = ap.parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("no CUDA device: run with --device cpu to check the script", file=sys.stderr)
-        return 2
-    torch.backends.cudnn.benchmark = True
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-    result: dict = {"device": gpu, "torch": torch.__version__, "args": {
-        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
-    print(f"# {gpu}, torch {torch.__version__}, python {platform.python_version()}")
+    return ap.parse_args(argv)
 
-    def save() -> None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.replace(args.out)
 
-    # 1. data ------------------------------------------------------------------------------
+def save(result: dict, path: Path) -> None:
+    """Write the results so far to ``path`` (atomically)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(path)
+
+
+def bench_data(args, device: torch.device, result: dict) -> tuple[TrainingData, TrainConfig]:
+    """1. A simulated movie, pseudo-labelled: the training data and config."""
     t0 = time.perf_counter()
     frames, truth = simulated(args.train_frames, args.train_size, args.train_size, seed=1)
     t_sim = time.perf_counter() - t0
@@ -198,8 +209,12 @@ def main(argv=None) -> int:
     print(f"data: {len(frames)} frames {args.train_size}² simulated in {t_sim:.1f} s, "
           f"pseudo-labelled in {t_pseudo:.1f} s (pixel F1 vs truth "
           f"{result['data']['pseudo_f1_vs_truth']:.3f})")
+    return data, cfg
 
-    # 2. batch sampling ----------------------------------------------------------------------
+
+def bench_sampling(data: TrainingData, cfg: TrainConfig, device: torch.device,
+                   crop: int) -> list[dict]:
+    """2. Crops per second from host tensors and from the training set on the device."""
     rows = []
     for where, tensors in (("host", None), ("device", device_tensors(data, device))):
         gen = torch.Generator().manual_seed(0)
@@ -213,15 +228,16 @@ def main(argv=None) -> int:
         sync(device)
         rate = n * cfg.batch_size / (time.perf_counter() - t0)
         rows.append({"crops_from": where, "crops_per_s": round(rate, 1)})
-        print(f"batch sampling from {where} tensors: {rate:.1f} crops/s ({args.crop}²)")
-    result["sampling"] = rows
-    save()
+        print(f"batch sampling from {where} tensors: {rate:.1f} crops/s ({crop}²)")
+    return rows
 
-    # 3. training ------------------------------------------------------------------------------
-    work = Path(tempfile.mkdtemp(prefix="etemseg-gpu-"))
+
+def bench_training(data: TrainingData, cfg: TrainConfig, args, device: torch.device,
+                   folder: Path, result: dict) -> dict:
+    """3. The workflow's training into ``folder``; returns the model file's metadata."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    meta = train(data, cfg, work / "model", progress=False)
+    meta = train(data, cfg, folder, progress=False)
     result["train"] = {"model": meta["name"], "parameters": meta["parameters"],
                        "crop_px": args.crop, "batch": args.batch, "epochs": meta["history"]}
     print(f"\ntraining {meta['name']} ({meta['parameters']:,} parameters), {args.crop}² crops, "
@@ -231,26 +247,29 @@ def main(argv=None) -> int:
     for h in meta["history"]:
         print(f"| {h['epoch']} | {h['epoch_s']:.2f} | {h['images_per_s']:.1f} | "
               f"{h.get('peak_gpu_mem_mb', float('nan')):.0f} | {h['val_f1']:.3f} |")
-    save()
+    return meta
 
-    # 4. inference -----------------------------------------------------------------------------
-    h, w = (int(v) for v in args.infer_size.split("x"))
-    t0 = time.perf_counter()
-    iframes, itruth = simulated(args.infer_frames, h, w, seed=2)
-    t_sim = time.perf_counter() - t0
-    print(f"\ninference frames: {len(iframes)} simulated {h}x{w} in {t_sim:.1f} s;"
-          f" each timing runs {args.infer_total} frames")
-    model_path = work / "model" / "model.pt"
-    arch = parse_arch(meta["name"])
-    eager, _ = load_model(model_path, device="cpu")
-    eager = prepare_model(eager, device, optimised=False)
-    optimised, _ = open_model(model_path, device, optimised=True)
-    rows = []
 
-    def record(path: str, precision: str, batch: int, fn) -> dict:
+class InferenceTable:
+    """Rows of the inference table: frames/s of each path over ``total`` frames, its masks
+    ``q > 127`` compared with the naive path's (``ref``, set after the naive row) and truth."""
+
+    def __init__(self, frames: np.ndarray, truth: np.ndarray, total: int, device: torch.device,
+                 result: dict, out: Path) -> None:
+        self.frames, self.truth, self.total, self.device = frames, truth, total, device
+        self.result, self.out = result, out
+        self.ref: np.ndarray | None = None
+        self.rows: list[dict] = []
+        print("| path | precision | batch | frames/s | mask IoU min vs naive | max Δ level | "
+              "F1 vs truth | peak GPU MB |")
+        print("|---|---|---|---|---|---|---|---|")
+
+    def record(self, path: str, precision: str, batch: int, fn) -> dict:
+        """Time ``fn`` (see :func:`time_frames`), print and save its row."""
+        device, ref = self.device, self.ref
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        rate, q = time_frames(fn, iframes, args.infer_total, device)
+        rate, q = time_frames(fn, self.frames, self.total, device)
         row = {"path": path, "precision": precision, "batch": batch,
                "frames_per_s": round(rate, 1), "mask_iou_min_vs_naive": None,
                "max_level_diff": None, "pixel_f1_vs_truth": None}
@@ -259,80 +278,123 @@ def main(argv=None) -> int:
                         if ref is not None else 1.0,
                         "max_level_diff": int(np.abs(q.astype(int) - ref).max())
                         if ref is not None else 0,
-                        "pixel_f1_vs_truth": round(f1(q > 127, itruth > 0), 4)})
+                        "pixel_f1_vs_truth": round(f1(q > 127, self.truth > 0), 4)})
         if device.type == "cuda":
             row["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20)
-        rows.append(row)
+        self.rows.append(row)
         cells = [row["mask_iou_min_vs_naive"], row["max_level_diff"], row["pixel_f1_vs_truth"]]
         print(f"| {path} | {precision} | {batch} | {row['frames_per_s']:.1f} | "
               + " | ".join("-" if c is None else str(c) for c in cells)
               + f" | {row.get('peak_gpu_mb', '')} |")
-        result["inference"] = rows
-        save()
+        self.result["inference"] = self.rows
+        save(self.result, self.out)
         return row
 
-    print("| path | precision | batch | frames/s | mask IoU min vs naive | max Δ level | "
-          "F1 vs truth | peak GPU MB |")
-    print("|---|---|---|---|---|---|---|---|")
-    ref = None
-    base = record("naive", "float32", 4, per_call(naive_fn(eager, device, 4)))
-    ref = naive_fn(eager, device, 4)(iframes).astype(int)
-    batches = [int(b) for b in args.batches.split(",")]
-    for precision in args.precisions.split(","):
-        for b in batches:
-            cfg_i = InferConfig(batch_size=b, gpu_precision=precision, max_tile_px=0)
-            record("optimised", precision, b, streamed(optimised, arch, cfg_i, device, args.block))
-    best = max((r for r in rows if r["path"] == "optimised"), key=lambda r: r["frames_per_s"])
-    cfg_b = InferConfig(batch_size=best["batch"], gpu_precision=best["precision"], max_tile_px=0)
-    record("float32-back", best["precision"], best["batch"], per_call(lambda f: quantise(predict(
-        optimised, f, arch=arch, cfg=cfg_b, device=device))))
 
-    xs = normalise_tensor(torch.from_numpy(iframes[:best["batch"]]).to(device))
-    amp = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(best["precision"])
+def model_only_fn(model, xs: torch.Tensor, batch: int, precision: str, device: torch.device):
+    """Forward passes on frames already normalised on the device: no transfers."""
+    amp = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(precision)
 
-    def model_only(f: np.ndarray, repeat: int) -> None:
-        for _ in range(0, repeat * len(f), best["batch"]):
+    def run(f: np.ndarray, repeat: int) -> None:
+        for _ in range(0, repeat * len(f), batch):
             t = xs[:, None].contiguous(memory_format=torch.channels_last)
             with torch.inference_mode(), torch.autocast(device.type, dtype=amp or torch.float16,
                                                         enabled=amp is not None):
-                optimised(t)
+                model(t)
         return None
+    return run
 
-    record("model-only", best["precision"], best["batch"], model_only)
+
+def bench_inference(args, device: torch.device, model_path: Path, name: str, result: dict
+                    ) -> tuple[dict, torch.nn.Module, np.ndarray]:
+    """4. Inference paths on simulated frames; returns the best optimised row, the optimised
+    model and the frames."""
+    h, w = (int(v) for v in args.infer_size.split("x"))
+    t0 = time.perf_counter()
+    iframes, itruth = simulated(args.infer_frames, h, w, seed=2)
+    t_sim = time.perf_counter() - t0
+    print(f"\ninference frames: {len(iframes)} simulated {h}x{w} in {t_sim:.1f} s;"
+          f" each timing runs {args.infer_total} frames")
+    arch = parse_arch(name)
+    eager, _ = load_model(model_path, device="cpu")
+    eager = prepare_model(eager, device, optimised=False)
+    optimised, _ = open_model(model_path, device, optimised=True)
+    table = InferenceTable(iframes, itruth, args.infer_total, device, result, args.out)
+    base = table.record("naive", "float32", 4, per_call(naive_fn(eager, device, 4)))
+    table.ref = naive_fn(eager, device, 4)(iframes).astype(int)
+    for precision in args.precisions.split(","):
+        for b in (int(b) for b in args.batches.split(",")):
+            cfg_i = InferConfig(batch_size=b, gpu_precision=precision, max_tile_px=0)
+            table.record("optimised", precision, b,
+                         streamed(optimised, arch, cfg_i, device, args.block))
+    best = max((r for r in table.rows if r["path"] == "optimised"),
+               key=lambda r: r["frames_per_s"])
+    cfg_b = InferConfig(batch_size=best["batch"], gpu_precision=best["precision"], max_tile_px=0)
+    table.record("float32-back", best["precision"], best["batch"],
+                 per_call(float32_back(optimised, arch, cfg_b, device)))
+    xs = normalise_tensor(torch.from_numpy(iframes[:best["batch"]]).to(device))
+    table.record("model-only", best["precision"], best["batch"],
+                 model_only_fn(optimised, xs, best["batch"], best["precision"], device))
     if args.compile:
         t0 = time.perf_counter()
         compiled = torch.compile(optimised)
         streamed(compiled, arch, cfg_b, device, args.block)(iframes[:best["batch"]], 1)
         result["compile_s"] = round(time.perf_counter() - t0, 1)
         print(f"(torch.compile: {result['compile_s']} s)")
-        record("compile", best["precision"], best["batch"],
-               streamed(compiled, arch, cfg_b, device, args.block))
+        table.record("compile", best["precision"], best["batch"],
+                     streamed(compiled, arch, cfg_b, device, args.block))
     print(f"\nbest optimised: {best['frames_per_s']:.1f} frames/s ({best['precision']}, batch "
           f"{best['batch']}) = {best['frames_per_s'] / base['frames_per_s']:.1f}x naive; "
           f"camera: 400 frames/s")
+    return best, optimised, iframes
 
-    # 5. the per-chunk job -------------------------------------------------------------------
+
+def bench_chunk(work: Path, model_path: Path, model, iframes: np.ndarray, best: dict,
+                device: torch.device, result: dict) -> None:
+    """5. ``infer_chunk`` on a Zarr store of the frames (Otsu per frame, and fixed)."""
+    from etemseg.io.store import MovieStore, create_store
+
+    n, h, w = iframes.shape
+    create_store(work / "frames.zarr", n_frames=n, frame_shape=(h, w), dtype=np.uint16,
+                 chunk_frames=n, fps=400.0, pixel_size_nm=0.18)
+    fs = MovieStore.open(work / "frames.zarr", "r+")
+    fs.array[:] = iframes
+    prob = fs.like(work / "prob.zarr", np.uint8)
+    mask = fs.like(work / "mask.zarr", np.uint8)
+    _, meta_m = load_model(model_path, device="cpu")
+    for threshold in ("otsu_frame", "fixed"):
+        cfg_c = InferConfig(threshold=threshold, batch_size=best["batch"],
+                            gpu_precision=best["precision"])
+        infer_chunk(fs, prob, mask, 0, model, meta_m, cfg_c, device)   # warm
+        receipt = infer_chunk(fs, prob, mask, 0, model, meta_m, cfg_c, device)
+        result.setdefault("chunk", []).append(
+            {"threshold": threshold, "frames": n, "frames_per_s": receipt["frames_per_s"]})
+        print(f"infer_chunk ({n} frames {h}x{w}, {threshold}, min area 20 px, Zarr "
+              f"read+write): {receipt['frames_per_s']:.1f} frames/s")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device: run with --device cpu to check the script", file=sys.stderr)
+        return 2
+    torch.backends.cudnn.benchmark = True
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    result: dict = {"device": gpu, "torch": torch.__version__, "args": {
+        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+    print(f"# {gpu}, torch {torch.__version__}, python {platform.python_version()}")
+    data, cfg = bench_data(args, device, result)
+    result["sampling"] = bench_sampling(data, cfg, device, args.crop)
+    save(result, args.out)
+    work = Path(tempfile.mkdtemp(prefix="etemseg-gpu-"))
+    meta = bench_training(data, cfg, args, device, work / "model", result)
+    save(result, args.out)
+    model_path = work / "model" / "model.pt"
+    best, optimised, iframes = bench_inference(args, device, model_path, meta["name"], result)
     if args.chunk:
-        from etemseg.io.store import MovieStore, create_store
-
-        n = len(iframes)
-        create_store(work / "frames.zarr", n_frames=n, frame_shape=(h, w), dtype=np.uint16,
-                     chunk_frames=n, fps=400.0, pixel_size_nm=0.18)
-        fs = MovieStore.open(work / "frames.zarr", "r+")
-        fs.array[:] = iframes
-        prob = fs.like(work / "prob.zarr", np.uint8)
-        mask = fs.like(work / "mask.zarr", np.uint8)
-        _, meta_m = load_model(model_path, device="cpu")
-        for threshold in ("otsu_frame", "fixed"):
-            cfg_c = InferConfig(threshold=threshold, batch_size=best["batch"],
-                                gpu_precision=best["precision"])
-            infer_chunk(fs, prob, mask, 0, optimised, meta_m, cfg_c, device)   # warm
-            receipt = infer_chunk(fs, prob, mask, 0, optimised, meta_m, cfg_c, device)
-            result.setdefault("chunk", []).append(
-                {"threshold": threshold, "frames": n, "frames_per_s": receipt["frames_per_s"]})
-            print(f"infer_chunk ({n} frames {h}x{w}, {threshold}, min area 20 px, Zarr "
-                  f"read+write): {receipt['frames_per_s']:.1f} frames/s")
-        save()
+        bench_chunk(work, model_path, optimised, iframes, best, device, result)
+        save(result, args.out)
     print(f"\nJSON: {args.out}")
     return 0
 

@@ -8,8 +8,9 @@ softmax; batch 1):
     The naive path: ``model.eval()``, ``torch.no_grad()``, NCHW float32, BatchNorm as modules,
     ``softmax(logits)[:, 1]``.
 ``optimised``
-    ``etemseg.stages.infer.prepare_model(optimised=True)`` + ``etemseg.stages.infer.predict``: BatchNorm folded
-    into the convolutions, channels-last memory layout, ``torch.inference_mode``.
+    ``etemseg.nn.inference.prepare_model(optimised=True)`` + the engine's
+    ``etemseg.nn.inference.probabilities`` (:func:`predict` here): BatchNorm folded into the
+    convolutions, channels-last memory layout, ``torch.inference_mode``.
 ``optimised+heap``
     The optimised path in a process whose allocator keeps freed memory (glibc ``mallopt``:
     ``M_MMAP_THRESHOLD`` 1 GiB, ``M_TRIM_THRESHOLD`` 2 GiB; see :func:`retain_heap`).  By default
@@ -21,7 +22,7 @@ softmax; batch 1):
 ``jit`` (opt-in, ``--paths optimised,jit``)
     The optimised model compiled with ``torch.jit.freeze(torch.jit.script(...))`` (TorchScript
     freezing, oneDNN conv + ReLU fusion; scripting keeps the padding branches, so it is valid
-    for every frame size), run through ``infer.predict``; its build time is reported.
+    for every frame size), run through :func:`predict`; its build time is reported.
 ``compile`` (opt-in, ``--compile``)
     ``torch.compile`` (inductor) of the optimised model; compile time is reported (over a minute
     per model and shape on a 2-core CPU).
@@ -57,23 +58,24 @@ for _i, _a in enumerate(sys.argv):
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ[_var] = _THREADS
 
-import argparse
-import hashlib
-import json
-import platform
-import time
-import warnings
-from pathlib import Path
+import argparse  # noqa: E402
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
 
-import numpy as np
-import torch
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from etemseg.stages.infer import InferConfig, predict, prepare_model, retain_heap
-from etemseg.nn.models import build_model, canonical_name, count_parameters, parse_arch
-from etemseg.stages.train import normalise_frames
+from etemseg.nn.checkpoint import normalise_frames  # noqa: E402
+from etemseg.nn.inference import (InferConfig, prepare_model, probabilities,  # noqa: E402
+                                  retain_heap)
+from etemseg.nn.models import build_model, canonical_name, count_parameters, parse_arch  # noqa: E402
 
 ARCHS = ["unet4-norm", "unet3-norm", "unet4", "hourglass", "single-filter", "shallow-wide",
          "unet4-twoconv-norm"]
@@ -121,6 +123,14 @@ def random_model(name: str, calib: np.ndarray, seed: int = 0) -> torch.nn.Module
         else:
             head.bias[1] -= shift
     return model
+
+
+def predict(model, frames: np.ndarray, *, arch, cfg: InferConfig, device) -> np.ndarray:
+    """Particle probability (T, H, W) float32 of raw frames (T, H, W) through the inference
+    engine (:func:`etemseg.nn.inference.probabilities`, batches of ``cfg.batch_size``)."""
+    batches = (frames[b:b + cfg.batch_size] for b in range(0, len(frames), cfg.batch_size))
+    return np.concatenate([p.cpu().numpy() for p in probabilities(model, batches, arch=arch,
+                                                                   cfg=cfg, device=device)])
 
 
 def eager_probability(model, frame: np.ndarray) -> np.ndarray:

@@ -82,37 +82,13 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from etemseg.io.atomic import guard_output, is_store_of, write_json
-    from etemseg.stages.ingest import ingest, ingest_chunk, init_store
-    from etemseg.io.store import MovieStore
+    from etemseg.protocol import run
+    from etemseg.stages.ingest import IngestStage
 
     options = dict(fps=args.fps, pixel_size_nm=args.pixel_size_nm, chunk_frames=args.chunk_frames,
                    zarr_chunk_frames=args.zarr_chunk_frames, codec=args.codec, clevel=args.clevel)
-    if args.chunk is None:     # --init and whole-movie mode create or replace the store
-        guard_output(args.out, inputs=[args.src], own=is_store_of("ingest"), what="frame store")
-    if args.init:
-        store = init_store(args.src, args.out, **options)
-        log.info("created %s: %d frames %s in %d chunks", store.path, store.n_frames,
-                 store.frame_shape, store.n_chunks)
-        return 0
-    if args.chunk is not None:
-        _check_receipt(args.receipt)
-        store = MovieStore.open(args.out, mode="r+")
-        if store.meta.get("stage", "ingest") != "ingest" or "source" not in store.meta:
-            raise EtemsegError(f"{args.out}: not a frame store written by `etemseg ingest --init`"
-                               f" (stage {store.meta.get('stage')!r})")
-        recorded = Path(store.meta["source"])
-        if Path(args.src).resolve() != recorded:
-            raise EtemsegError(f"{args.out}: store was initialised from {recorded}, not {args.src}")
-        receipt = ingest_chunk(store, args.chunk, progress=not args.quiet)
-        if args.receipt:
-            write_json(receipt, args.receipt)
-        log.info("chunk %d: frames %d..%d in %.1f s", args.chunk, receipt["t0"], receipt["t1"],
-                 receipt["elapsed_s"])
-        return 0
-    store = ingest(args.src, args.out, progress=not args.quiet, **options)
-    log.info("wrote %s: %d frames %s, %d chunks, pixel size %s nm", store.path, store.n_frames,
-             store.frame_shape, store.n_chunks, store.pixel_size_nm)
+    run(IngestStage(args.src, args.out, progress=not args.quiet, **options), init=args.init,
+        chunk=args.chunk, receipt=args.receipt)
     return 0
 
 
@@ -203,7 +179,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from etemseg.stages.train import TrainConfig, guard_model_folder, load_training_data, train
+    from etemseg.nn.training import TrainConfig, load_training_data
+    from etemseg.stages.train import guard_model_folder, train
 
     if args.threads:
         import torch
@@ -224,9 +201,11 @@ def cmd_infer(args: argparse.Namespace) -> int:
     import numpy as np
 
     from etemseg.io.atomic import atomic_path, guard_output, is_store_of, write_json
-    from etemseg.stages.infer import InferConfig, infer_chunk, open_model, retain_heap
     from etemseg.io.store import MovieStore
-    from etemseg.stages.train import load_model, pick_device
+    from etemseg.nn.checkpoint import load_model
+    from etemseg.nn.device import pick_device
+    from etemseg.nn.inference import InferConfig, open_model, retain_heap
+    from etemseg.stages.infer import infer_chunk
 
     retain_heap()
     if args.threads:
@@ -276,7 +255,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from etemseg.io.atomic import guard_output, is_etemseg_parquet
-    from etemseg.stages.measure import empty_table, measure_chunk, write_parquet
+    from etemseg.analysis.measure import empty_table, write_parquet
+    from etemseg.stages.measure import measure_chunk
     from etemseg.io.store import MovieStore
 
     guard_output(args.out, inputs=[args.frames, args.masks], own=is_etemseg_parquet,
@@ -306,7 +286,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from etemseg.io.atomic import atomic_path
-    from etemseg.stages.evaluate import compare_models, plot_model_contours
+    from etemseg.analysis.comparison import compare_models, plot_model_contours
 
     rows = []
     for path in args.scores:
@@ -325,7 +305,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.sweep_png:
         import pandas as pd
 
-        from etemseg.stages.evaluate import plot_threshold_sweep
+        from etemseg.analysis.comparison import plot_threshold_sweep
 
         dirs = [p if p.is_dir() else p.parent for p in args.scores]
         sweeps = {f"{r['model']} ({r['movie']})": pd.read_csv(d / "threshold_sweep.csv")
@@ -344,7 +324,8 @@ def cmd_track(args: argparse.Namespace) -> int:
     from etemseg.io.atomic import guard_output, is_etemseg_parquet
     from etemseg.io.parquet import TRACK_TABLES, write_table_set
     from etemseg.io.store import MovieStore
-    from etemseg.stages.track import EVENTS_SCHEMA, track_movie
+    from etemseg.stages.track import track_movie
+    from etemseg.tracking import EVENTS_SCHEMA
 
     for name in TRACK_TABLES:
         guard_output(args.out / f"{name}.parquet", inputs=[args.frames, args.masks, args.particles],
@@ -497,7 +478,7 @@ def _args_models(p: argparse.ArgumentParser) -> None:
 
 
 def _args_train(p: argparse.ArgumentParser) -> None:
-    from etemseg.stages.train import TrainConfig
+    from etemseg.nn.training import TrainConfig
 
     p.add_argument("--pair", nargs=2, action="append", required=True,
                    metavar=("FRAMES.zarr", "PSEUDO.zarr"), help="training movie (repeatable)")
@@ -511,7 +492,7 @@ def _args_train(p: argparse.ArgumentParser) -> None:
 
 
 def _args_infer(p: argparse.ArgumentParser) -> None:
-    from etemseg.stages.infer import InferConfig
+    from etemseg.nn.inference import InferConfig
 
     p.add_argument("frames", type=Path)
     p.add_argument("model", type=Path, help="model file written by `etemseg train`")
@@ -529,7 +510,8 @@ def _args_measure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk", type=int, metavar="K", help="only time chunk K (default: all)")
     p.add_argument("--movie", default="", help="value of the movie column")
     p.add_argument("--model", default="", help="value of the model column")
-    p.add_argument("--min-area-px", type=int, default=0, help="drop smaller components")
+    p.add_argument("--min-area-px", type=int, default=20,
+                   help="drop smaller components, px (default 20, as the workflow)")
 
 
 def _args_evaluate(p: argparse.ArgumentParser) -> None:
@@ -561,7 +543,8 @@ def _args_track(p: argparse.ArgumentParser) -> None:
                    help="link by centroids, not mask overlap")
     p.add_argument("--max-disp-nm", type=float, default=1.0,
                    help="largest displacement between consecutive frames, nm (after drift)")
-    p.add_argument("--memory", type=int, default=0, help="frames a particle may go missing")
+    p.add_argument("--memory", type=int, default=3,
+                   help="frames a particle may go missing and keep its id (default 3)")
 
 
 def _args_sintering(p: argparse.ArgumentParser) -> None:

@@ -65,6 +65,12 @@ def overlay_png(frame: np.ndarray, masks: dict[str, np.ndarray], path: str | Pat
     ax.set_title(title, fontsize=10)
     ax.set_axis_off()
     fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Write ``fig`` to ``path`` as a PNG (atomically) and close it; return the path. Every
+    figure etemseg writes goes through here."""
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

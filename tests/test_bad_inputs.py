@@ -152,7 +152,7 @@ def movie(tmp_path_factory):
     import torch
 
     from etemseg.nn.models import build_model, canonical_name, parse_arch
-    from etemseg.stages.train import NORMALISATION
+    from etemseg.nn.checkpoint import NORMALISATION
 
     root = tmp_path_factory.mktemp("bad-inputs")
     frames = tiny_frames()
@@ -618,7 +618,7 @@ def test_damaged_file_is_clean_error_or_correct_data(fmt, mode, i, movie, tmp_pa
     if rc == 0:
         assert_same_output(fmt, load(out), want, raw_flip=raw and mode == "flip")
         if fmt == "model":   # the model loaded: it must be the original, byte for byte
-            from etemseg.stages.train import load_model
+            from etemseg.nn.checkpoint import load_model
 
             got, _ = load_model(victim)
             ref, _ = load_model(movie.model)

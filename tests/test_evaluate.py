@@ -1,4 +1,4 @@
-"""Evaluation: threshold sweeps, Otsu thresholds, kernel fits, line profiles, figures, end to end."""
+"""Evaluation: sweeps, Otsu thresholds, kernel fits, line profiles, figures, end to end."""
 
 from __future__ import annotations
 
@@ -11,10 +11,22 @@ import torch
 import zarr
 from skimage.measure import label as cc_label
 
+from etemseg.analysis.comparison import (
+    compare_models,
+    plot_contours,
+    plot_model_contours,
+    plot_threshold_sweep,
+)
+from etemseg.analysis.scoring import pixel_counts, rates
+from etemseg.io.store import MovieStore, create_store
+from etemseg.levels import otsu_level, quantise
+from etemseg.nn.checkpoint import load_model
+from etemseg.nn.inference import InferConfig, prepare_model, stream_levels
+from etemseg.nn.models import parse_arch
+from etemseg.nn.training import TrainConfig, load_training_data
 from etemseg.stages.evaluate import (
     GABOR_PARAMS,
     THRESHOLDS,
-    compare_models,
     evaluate_model,
     evaluation_frames,
     fit_gabor_gauss,
@@ -22,27 +34,14 @@ from etemseg.stages.evaluate import (
     line_profiles,
     otsu_thresholds,
     pick_particles,
-    plot_contours,
     plot_filters,
     plot_kernel_fit,
     plot_line_profiles,
-    plot_model_contours,
     plot_single_kernel,
-    plot_threshold_sweep,
     threshold_sweep,
 )
-from etemseg.stages.infer import (
-    InferConfig,
-    mask_from_levels,
-    otsu_level,
-    predict,
-    prepare_model,
-    quantise,
-)
-from etemseg.nn.models import parse_arch
-from etemseg.analysis.scoring import pixel_counts, rates
-from etemseg.io.store import MovieStore, create_store
-from etemseg.stages.train import TrainConfig, load_model, load_training_data, train
+from etemseg.stages.infer import mask_from_levels
+from etemseg.stages.train import train
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -271,8 +270,8 @@ def workflow(tmp_path_factory):
         train(data, cfg, root / "models" / name, progress=False)
         model, _ = load_model(root / "models" / name / "model.pt")
         model = prepare_model(model, torch.device("cpu"), True)
-        prob = quantise(predict(model, frames, arch=parse_arch(name), cfg=InferConfig(),
-                                device="cpu"))
+        (_, prob, _), = stream_levels(model, [(0, frames)], arch=parse_arch(name),
+                                      cfg=InferConfig(), device="cpu")
         src.like(movie / name / "prob.zarr", np.uint8).array[:] = prob
         src.like(movie / name / "mask.zarr", np.uint8).array[:] = np.stack(
             [mask_from_levels(q, otsu_level(np.bincount(q.ravel(), minlength=256)), 10)

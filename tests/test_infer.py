@@ -10,14 +10,16 @@ import pytest
 import torch
 import zarr
 
-from etemseg.stages.infer import (MIN_SEPARATION, InferConfig, infer_chunk, mask_from_levels,
-                           open_model, otsu_level, otsu_split, predict, prepare_model, quantise,
-                           tiles)
-from etemseg.stages.ingest import ingest
-from etemseg.nn.models import build_model, halo, parse_arch, size_multiple
-from etemseg.analysis.scoring import rates, pixel_counts
+from etemseg.analysis.scoring import pixel_counts, rates
 from etemseg.io.store import MovieStore
-from etemseg.stages.train import TrainConfig, train
+from etemseg.levels import otsu_level, otsu_split, quantise
+from etemseg.nn.inference import (MIN_SEPARATION, InferConfig, open_model, prepare_model,
+                                  probabilities, stream_levels, tiles)
+from etemseg.nn.models import build_model, halo, parse_arch, size_multiple
+from etemseg.nn.training import TrainConfig
+from etemseg.stages.infer import infer_chunk, mask_from_levels
+from etemseg.stages.ingest import ingest
+from etemseg.stages.train import train
 
 from .test_train import disks_data
 
@@ -25,6 +27,22 @@ from .test_train import disks_data
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "etemseg.cli", "--quiet", *map(str, args)],
                           capture_output=True, text=True)
+
+
+def predict(model, frames, *, arch, cfg, device):
+    """Particle probability (T, H, W) float32 of raw frames (T, H, W), in batches of
+    ``cfg.batch_size`` through the inference engine (:func:`probabilities`, what
+    :func:`stream_levels` quantises)."""
+    batches = (frames[b:b + cfg.batch_size] for b in range(0, len(frames), cfg.batch_size))
+    return np.concatenate([p.cpu().numpy() for p in probabilities(model, batches, arch=arch,
+                                                                   cfg=cfg, device=device)])
+
+
+def levels(model, frames, *, arch, cfg, device):
+    """Quantised probabilities and per-frame histograms of frames (T, H, W), as one block of
+    :func:`stream_levels` (what ``infer_chunk`` runs)."""
+    (_, q, hist), = stream_levels(model, [(0, frames)], arch=arch, cfg=cfg, device=device)
+    return q, hist
 
 
 def random_model(name, seed=0):
@@ -158,25 +176,28 @@ def test_min_area_filter_is_8_connected_like_the_measurements():
     assert mask_from_levels(q, 127, 13).sum() == 0
 
 
-def test_predict_levels_equals_quantised_predict_and_bincount():
-    from etemseg.stages.infer import predict_levels, quantise
-    from etemseg.nn.models import build_model
-
+def test_stream_levels_equals_quantised_probabilities_and_bincount():
     arch = parse_arch("unet3-norm")
     torch.manual_seed(0)
     model = prepare_model(build_model(arch), torch.device("cpu"), True)
     frames = np.random.default_rng(0).poisson(200, (5, 40, 48)).astype(np.uint16)
     cfg = InferConfig(batch_size=2)
-    q, hist = predict_levels(model, frames, arch=arch, cfg=cfg, device="cpu")
+    q, hist = levels(model, frames, arch=arch, cfg=cfg, device="cpu")
     assert q.dtype == np.uint8 and hist.shape == (5, 256)
     np.testing.assert_array_equal(q, quantise(predict(model, frames, arch=arch, cfg=cfg,
                                                       device="cpu")))
     for f, h in zip(q, hist):
         np.testing.assert_array_equal(h, np.bincount(f.ravel(), minlength=256))
+    # blocks of any size (an empty one too) come back in order, as one block would
+    blocks = [(0, frames[:3]), (3, frames[3:3]), (3, frames[3:])]
+    out = list(stream_levels(model, blocks, arch=arch, cfg=cfg, device="cpu"))
+    assert [b0 for b0, _, _ in out] == [0, 3, 3]
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in out]), q)
+    np.testing.assert_array_equal(np.concatenate([b[2] for b in out]), hist)
 
 
 def test_uint16_frames_keep_their_full_range_on_the_way_to_float():
-    from etemseg.stages.infer import _to_float
+    from etemseg.nn.inference import _to_float
 
     raw = np.array([[0, 1, 32767, 32768, 40000, 65535]], np.uint16)
     np.testing.assert_array_equal(_to_float(torch.from_numpy(raw)).numpy(),
@@ -275,9 +296,8 @@ def test_normal_masks_are_unchanged_by_the_blank_check(trained, models, small_mo
             assert all(r["blank_frames"] == 0 for r in receipts)
             assert not any("featureless" in r.getMessage() for r in caplog.records)
     # every normal frame's Otsu classes lie far more than MIN_SEPARATION apart
-    from etemseg.stages.infer import predict_levels
-    _, hist = predict_levels(models["shallow-wide"], small_movie, arch=parse_arch("shallow-wide"),
-                             cfg=InferConfig(), device="cpu")
+    _, hist = levels(models["shallow-wide"], small_movie, arch=parse_arch("shallow-wide"),
+                     cfg=InferConfig(), device="cpu")
     assert min(otsu_split(h)[1] for h in hist) > MIN_SEPARATION + 0.2
 
 

@@ -14,7 +14,8 @@ from etemseg.io.atomic import guard_output, holds_only, is_store_of
 from etemseg.cli import main
 from etemseg.errors import OutputPathError
 from etemseg.io.parquet import read_table_set, write_table_set
-from etemseg.stages.train import TrainConfig, train
+from etemseg.nn.training import TrainConfig
+from etemseg.stages.train import train
 
 from .conftest import write_k2_dump
 from .test_train import disks_data

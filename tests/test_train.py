@@ -20,8 +20,10 @@ from etemseg.errors import ConfigError, InputFileError, OutputPathError
 from etemseg.stages.ingest import ingest
 from etemseg.nn.models import parse_arch
 from etemseg.io.store import FAULT_ENV, MovieStore
-from etemseg.stages.train import (TrainConfig, TrainingData, load_model, normalise_frames, rng_state,
-                           sample_batch, set_rng_state, split_frames, train)
+from etemseg.nn.checkpoint import load_model, normalise_frames
+from etemseg.nn.training import (TrainConfig, Trainer, TrainingData, rng_state, sample_batch,
+                                 set_rng_state, split_frames)
+from etemseg.stages.train import train
 
 
 def disks_movie(n=8, h=64, w=80, seed=0) -> tuple[np.ndarray, np.ndarray]:
@@ -165,7 +167,7 @@ def test_finished_run_reruns_and_rewrites_every_output(straight, tmp_path, monke
     data, reference = straight
     shutil.copytree(reference, tmp_path / "model")
     first = {name: (reference / name).read_bytes() for name in OUTPUTS}
-    monkeypatch.setattr("etemseg.stages.train.train_epoch", lambda *a, **k: pytest.fail("trained"))
+    monkeypatch.setattr(Trainer, "train_epoch", lambda *a, **k: pytest.fail("trained"))
     for name in OUTPUTS:   # what Snakemake does before it reruns the job
         (tmp_path / "model" / name).unlink()
     meta = train(data, TrainConfig(**FAST), tmp_path / "model", progress=False)
@@ -425,3 +427,35 @@ def test_train_function_refuses_a_folder_of_other_files(tmp_path):
     with pytest.raises(OutputPathError, match="model folder"):
         train(disks_data(), TrainConfig(**FAST), tmp_path, progress=False)
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_trainer_hooks_and_in_memory_training(straight):
+    """A Trainer subclass sees every epoch through its hooks; training in memory (no
+    checkpoint) gives the weights and metadata of the model folder's run."""
+    import io
+
+    data, reference = straight
+
+    class Recording(Trainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.seen, self.ended = [], 0
+
+        def on_epoch_end(self, row):
+            self.seen.append((row["epoch"], self.run.epochs_done))
+
+        def on_train_end(self):
+            self.ended += 1
+
+    trainer = Recording(data, TrainConfig(**FAST))
+    run = trainer.fit()
+    assert trainer.seen == [(1, 1), (2, 2), (3, 3)] and trainer.ended == 1
+    got = torch.load(io.BytesIO(run.model_file.numpy().tobytes()), weights_only=True)
+    ref = torch.load(reference / "model.pt", weights_only=True)
+    for key, value in ref["state_dict"].items():
+        assert torch.equal(value, got["state_dict"][key]), key
+    assert untimed(got.pop("history")) == untimed(ref.pop("history"))
+    for meta in (got, ref):
+        for key in TIMINGS | {"state_dict"}:
+            meta.pop(key, None)
+    assert got == ref and run.final["name"] == "shallow-wide"

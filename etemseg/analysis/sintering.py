@@ -130,8 +130,7 @@ def analyse(trajectories: pd.DataFrame, frames: pd.DataFrame, events: pd.DataFra
 def plot_sintering(series: pd.DataFrame, psd: pd.DataFrame, summary: dict, path, *,
                    title: str = "") -> None:
     """Four panels: <r>(t), <r>^3 - <r0>^3 with the LSW fit, number density, PSDs vs LSW."""
-    from etemseg.io.atomic import atomic_path
-    from etemseg.plotting import plt
+    from etemseg.plotting import plt, save_figure
 
     fig, axes = plt.subplots(2, 2, figsize=(10, 7.5), dpi=110)
     t = series["time_s"].to_numpy()
@@ -171,6 +170,4 @@ def plot_sintering(series: pd.DataFrame, psd: pd.DataFrame, summary: dict, path,
     ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, path)

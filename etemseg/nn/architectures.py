@@ -164,6 +164,23 @@ VALID_TOKENS = ("unet", "unet2..unet5", "hourglass", "hourglass2..hourglass5", "
                 "f<shallow-wide filters>", "in<input channels>", "cls<classes>")
 
 
+def _unknown_token(original: str, pos: int, seps: str) -> ConfigError:
+    """The error for the unknown token of name ``original`` at ``pos`` (and the whole
+    ``seps``-separated part around it, when the token is only its tail)."""
+    s = original.lower()
+    start = pos
+    while start > 0 and s[start - 1] not in seps:
+        start -= 1
+    end = pos
+    while end < len(s) and s[end] not in seps:
+        end += 1
+    bad, chunk = original[pos:end], original[start:end]
+    where = f" (in {chunk!r})" if chunk != bad else ""
+    return ConfigError(f"architecture {original!r}: unknown token {bad!r}{where}; valid "
+                       f"tokens: {', '.join(VALID_TOKENS)} (joined by '-' or '_', e.g. "
+                       f"unet4-norm, TwoConvNorm_Blur1, single-filter-k7)")
+
+
 def parse_arch(name: str | ArchConfig) -> ArchConfig:
     """Architecture name (explicit like ``unet4-norm`` or the paper's like ``TwoConvNorm_Blur1``)
     -> :class:`ArchConfig`.  Unknown tokens raise :class:`ConfigError` naming the token."""
@@ -191,17 +208,7 @@ def parse_arch(name: str | ArchConfig) -> ArchConfig:
             continue
         m = _TOKEN_RE.match(s, pos)
         if m is None:
-            start = pos
-            while start > 0 and s[start - 1] not in seps:
-                start -= 1
-            end = pos
-            while end < len(s) and s[end] not in seps:
-                end += 1
-            bad, chunk = original[pos:end], original[start:end]
-            where = f" (in {chunk!r})" if chunk != bad else ""
-            raise ConfigError(f"architecture {original!r}: unknown token {bad!r}{where}; valid "
-                              f"tokens: {', '.join(VALID_TOKENS)} (joined by '-' or '_', e.g. "
-                              f"unet4-norm, TwoConvNorm_Blur1, single-filter-k7)")
+            raise _unknown_token(original, pos, seps)
         tok = original[m.start():m.end()]
         g = m.lastgroup
         if g == "single":

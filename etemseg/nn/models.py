@@ -2,7 +2,8 @@
 
 Every model maps a normalised frame ``(N, in_channels, H, W)`` float32 to logits
 ``(N, n_classes, H, W)`` (class 0 = background, class 1 = particle) for *any* ``H x W``; training
-uses cross-entropy on the logits, inference ``softmax`` (see :func:`probabilities`).
+uses cross-entropy on the logits, inference ``softmax`` (see
+:func:`etemseg.nn.inference.probabilities`).
 
 Families
 --------
@@ -61,9 +62,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from etemseg.nn.architectures import (BLUR_TRUNCATE, FAMILIES, LEAKY_SLOPE, ArchConfig, canonical_name,
-                            parse_arch)
 from etemseg.errors import ConfigError
+from etemseg.nn.architectures import (BLUR_TRUNCATE, FAMILIES, LEAKY_SLOPE, ArchConfig,
+                                      canonical_name, parse_arch)
 
 __all__ = [
     "FAMILIES",
@@ -81,7 +82,6 @@ __all__ = [
     "halo",
     "model_table",
     "parse_arch",
-    "probabilities",
     "receptive_field",
     "size_multiple",
 ]
@@ -408,24 +408,6 @@ def model_table(names: list[str] | None = None) -> list[dict]:
             "description": describe(cfg),
         })
     return rows
-
-
-def probabilities(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Particle probability ``softmax(model(x))[:, 1]``, shape ``(N, H, W)``.
-
-    Runs under ``torch.inference_mode`` with the model temporarily in eval mode (its training
-    flag is restored).  For 2 classes this is computed as ``sigmoid(l1 - l0)`` (identical).
-    """
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            logits = model(x)
-            if logits.shape[1] == 2:
-                return torch.sigmoid(logits[:, 1] - logits[:, 0])
-            return torch.softmax(logits, dim=1)[:, 1]
-    finally:
-        model.train(was_training)
 
 
 def _fold_bn(module: nn.Module) -> None:

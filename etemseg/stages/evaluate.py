@@ -2,8 +2,8 @@
 
 The paper's evaluation figures, computed from the workflow's stores:
 
-* Fig. 4 — Otsu-threshold contours of several models on one test frame (:func:`plot_contours`,
-  :func:`plot_model_contours`);
+* Fig. 4 — Otsu-threshold contours of several models on one test frame
+  (:func:`etemseg.analysis.comparison.plot_model_contours`);
 * Fig. 5 — intensity line profiles across particles, raw frame vs each model's output
   (:func:`pick_particles`, :func:`line_profiles`, :func:`plot_line_profiles`);
 * Fig. 6a, Supplementary Figs. 6-8 — the single learned kernel, its fit by a horizontal Gabor +
@@ -12,14 +12,15 @@ The paper's evaluation figures, computed from the workflow's stores:
   :func:`plot_filters`);
 * Fig. 7a — precision / recall / F1 against the probability threshold (mean and std over frames)
   and the distribution of per-frame Otsu thresholds (:func:`threshold_sweep`,
-  :func:`otsu_thresholds`, :func:`plot_threshold_sweep`).
+  :func:`otsu_thresholds`, :func:`etemseg.analysis.comparison.plot_threshold_sweep`).
 
 :func:`evaluate_model` ties these together for one movie x model and writes its outputs
-atomically; :func:`compare_models` turns the per-model results into the study table.
+atomically; :func:`etemseg.analysis.comparison.compare_models` turns the per-model results into
+the study table (``etemseg compare``).
 
 Thresholds
 ----------
-Probabilities are stored as uint8 levels ``q = round(255 p)`` (see :mod:`etemseg.stages.infer`).  A pixel
+Probabilities are stored as uint8 levels ``q = round(255 p)`` (see :mod:`etemseg.levels`).  A pixel
 is positive at threshold ``t`` when ``p > t``, i.e. ``q > floor(255 t)`` — the semantics of the
 inference masks (``q > level``).  All counts at all thresholds come from one 256-bin histogram per
 frame and class of the reference (cumulative sums), never from a pass over the pixels per
@@ -30,27 +31,29 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import ndimage, optimize
 
-from etemseg.io.atomic import atomic_path, write_json
-from etemseg.errors import InputFileError
-from etemseg.stages.infer import dequantise, otsu_level, quantise
-from etemseg.plotting import overlay_png, plt
+from etemseg.plotting import save_figure
 from etemseg.analysis.scoring import equivalent_diameter_px, pixel_counts, rates, score_frames
+from etemseg.errors import InputFileError
+from etemseg.io.atomic import atomic_path, write_json
 from etemseg.io.store import MovieStore
-from etemseg.stages.train import load_model, select_frames
+from etemseg.levels import dequantise, level_histogram, otsu_level, quantise, threshold_level
+from etemseg.nn.checkpoint import load_model
+from etemseg.nn.training import select_frames
+from etemseg.plotting import plt
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "GABOR_PARAMS",
     "THRESHOLDS",
-    "compare_models",
     "counts_at_levels",
     "evaluate_model",
     "evaluation_frames",
@@ -60,13 +63,10 @@ __all__ = [
     "line_profiles",
     "otsu_thresholds",
     "pick_particles",
-    "plot_contours",
     "plot_filters",
     "plot_kernel_fit",
     "plot_line_profiles",
-    "plot_model_contours",
     "plot_single_kernel",
-    "plot_threshold_sweep",
     "sweep_from_histograms",
     "threshold_level",
     "threshold_sweep",
@@ -103,14 +103,6 @@ def _write_csv(df: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def _save_fig(fig, path: str | Path) -> Path:
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
-
-
 def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     """``num / den`` with 1.0 where ``den == 0`` (the convention of :func:`scoring.rates`)."""
     num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
@@ -120,16 +112,6 @@ def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # 1. threshold sweep and Otsu thresholds
 # --------------------------------------------------------------------------------------------
-
-def threshold_level(threshold) -> np.ndarray:
-    """uint8 level(s) of probability threshold(s): ``p > t`` is ``q > floor(255 t)``.
-
-    A tiny tolerance absorbs float error in ``255 t`` (``0.6 * 255`` is 152.99999...).
-    Thresholds below 0 give level -1 (everything positive), above 1 give 255 (nothing).
-    """
-    t = np.asarray(threshold, dtype=np.float64)
-    return np.clip(np.floor(t * 255.0 + 1e-6), -1, 255).astype(np.int64)
-
 
 def level_histograms(prob_uint8, reference) -> tuple[np.ndarray, np.ndarray]:
     """Per-frame 256-bin histograms of the probability levels of reference-negative and -positive
@@ -248,11 +230,10 @@ def otsu_thresholds(prob_uint8) -> np.ndarray:
     Returns
     -------
     (T,) float64
-        ``infer.otsu_level`` of each frame's 256-bin histogram, divided by 255.
+        :func:`etemseg.levels.otsu_level` of each frame's 256-bin histogram, divided by 255.
     """
     q = _as_levels(prob_uint8)
-    return np.array([otsu_level(np.bincount(f.ravel(), minlength=256)) for f in q],
-                    dtype=np.float64) / 255.0
+    return np.array([otsu_level(level_histogram(f)) for f in q], dtype=np.float64) / 255.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -423,7 +404,7 @@ def plot_line_profiles(profiles: pd.DataFrame, path: str | Path, *, title: str =
                    frameon=False, bbox_to_anchor=(0.5, 1.0))
     fig.suptitle(title, fontsize=10, y=0.02, va="bottom")
     fig.tight_layout(rect=(0, 0.05, 1, 0.9))
-    return _save_fig(fig, path)
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -452,7 +433,7 @@ def plot_single_kernel(kernel: np.ndarray, path: str | Path, *, title: str = "")
     fig.colorbar(im, ax=ax, label="weight")
     ax.set_title(title or f"learned {kernel.shape[0]}x{kernel.shape[1]} filter", fontsize=10)
     fig.tight_layout()
-    return _save_fig(fig, path)
+    return save_figure(fig, path)
 
 
 def _montage(filters: np.ndarray, ncols: int) -> np.ndarray:
@@ -495,7 +476,7 @@ def plot_filters(filters: np.ndarray, path: str | Path, *, title: str = "",
     fig.colorbar(im_mean, ax=ax_mean, shrink=0.8, label="weight")
     ax_mean.set_title("mean filter", fontsize=10)
     fig.tight_layout()
-    return _save_fig(fig, path)
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -623,6 +604,12 @@ def fit_gabor_gauss(kernel: np.ndarray, *, n_starts: int | None = None) -> dict:
     coef, _ = project(theta)
     coef = coef * scale
     coef[5] += mean
+    return _gabor_fit_result(k, theta, coef, bool(best is not None and best.success))
+
+
+def _gabor_fit_result(k: np.ndarray, theta: np.ndarray, coef: np.ndarray, success: bool) -> dict:
+    """The result of :func:`fit_gabor_gauss` for kernel ``k`` from the fitted non-linear
+    parameters ``theta`` and linear coefficients ``coef`` (of :func:`_components`)."""
     x0, y0, sh, fh, sv, fv, sg = (float(v) for v in theta)
     a_h, a_v = float(np.hypot(coef[0], coef[1])), float(np.hypot(coef[2], coef[3]))
     params = {"x0": x0, "y0": y0,
@@ -631,21 +618,20 @@ def fit_gabor_gauss(kernel: np.ndarray, *, n_starts: int | None = None) -> dict:
               "a_v": a_v, "sigma_v": sv, "freq_v": fv,
               "phase_v": _wrap(math.atan2(-coef[3], coef[2])) if a_v > 0 else 0.0,
               "a_g": float(coef[4]), "sigma_g": sg, "offset": float(coef[5])}
-    basis = _components(shape, *theta)
+    basis = _components(k.shape, *theta)
     comps = {"gabor_h": coef[0] * basis[0] + coef[1] * basis[1],
              "gabor_v": coef[2] * basis[2] + coef[3] * basis[3],
              "gaussian": coef[4] * basis[4]}
     model = comps["gabor_h"] + comps["gabor_v"] + comps["gaussian"] + coef[5]
     resid = k - model
     ss_res = float(np.sum(resid ** 2))
-    ss_tot = float(np.sum((k - mean) ** 2))
+    ss_tot = float(np.sum((k - float(k.mean())) ** 2))
     if ss_tot > 0:
         r2 = 1.0 - ss_res / ss_tot
     else:
         r2 = 1.0 if ss_res <= 1e-24 else float("nan")
     return {"params": params, "model": model, "residual": resid, "components": comps,
-            "r2": float(r2), "rmse": float(math.sqrt(ss_res / k.size)),
-            "success": bool(best is not None and best.success)}
+            "r2": float(r2), "rmse": float(math.sqrt(ss_res / k.size)), "success": success}
 
 
 def plot_kernel_fit(kernel: np.ndarray, fit: dict, path: str | Path, *, title: str = "") -> Path:
@@ -674,147 +660,11 @@ def plot_kernel_fit(kernel: np.ndarray, fit: dict, path: str | Path, *, title: s
     fig.suptitle(((title + "\n") if title else "") + text, fontsize=9)
     fig.tight_layout(rect=(0, 0, 0.9, 1))
     fig.colorbar(im, cax=fig.add_axes((0.91, 0.15, 0.02, 0.65)), label="weight (one scale)")
-    return _save_fig(fig, path)
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------------
-# 5. contours of several models (Fig. 4)
-# --------------------------------------------------------------------------------------------
-
-def _crop_slices(crop, shape) -> tuple[slice, slice]:
-    """``crop`` as (y0, y1, x0, x1) or (slice, slice) -> two slices clipped to ``shape``."""
-    if crop is None:
-        return slice(0, shape[0]), slice(0, shape[1])
-    if len(crop) == 2 and all(isinstance(c, slice) for c in crop):
-        ys, xs = crop
-    elif len(crop) == 4:
-        y0, y1, x0, x1 = (int(c) for c in crop)
-        ys, xs = slice(y0, y1), slice(x0, x1)
-    else:
-        raise ValueError(f"crop: expected (y0, y1, x0, x1) or (slice, slice), got {crop!r}")
-    ys = slice(*ys.indices(shape[0])[:2])
-    xs = slice(*xs.indices(shape[1])[:2])
-    if ys.stop <= ys.start or xs.stop <= xs.start:
-        raise ValueError(f"crop: {crop!r} is empty for a {shape} frame")
-    return ys, xs
-
-
-def plot_contours(frame: np.ndarray, masks: Mapping[str, np.ndarray], path: str | Path, *,
-                  pixel_size_nm: float | None, crop=None, title: str = "") -> Path:
-    """Outlines of several models' masks on one frame, with legend and scale bar (Fig. 4).
-
-    Parameters
-    ----------
-    frame : (H, W)
-        Raw frame.
-    masks : dict name -> (H, W) bool
-        At most 6 masks (one colour each), e.g. the Otsu-threshold masks of six models.
-    crop : (y0, y1, x0, x1) or (slice, slice), optional
-        Show only this region (outlines are computed inside the crop).
-    """
-    if len(masks) > 6:
-        raise ValueError(f"plot_contours: at most 6 masks have distinct colours, got "
-                         f"{len(masks)}")
-    frame = np.asarray(frame)
-    ys, xs = _crop_slices(crop, frame.shape)
-    for name, m in masks.items():
-        if np.shape(m) != frame.shape:
-            raise ValueError(f"masks[{name!r}]: shape {np.shape(m)} differs from the frame's "
-                             f"{frame.shape}")
-    cropped = {name: np.asarray(m, bool)[ys, xs] for name, m in masks.items()}
-    if crop is not None and not title:
-        title = f"crop y {ys.start}:{ys.stop}, x {xs.start}:{xs.stop}"
-    return overlay_png(frame[ys, xs], cropped, path, title=title, pixel_size_nm=pixel_size_nm)
-
-
-def plot_model_contours(results_dir: str | Path, movie: str, models: Sequence[str],
-                        path: str | Path, *, frame_index: int | None = None, crop=None,
-                        labels: Mapping[str, str] | None = None, source: str = "otsu") -> Path:
-    """Fig. 4 for the study: several models' contours on one frame of ``results/{movie}``.
-
-    Parameters
-    ----------
-    results_dir : path
-        The workflow's ``results`` folder.
-    movie : str
-        Movie name (``results/{movie}/frames.zarr``, ``results/{movie}/{model}/prob.zarr``).
-    models : sequence of str
-        Up to 6 model names (sub-folders of the movie).
-    frame_index : int, optional
-        Frame to show (default: the middle frame).
-    labels : dict model -> display name, optional
-        Legend names (e.g. the paper's "TwoConv_Norm").
-    source : str
-        ``otsu`` (Otsu threshold of the frame's probabilities, no size filter — the paper's
-        figure) or ``mask`` (the stored ``mask.zarr``).
-    """
-    if source not in ("otsu", "mask"):
-        raise ValueError(f"source: expected 'otsu' or 'mask', got {source!r}")
-    movie_dir = Path(results_dir) / movie
-    frames = MovieStore.open(movie_dir / "frames.zarr")
-    t = frames.n_frames // 2 if frame_index is None else int(frame_index)
-    if not 0 <= t < frames.n_frames:
-        raise ValueError(f"frame_index: {t} is out of range 0..{frames.n_frames - 1}")
-    masks = {}
-    for name in models:
-        if source == "otsu":
-            q = MovieStore.open(movie_dir / name / "prob.zarr").take([t])[0]
-            masks[(labels or {}).get(name, name)] = q > otsu_level(
-                np.bincount(q.ravel(), minlength=256))
-        else:
-            masks[(labels or {}).get(name, name)] = (
-                MovieStore.open(movie_dir / name / "mask.zarr").take([t])[0] > 0)
-    return plot_contours(frames.take([t])[0], masks, path, pixel_size_nm=frames.pixel_size_nm,
-                         crop=crop, title=f"{movie} frame {t} ({source} masks)")
-
-
-# --------------------------------------------------------------------------------------------
-# 6. threshold-sweep figure (Fig. 7a)
-# --------------------------------------------------------------------------------------------
-
-def plot_threshold_sweep(sweeps: Mapping[str, pd.DataFrame], otsu: Mapping[str, np.ndarray],
-                         path: str | Path, *, title: str = "") -> Path:
-    """Precision, recall and F1 vs threshold (mean +- std bands), one colour per model, and a
-    histogram of the per-frame Otsu thresholds (Fig. 7a).
-
-    Parameters
-    ----------
-    sweeps : dict name -> DataFrame
-        :func:`threshold_sweep` tables.
-    otsu : dict name -> (T,) array
-        Per-frame Otsu thresholds (:func:`otsu_thresholds`); models may be missing.
-    """
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.8), dpi=110)
-    for k, (name, df) in enumerate(sweeps.items()):
-        colour = f"C{k % 10}"
-        for ax, key in zip(axes[:3], ("precision", "recall", "f1")):
-            m, s = df[f"{key}_mean"].to_numpy(), df[f"{key}_std"].to_numpy()
-            ax.plot(df["threshold"], m, color=colour, lw=1.5, label=str(name))
-            ax.fill_between(df["threshold"], m - s, m + s, color=colour, alpha=0.2, lw=0)
-    for ax, key in zip(axes[:3], ("precision", "recall", "F1")):
-        ax.set_xlabel("probability threshold")
-        ax.set_ylabel(key)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.02)
-        ax.grid(alpha=0.3)
-    bins = np.linspace(0, 1, 52)
-    names = list(sweeps) + [n for n in otsu if n not in sweeps]
-    for k, name in enumerate(names):
-        vals = np.asarray(otsu.get(name, []), dtype=np.float64)
-        if vals.size:
-            axes[3].hist(vals, bins=bins, color=f"C{k % 10}", alpha=0.55, label=str(name))
-    axes[3].set_xlabel("Otsu threshold per frame")
-    axes[3].set_ylabel("frames")
-    axes[3].set_xlim(0, 1)
-    if sweeps:
-        axes[2].legend(fontsize=8, loc="lower center")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return _save_fig(fig, path)
-
-
-# --------------------------------------------------------------------------------------------
-# 7. one movie x model
+# 5. one movie x model
 # --------------------------------------------------------------------------------------------
 
 def _same_store(a: str | Path, b: str | Path) -> bool:
@@ -923,6 +773,182 @@ def _reference_scores(neg: np.ndarray, pos: np.ndarray, otsu_lv: np.ndarray,
     return sweep, out
 
 
+@dataclass
+class _Stores:
+    """The stores one evaluation reads; ``truth`` is a Zarr array or None."""
+
+    frames: MovieStore
+    prob: MovieStore
+    mask: MovieStore
+    pseudo: MovieStore
+    truth: object | None
+    truth_path: str | Path | None
+
+    def blocks(self, idx: np.ndarray) -> Iterator[np.ndarray]:
+        """``idx`` in runs of one mask-store chunk (a few frames in memory at a time)."""
+        step = max(1, int(self.mask.array.chunks[0]))
+        for b in range(0, len(idx), step):
+            yield idx[b:b + step]
+
+
+def _open_stores(movie_dir: Path, model_name: str, truth_path: str | Path | None) -> _Stores:
+    """Frames, probabilities, masks, pseudo-labels (and truth) of a movie x model, of one shape.
+
+    ``truth_path`` None: ``{movie_dir}/synth/truth/labels.zarr`` when it exists.
+    """
+    frames = MovieStore.open(movie_dir / "frames.zarr")
+    prob = MovieStore.open(movie_dir / model_name / "prob.zarr")
+    mask = MovieStore.open(movie_dir / model_name / "mask.zarr")
+    pseudo = MovieStore.open(movie_dir / "pseudo.zarr")
+    shape = frames.array.shape
+    for st in (prob, mask, pseudo):
+        if st.array.shape != shape:
+            raise InputFileError(st.path, f"shape {st.array.shape} differs from "
+                                 f"{frames.path} {shape}")
+    if truth_path is None:
+        default = movie_dir / "synth" / "truth" / "labels.zarr"
+        truth_path = default if default.exists() else None
+    truth = _open_truth(Path(truth_path), shape) if truth_path is not None else None
+    return _Stores(frames, prob, mask, pseudo, truth, truth_path)
+
+
+def _level_pass(stores: _Stores, idx: np.ndarray
+                ) -> tuple[tuple[np.ndarray, np.ndarray], tuple | None, dict]:
+    """One pass over the evaluation frames, a few at a time.
+
+    Returns
+    -------
+    pseudo_hist : (neg, pos)
+        :func:`level_histograms` of the probabilities against the pseudo-labels.
+    truth_hist : (neg, pos) or None
+        The same against the truth (None without truth).
+    stored_mask : dict
+        Pixel counts and rates of the stored masks vs the pseudo-labels (pooled and per-frame F1).
+    """
+    hist_p, hist_t = [], []
+    counts = {"tp": 0, "fp": 0, "fn": 0}
+    mask_f1 = []
+    for sel in stores.blocks(idx):
+        q = _read(stores.prob, sel)
+        ref = _read(stores.pseudo, sel) > 0
+        hist_p.append(level_histograms(q, ref))
+        if stores.truth is not None:
+            hist_t.append(level_histograms(q, stores.truth.get_orthogonal_selection((sel,)) > 0))
+        for m, r in zip(_read(stores.mask, sel) > 0, ref):
+            c = pixel_counts(m, r)
+            mask_f1.append(rates(**c)["f1"])
+            for key in counts:
+                counts[key] += c[key]
+
+    def joined(hists):
+        return np.concatenate([h[0] for h in hists]), np.concatenate([h[1] for h in hists])
+
+    stored = {**counts, **rates(**counts), "f1_frame_mean": float(np.mean(mask_f1)),
+              "f1_frame_std": float(np.std(mask_f1))}
+    return joined(hist_p), (joined(hist_t) if stores.truth is not None else None), stored
+
+
+def _threshold_outputs(stores: _Stores, idx: np.ndarray, thresholds, out_dir: Path
+                       ) -> tuple[np.ndarray, dict, dict | None, list[Path]]:
+    """Threshold sweeps and Otsu scores vs pseudo-labels (and truth); write their tables.
+
+    Returns the per-frame Otsu levels, the scores vs pseudo-labels and vs truth (None without
+    truth) and the files written (``threshold_sweep.csv``, ``otsu_thresholds.csv``,
+    ``threshold_sweep_truth.csv``).
+    """
+    (neg, pos), truth_hist, stored = _level_pass(stores, idx)
+    otsu_lv = np.array([otsu_level(h) for h in neg + pos], np.int64)
+    sweep, vs_pseudo = _reference_scores(neg, pos, otsu_lv, thresholds)
+    vs_pseudo["stored_mask"] = stored
+    outputs = [_write_csv(sweep, out_dir / "threshold_sweep.csv")]
+    otsu_df = pd.DataFrame({"frame": idx, "otsu_level": otsu_lv,
+                            "otsu_threshold": otsu_lv / 255.0})
+    outputs.append(_write_csv(otsu_df, out_dir / "otsu_thresholds.csv"))
+    if truth_hist is None:
+        return otsu_lv, vs_pseudo, None, outputs
+    sweep_t, vs_truth = _reference_scores(*truth_hist, otsu_lv, thresholds)
+    outputs.append(_write_csv(sweep_t, out_dir / "threshold_sweep_truth.csv"))
+    pairs = (pair for sel in stores.blocks(idx)
+             for pair in zip(_read(stores.mask, sel) > 0,
+                             stores.truth.get_orthogonal_selection((sel,))))
+    vs_truth["stored_mask"] = score_frames(pairs, pixel_size_nm=stores.frames.pixel_size_nm)
+    return otsu_lv, vs_pseudo, vs_truth, outputs
+
+
+def _profile_outputs(stores: _Stores, idx: np.ndarray, movie: str, model_name: str,
+                     n_particles: int, out_dir: Path) -> tuple[dict, list[Path]]:
+    """Line profiles through particles of the middle evaluation frame (picked on the truth mask
+    if present, else the pseudo-labels); write ``line_profiles.csv`` and ``.png``.
+
+    Returns the ``line_profiles`` entry of ``scores.json`` and the files written.
+    """
+    t = int(idx[len(idx) // 2])
+    raw = stores.frames.take([t])[0].astype(np.float64)
+    ref_frame = ((np.asarray(stores.truth[t]) > 0) if stores.truth is not None
+                 else (stores.pseudo.take([t])[0] > 0))
+    picks = pick_particles(ref_frame, n=n_particles)
+    half = max(8.0, float(picks["diameter_px"].max())) if len(picks) else 8.0
+    profiles = line_profiles(raw, {model_name: dequantise(stores.prob.take([t])[0])},
+                             picks[["y", "x"]].to_numpy(), half,
+                             pixel_size_nm=stores.frames.pixel_size_nm)
+    outputs = [_write_csv(profiles, out_dir / "line_profiles.csv"),
+               plot_line_profiles(profiles, out_dir / "line_profiles.png",
+                                  title=f"{movie} frame {t}: {model_name}")]
+    return {"frame": t, "half_length_px": half,
+            "particles": picks.to_dict(orient="records")}, outputs
+
+
+def _kernel_outputs(model, family: str, model_name: str, out_dir: Path
+                    ) -> tuple[dict | None, list[Path]]:
+    """Single-filter / shallow-wide models: the learned kernel (or filters) figure and the
+    Gabor + Gabor + Gaussian fit of the kernel (of the mean filter for shallow-wide).
+
+    Returns the fit (with the kernel and fitted model as lists; None for other families) and the
+    files written (``kernel.png`` or ``filters.png``, ``kernel_fit.png``, ``kernel_fit.json``).
+    """
+    if family not in ("single_filter", "shallow_wide"):
+        return None, []
+    if family == "single_filter":
+        kern = model.kernel.numpy()
+        kern = kern[0] if kern.ndim == 3 else kern
+        outputs = [plot_single_kernel(kern, out_dir / "kernel.png",
+                                      title=f"{model_name}: learned filter")]
+        what = "single filter"
+    else:
+        filt = model.filters.numpy()
+        outputs = [plot_filters(filt, out_dir / "filters.png",
+                                title=f"{model_name}: first-layer filters")]
+        kern, what = filt.mean(axis=0), f"mean of the {len(filt)} filters"
+    fit = fit_gabor_gauss(kern)
+    outputs.append(plot_kernel_fit(kern, fit, out_dir / "kernel_fit.png",
+                                   title=f"{model_name}: {what}"))
+    kernel_fit = {"fitted": what, "r2": fit["r2"], "rmse": fit["rmse"],
+                  "success": fit["success"], "params": fit["params"],
+                  "kernel": kern.tolist(), "model": fit["model"].tolist()}
+    outputs.append(write_json(kernel_fit, out_dir / "kernel_fit.json"))
+    return kernel_fit, outputs
+
+
+def _summary(result: dict) -> dict:
+    """The flat row of an :func:`evaluate_model` result (for the comparison table)."""
+    vs_pseudo, vs_truth, kernel_fit = result["vs_pseudo"], result["vs_truth"], result["kernel_fit"]
+    return {
+        "model": result["model"], "canonical": result["canonical"], "movie": result["movie"],
+        "parameters": result["parameters"], "training_time_s": result["training_time_s"],
+        "n_frames": len(result["frames"]), "frame_selection": result["frame_selection"],
+        "f1_otsu": vs_pseudo["otsu"]["f1_mean"], "f1_otsu_std": vs_pseudo["otsu"]["f1_std"],
+        "best_f1": vs_pseudo["best"]["f1_mean"], "best_threshold": vs_pseudo["best"]["threshold"],
+        "otsu_threshold_mean": result["otsu_threshold"]["mean"],
+        "otsu_threshold_std": result["otsu_threshold"]["std"],
+        "f1_mask_pseudo": vs_pseudo["stored_mask"]["f1"],
+        "f1_otsu_truth": vs_truth["otsu"]["f1_mean"] if vs_truth else None,
+        "best_f1_truth": vs_truth["best"]["f1_mean"] if vs_truth else None,
+        "f1_truth": vs_truth["stored_mask"]["pixel"]["f1"] if vs_truth else None,
+        "detection_f1_truth": vs_truth["stored_mask"]["detection"]["f1"] if vs_truth else None,
+        "kernel_fit_r2": kernel_fit["r2"] if kernel_fit else None,
+    }
+
+
 def evaluate_model(movie_dir: str | Path, model_name: str, model_path: str | Path, *,
                    out_dir: str | Path, val_frames: Sequence[int] | None = None,
                    truth_path: str | Path | None = None, max_frames: int = 32,
@@ -964,175 +990,35 @@ def evaluate_model(movie_dir: str | Path, model_name: str, model_path: str | Pat
     Returns
     -------
     dict
-        The content of ``scores.json``; ``summary`` is the flat row for :func:`compare_models`.
+        The content of ``scores.json``; ``summary`` is the flat row for
+        :func:`etemseg.analysis.comparison.compare_models`.
     """
     movie_dir, out_dir = Path(movie_dir), Path(out_dir)
-    frames = MovieStore.open(movie_dir / "frames.zarr")
-    prob = MovieStore.open(movie_dir / model_name / "prob.zarr")
-    mask = MovieStore.open(movie_dir / model_name / "mask.zarr")
-    pseudo = MovieStore.open(movie_dir / "pseudo.zarr")
-    shape = frames.array.shape
-    for st in (prob, mask, pseudo):
-        if st.array.shape != shape:
-            raise InputFileError(st.path, f"shape {st.array.shape} differs from "
-                                 f"{frames.path} {shape}")
-    if truth_path is None:
-        default = movie_dir / "synth" / "truth" / "labels.zarr"
-        truth_path = default if default.exists() else None
-    truth = _open_truth(Path(truth_path), shape) if truth_path is not None else None
+    stores = _open_stores(movie_dir, model_name, truth_path)
     model, meta = load_model(model_path)
-    idx, how = evaluation_frames(meta, frames.path, frames.n_frames, val_frames=val_frames,
-                                 max_frames=max_frames)
-    px = frames.pixel_size_nm
-
-    # one pass over the evaluation frames, a few at a time: histograms and mask counts
-    hist_p, hist_t = [], []
-    mask_counts = {"tp": 0, "fp": 0, "fn": 0}
-    mask_f1 = []
-    step = max(1, int(mask.array.chunks[0]))
-    for b in range(0, len(idx), step):
-        sel = idx[b:b + step]
-        q = _read(prob, sel)
-        ref = _read(pseudo, sel) > 0
-        hist_p.append(level_histograms(q, ref))
-        if truth is not None:
-            hist_t.append(level_histograms(q, truth.get_orthogonal_selection((sel,)) > 0))
-        for m, r in zip(_read(mask, sel) > 0, ref):
-            c = pixel_counts(m, r)
-            mask_f1.append(rates(**c)["f1"])
-            for key in mask_counts:
-                mask_counts[key] += c[key]
-    neg = np.concatenate([h[0] for h in hist_p])
-    pos = np.concatenate([h[1] for h in hist_p])
-    otsu_lv = np.array([otsu_level(h) for h in neg + pos], np.int64)
-    sweep, vs_pseudo = _reference_scores(neg, pos, otsu_lv, thresholds)
-    vs_pseudo["stored_mask"] = {**mask_counts, **rates(**mask_counts),
-                                "f1_frame_mean": float(np.mean(mask_f1)),
-                                "f1_frame_std": float(np.std(mask_f1))}
-    outputs = [_write_csv(sweep, out_dir / "threshold_sweep.csv")]
-    otsu_df = pd.DataFrame({"frame": idx, "otsu_level": otsu_lv,
-                            "otsu_threshold": otsu_lv / 255.0})
-    outputs.append(_write_csv(otsu_df, out_dir / "otsu_thresholds.csv"))
-
-    vs_truth = None
-    if truth is not None:
-        tneg = np.concatenate([h[0] for h in hist_t])
-        tpos = np.concatenate([h[1] for h in hist_t])
-        sweep_t, vs_truth = _reference_scores(tneg, tpos, otsu_lv, thresholds)
-        outputs.append(_write_csv(sweep_t, out_dir / "threshold_sweep_truth.csv"))
-
-        def pairs():
-            for b in range(0, len(idx), step):
-                sel = idx[b:b + step]
-                yield from zip(_read(mask, sel) > 0, truth.get_orthogonal_selection((sel,)))
-
-        vs_truth["stored_mask"] = score_frames(pairs(), pixel_size_nm=px)
-
-    # line profiles on the middle evaluation frame
-    t = int(idx[len(idx) // 2])
-    raw = frames.take([t])[0].astype(np.float64)
-    ref_frame = (np.asarray(truth[t]) > 0) if truth is not None else (pseudo.take([t])[0] > 0)
-    picks = pick_particles(ref_frame, n=n_particles)
-    half = max(8.0, float(picks["diameter_px"].max())) if len(picks) else 8.0
-    profiles = line_profiles(raw, {model_name: dequantise(prob.take([t])[0])},
-                             picks[["y", "x"]].to_numpy(), half, pixel_size_nm=px)
-    outputs.append(_write_csv(profiles, out_dir / "line_profiles.csv"))
-    outputs.append(plot_line_profiles(profiles, out_dir / "line_profiles.png",
-                                      title=f"{movie_dir.name} frame {t}: {model_name}"))
-
-    # learned kernels
-    family = meta["arch"]["family"]
-    kernel_fit = None
-    if family in ("single_filter", "shallow_wide"):
-        if family == "single_filter":
-            kern = model.kernel.numpy()
-            kern = kern[0] if kern.ndim == 3 else kern
-            outputs.append(plot_single_kernel(kern, out_dir / "kernel.png",
-                                              title=f"{model_name}: learned filter"))
-            what = "single filter"
-        else:
-            filt = model.filters.numpy()
-            outputs.append(plot_filters(filt, out_dir / "filters.png",
-                                        title=f"{model_name}: first-layer filters"))
-            kern, what = filt.mean(axis=0), f"mean of the {len(filt)} filters"
-        fit = fit_gabor_gauss(kern)
-        outputs.append(plot_kernel_fit(kern, fit, out_dir / "kernel_fit.png",
-                                       title=f"{model_name}: {what}"))
-        kernel_fit = {"fitted": what, "r2": fit["r2"], "rmse": fit["rmse"],
-                      "success": fit["success"], "params": fit["params"],
-                      "kernel": kern.tolist(), "model": fit["model"].tolist()}
-        outputs.append(write_json(kernel_fit, out_dir / "kernel_fit.json"))
-
+    idx, how = evaluation_frames(meta, stores.frames.path, stores.frames.n_frames,
+                                 val_frames=val_frames, max_frames=max_frames)
+    otsu_lv, vs_pseudo, vs_truth, outputs = _threshold_outputs(stores, idx, thresholds, out_dir)
+    profiles, written = _profile_outputs(stores, idx, movie_dir.name, model_name, n_particles,
+                                         out_dir)
+    outputs += written
+    kernel_fit, written = _kernel_outputs(model, meta["arch"]["family"], model_name, out_dir)
+    outputs += written
     otsu_thr = otsu_lv / 255.0
-    summary = {
-        "model": model_name, "canonical": meta.get("name"), "movie": movie_dir.name,
-        "parameters": meta.get("parameters"), "training_time_s": meta.get("training_time_s"),
-        "n_frames": len(idx), "frame_selection": how,
-        "f1_otsu": vs_pseudo["otsu"]["f1_mean"], "f1_otsu_std": vs_pseudo["otsu"]["f1_std"],
-        "best_f1": vs_pseudo["best"]["f1_mean"], "best_threshold": vs_pseudo["best"]["threshold"],
-        "otsu_threshold_mean": float(otsu_thr.mean()),
-        "otsu_threshold_std": float(otsu_thr.std()),
-        "f1_mask_pseudo": vs_pseudo["stored_mask"]["f1"],
-        "f1_otsu_truth": vs_truth["otsu"]["f1_mean"] if vs_truth else None,
-        "best_f1_truth": vs_truth["best"]["f1_mean"] if vs_truth else None,
-        "f1_truth": vs_truth["stored_mask"]["pixel"]["f1"] if vs_truth else None,
-        "detection_f1_truth": vs_truth["stored_mask"]["detection"]["f1"] if vs_truth else None,
-        "kernel_fit_r2": kernel_fit["r2"] if kernel_fit else None,
-    }
     result = {
         "movie": movie_dir.name, "model": model_name, "model_path": str(model_path),
-        "canonical": meta.get("name"), "family": family, "parameters": meta.get("parameters"),
-        "training_time_s": meta.get("training_time_s"), "pixel_size_nm": px,
-        "frames": idx.tolist(), "frame_selection": how,
-        "truth": str(truth_path) if truth is not None else None,
+        "canonical": meta.get("name"), "family": meta["arch"]["family"],
+        "parameters": meta.get("parameters"), "training_time_s": meta.get("training_time_s"),
+        "pixel_size_nm": stores.frames.pixel_size_nm, "frames": idx.tolist(),
+        "frame_selection": how,
+        "truth": str(stores.truth_path) if stores.truth is not None else None,
         "otsu_threshold": {"mean": float(otsu_thr.mean()), "std": float(otsu_thr.std()),
                            "min": float(otsu_thr.min()), "max": float(otsu_thr.max())},
-        "vs_pseudo": vs_pseudo, "vs_truth": vs_truth,
-        "line_profiles": {"frame": t, "half_length_px": half,
-                          "particles": picks.to_dict(orient="records")},
+        "vs_pseudo": vs_pseudo, "vs_truth": vs_truth, "line_profiles": profiles,
         "kernel_fit": ({k: v for k, v in kernel_fit.items() if k not in ("kernel", "model")}
                        if kernel_fit else None),
-        "summary": summary,
-        "outputs": sorted(p.name for p in outputs) + ["scores.json"],
     }
+    result["summary"] = _summary(result)
+    result["outputs"] = sorted(p.name for p in outputs) + ["scores.json"]
     write_json(result, out_dir / "scores.json")
     return result
-
-
-# --------------------------------------------------------------------------------------------
-# 8. model comparison
-# --------------------------------------------------------------------------------------------
-
-COMPARISON_COLUMNS = ["model", "canonical", "movie", "parameters", "training_time_s", "n_frames",
-                      "frame_selection", "f1_otsu", "f1_otsu_std", "best_f1", "best_threshold",
-                      "otsu_threshold_mean", "otsu_threshold_std", "f1_mask_pseudo",
-                      "f1_otsu_truth", "best_f1_truth",
-                      "f1_truth", "detection_f1_truth", "kernel_fit_r2"]
-
-
-def compare_models(rows: Iterable[Mapping]) -> pd.DataFrame:
-    """Study table, one row per evaluated model (and movie).
-
-    Parameters
-    ----------
-    rows : iterable of dict
-        :func:`evaluate_model` results (their ``summary`` is used) or flat summary dicts.
-
-    Returns
-    -------
-    DataFrame
-        Columns :data:`COMPARISON_COLUMNS` (``f1_otsu``: mean per-frame F1 vs pseudo-labels at
-        each frame's Otsu threshold; ``best_f1`` / ``best_threshold``: the sweep's best mean F1;
-        ``f1_truth`` / ``detection_f1_truth``: pixel and particle-detection F1 of the stored masks
-        vs ground truth, NaN without truth); extra keys are appended; input order is kept.
-    """
-    flat = [dict(r.get("summary", r)) for r in rows]
-    df = pd.DataFrame(flat)
-    for col in COMPARISON_COLUMNS:
-        if col not in df:
-            df[col] = np.nan
-    for col in COMPARISON_COLUMNS:
-        if col not in ("model", "canonical", "movie", "frame_selection"):
-            df[col] = pd.to_numeric(df[col].astype(object).where(df[col].notna(), np.nan))
-    extra = [c for c in df.columns if c not in COMPARISON_COLUMNS]
-    return df[COMPARISON_COLUMNS + extra]

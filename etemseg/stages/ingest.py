@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from etemseg.io.atomic import atomic_path
-from etemseg.errors import ConfigError, InputFileError, is_int, is_number
+from etemseg.errors import ConfigError, EtemsegError, InputFileError, is_int, is_number
 from etemseg.io.framedump import FrameSource, read_frame, scan_dump
+from etemseg.protocol import ChunkStage, Receipt, run
 from etemseg.io.store import (DEFAULT_CLEVEL, DEFAULT_CODEC, MovieStore, compressors_for, create_store,
                     display_path, fault_point)
 
@@ -180,18 +180,58 @@ def ingest_chunk(out: str | Path | MovieStore, k: int, *, progress: bool = False
 
 
 def ingest(src: str | Path, out: str | Path, *, progress: bool = True, **options) -> MovieStore:
-    """Ingest a whole frame dump into ``out`` (init + every chunk), with a progress bar.
+    """Ingest a whole frame dump into ``out`` (init + every chunk; :func:`etemseg.protocol.run`).
 
     The store is assembled under a temporary name and renamed onto ``out`` only when complete, so a
-    failure (corrupt frame, wrong shape) leaves an existing ``out`` untouched.
+    failure (corrupt frame, wrong shape) leaves an existing ``out`` untouched; ``out`` may only
+    replace a previous frame store, never the dump or anything else.
     """
-    out = Path(out)
-    check_options(**options)   # before anything is created
-    with atomic_path(out, directory=True) as tmp:
-        store = init_store(src, tmp, **options)
-        bar = tqdm(total=store.n_frames, desc=f"ingest {out.name}", unit="frame",
-                   disable=not progress)
-        for k in range(store.n_chunks):
-            bar.update(ingest_chunk(store, k)["frames"])
-        bar.close()
+    run(IngestStage(src, out, progress=progress, **options))
     return MovieStore.open(out)
+
+
+class IngestStage(ChunkStage):
+    """``etemseg ingest`` as a per-chunk stage (see :mod:`etemseg.protocol`).
+
+    Parameters
+    ----------
+    src : path
+        Frame dump folder.
+    out : path
+        The frame store (``results/{movie}/frames.zarr``).
+    progress : bool
+        Progress bars.
+    **options
+        Store options of :func:`init_store` (fps, pixel_size_nm, chunk_frames, ...).
+    """
+
+    name = "ingest"
+
+    def __init__(self, src: str | Path, out: str | Path, *, progress: bool = False, **options):
+        self.src, self.out, self.progress, self.options = Path(src), Path(out), progress, options
+
+    def inputs(self) -> list[Path]:
+        return [self.src]
+
+    def outputs(self) -> dict[Path, str]:
+        return {self.out: "ingest"}
+
+    def create(self, paths: dict[Path, Path]) -> None:
+        store = init_store(self.src, paths[self.out], **self.options)
+        log.info("created %s: %d frames %s in %d chunks, pixel size %s nm", self.out,
+                 store.n_frames, store.frame_shape, store.n_chunks, store.pixel_size_nm)
+
+    def n_chunks(self, paths: dict[Path, Path]) -> int:
+        return MovieStore.open(paths[self.out]).n_chunks
+
+    def run_chunk(self, k: int, paths: dict[Path, Path] | None = None) -> Receipt:
+        store = MovieStore.open((paths or {}).get(self.out, self.out), mode="r+")
+        if paths is None:        # an existing store: it must be a frame store of this dump
+            if store.meta.get("stage", "ingest") != "ingest" or "source" not in store.meta:
+                raise EtemsegError(f"{self.out}: not a frame store written by `etemseg ingest "
+                                   f"--init` (stage {store.meta.get('stage')!r})")
+            recorded = Path(store.meta["source"])
+            if self.src.resolve() != recorded:
+                raise EtemsegError(f"{self.out}: store was initialised from {recorded}, "
+                                   f"not {self.src}")
+        return Receipt.from_dict(ingest_chunk(store, k, progress=self.progress))

@@ -1,0 +1,656 @@
+"""Training a segmentation CNN on pseudo-labels (paper: Adam, lr 1e-4, cross-entropy, 25 epochs).
+
+Data: frames from one or more movie stores with their pseudo-label stores, split into training and
+validation frames (random 70/30 as in the paper, or by time blocks, since consecutive frames are
+near-duplicates and a random split flatters validation). Training uses random crops with the
+paper's augmentation (translation with wrap-around, 90-degree rotations, flips, crop-and-zoom);
+validation runs on full frames.
+
+The loop is a :class:`Trainer`: :meth:`Trainer.fit` runs the epochs left, each one
+:meth:`~Trainer.train_epoch` (:meth:`~Trainer.train_step` per batch, then
+:meth:`~Trainer.validate`), then :meth:`~Trainer.save_checkpoint` and the hook
+:meth:`~Trainer.on_epoch_end`; :meth:`~Trainer.on_train_end` at the end. A subclass overrides the
+steps it needs (``etemseg train`` writes its model folder from the hooks, see
+:mod:`etemseg.stages.train`).
+
+Robustness: a checkpoint (weights, optimiser, per-epoch metrics, best weights, random states) is
+written atomically after every epoch. A run with the same training config and data resumes from
+it and gives the same weights and metrics as an uninterrupted run (the crops of every epoch come
+from a generator seeded by ``(seed, epoch)``; the global random states are saved and restored). A
+run after the last epoch trains nothing: the finished run, model file included (serialised
+once), comes back from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from etemseg.errors import ConfigError, InputFileError
+from etemseg.io.atomic import atomic_path
+from etemseg.io.store import MovieStore
+from etemseg.nn.checkpoint import (MODEL_FORMAT, NORMALISATION, model_file_bytes, normalise_frames,
+                                   one_line, versions)
+from etemseg.nn.device import pick_device
+from etemseg.nn.models import build_model, canonical_name, count_parameters, parse_arch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings (defaults: the paper's where it states them).
+
+    Attributes
+    ----------
+    model : str
+        Architecture name (see ``etemseg models``).
+    epochs : int
+        Passes over ``samples_per_epoch`` random crops (paper: 25).
+    batch_size : int
+        Crops per optimiser step.
+    lr : float
+        Adam learning rate (paper: 1e-4).
+    crop_px : int
+        Side of the square training crops, px.
+    samples_per_epoch : int
+        Random crops drawn per epoch.
+    val_fraction : float
+        Fraction of frames held out for validation (paper: 0.3).
+    split : str
+        ``random`` (paper) or ``time_blocks`` (whole blocks of consecutive frames held out).
+    block_frames : int
+        Block length for ``time_blocks``.
+    particle_weight : float or None
+        Cross-entropy weight of the particle class relative to background; None = unweighted
+        (paper), ``0`` = balanced from the pixel frequencies.
+    augment : bool
+        Paper's augmentation: translations with wrap-around, rotations, flips, crop-and-zoom.
+    zoom : float
+        Crop-and-zoom range: crops of ``crop_px * s`` resized to ``crop_px``, s in [1/zoom, zoom].
+    amp : bool
+        Mixed precision on CUDA (ignored on the CPU).
+    seed : int
+        Seeds the split, the crops, augmentation and initial weights.
+    device : str
+        ``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda``.
+    max_val_frames : int
+        Cap on validation frames scored each epoch.
+    keep_best : bool
+        Save the weights of the epoch with the best validation F1 (else those of the last epoch).
+    """
+
+    model: str = "unet4-norm"
+    epochs: int = 25
+    batch_size: int = 8
+    lr: float = 1e-4
+    crop_px: int = 256
+    samples_per_epoch: int = 256
+    val_fraction: float = 0.3
+    split: str = "random"
+    block_frames: int = 16
+    particle_weight: float | None = None
+    augment: bool = True
+    zoom: float = 1.25
+    amp: bool = True
+    seed: int = 0
+    device: str = "auto"
+    max_val_frames: int = 64
+    keep_best: bool = True
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first invalid field."""
+        parse_arch(self.model)
+        checks = {
+            "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1, "lr": self.lr > 0,
+            "crop_px": self.crop_px >= 16, "samples_per_epoch": self.samples_per_epoch >= 1,
+            "val_fraction": 0 < self.val_fraction < 1,
+            "split": self.split in ("random", "time_blocks"),
+            "block_frames": self.block_frames >= 1,
+            "particle_weight": self.particle_weight is None or self.particle_weight >= 0,
+            "zoom": self.zoom >= 1, "device": self.device in ("auto", "cpu", "cuda"),
+            "max_val_frames": self.max_val_frames >= 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ConfigError(f"train.{name}: invalid value {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"train.{unknown[0]}: unknown training option")
+        cfg = cls(**data)
+        cfg.validate()
+        return cfg
+
+
+# --------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainingData:
+    """Frames (normalised float32) and 0/1 labels, with the train/validation split."""
+
+    images: np.ndarray            # (N, H, W) normalised, float16 in memory (float32 per crop)
+    labels: np.ndarray            # (N, H, W) uint8
+    train: np.ndarray             # indices into images
+    val: np.ndarray
+    sources: list[str] = field(default_factory=list)
+
+
+def select_frames(n_frames: int, stride: int = 1, max_frames: int | None = None) -> np.ndarray:
+    """Every ``stride``-th frame, then at most ``max_frames`` evenly spread over the movie."""
+    idx = np.arange(0, n_frames, max(1, stride))
+    if max_frames and len(idx) > max_frames:
+        idx = idx[np.linspace(0, len(idx) - 1, max_frames).round().astype(int)]
+    return idx
+
+
+def split_frames(n: int, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Train/validation indices: random (paper) or whole blocks of consecutive frames."""
+    rng = np.random.default_rng([cfg.seed, 7919])
+    if n < 2:
+        raise ConfigError(f"train: need at least 2 frames to split train/validation, got {n}")
+    if cfg.split == "random":
+        perm = rng.permutation(n)
+        n_val = min(n - 1, max(1, round(n * cfg.val_fraction)))
+        return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+    blocks = np.arange(n) // cfg.block_frames
+    ids = np.unique(blocks)
+    if len(ids) < 2:
+        raise ConfigError(f"train.block_frames: {cfg.block_frames} leaves one block of {n} "
+                          "frames; nothing to hold out")
+    n_val = min(len(ids) - 1, max(1, round(len(ids) * cfg.val_fraction)))
+    val_blocks = rng.choice(ids, size=n_val, replace=False)
+    is_val = np.isin(blocks, val_blocks)
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+#: ``stage`` attributes of the stores training accepts as labels (pseudo-labels, or the masks of
+#: another model).
+LABEL_STAGES = ("pseudolabel", "infer-mask")
+
+
+def open_pair(frames_path: str | Path, labels_path: str | Path) -> tuple[MovieStore, MovieStore]:
+    """Open one training pair (``--pair FRAMES PSEUDO``), refusing pairs that cannot be right.
+
+    Raises :class:`InputFileError` naming the store when both paths are the same store, the frames
+    store is a derived (label, probability) store, the labels store is not a label store (its
+    ``stage`` is not one of :data:`LABEL_STAGES`, or its values are not uint8) or the two differ
+    in shape.
+    """
+    if Path(frames_path).resolve() == Path(labels_path).resolve():
+        raise InputFileError(labels_path, "given as both FRAMES and PSEUDO of --pair; the second "
+                             "store must be the movie's pseudo-label store")
+    frames, pseudo = MovieStore.open(frames_path), MovieStore.open(labels_path)
+    frames_stage = frames.meta.get("stage", "ingest")
+    if frames_stage != "ingest":
+        raise InputFileError(frames_path, f"--pair FRAMES: a {frames_stage!r} store, not a movie "
+                             "store written by `etemseg ingest`")
+    labels_stage = pseudo.meta.get("stage", "ingest" if "source" in pseudo.meta else None)
+    if labels_stage not in LABEL_STAGES + (None,) or pseudo.array.dtype != np.uint8:
+        raise InputFileError(labels_path, f"--pair PSEUDO: not a label store (stage "
+                             f"{labels_stage!r}, dtype {pseudo.array.dtype}); give the store "
+                             "written by `etemseg pseudolabel`")
+    if pseudo.array.shape != frames.array.shape:
+        raise InputFileError(labels_path, f"--pair PSEUDO: shape {pseudo.array.shape} differs "
+                             f"from {frames_path} {frames.array.shape}")
+    return frames, pseudo
+
+
+def load_training_data(pairs: Sequence[tuple[str | Path, str | Path]], cfg: TrainConfig, *,
+                       stride: int = 1, max_frames: int | None = None) -> TrainingData:
+    """Read selected frames and pseudo-labels of each (frames.zarr, pseudo.zarr) pair.
+
+    Each pair is checked by :func:`open_pair`; labels other than 0 and 1 are refused as well.
+    """
+    images, labels, sources = [], [], []
+    shape = None
+    for frames_path, labels_path in pairs:
+        frames, pseudo = open_pair(frames_path, labels_path)
+        if shape is not None and frames.frame_shape != shape:
+            raise InputFileError(frames_path, f"frame shape {frames.frame_shape} differs from "
+                                 f"the other training movies' {shape}; crop or resize first")
+        shape = frames.frame_shape
+        idx = select_frames(frames.n_frames, stride, max_frames)
+        for b in range(0, len(idx), 64):  # float16 halves the memory of the training set
+            images.append(normalise_frames(
+                frames.take(idx[b:b + 64])).astype(np.float16))
+        labels.append(pseudo.take(idx))
+        if labels[-1].max(initial=0) > 1:
+            raise InputFileError(labels_path, f"--pair PSEUDO: values up to {labels[-1].max()}; "
+                                 "pseudo-labels are 0 (background) and 1 (particle)")
+        sources += [f"{frames_path}:{i}" for i in idx]
+    images_a, labels_a = np.concatenate(images), np.concatenate(labels)
+    train, val = split_frames(len(images_a), cfg)
+    return TrainingData(images_a, labels_a, train, val, sources)
+
+
+def sample_batch(data: TrainingData, cfg: TrainConfig, gen: torch.Generator, *,
+                 tensors: tuple[torch.Tensor, torch.Tensor] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of augmented random crops, (B, 1, c, c) float32 and (B, c, c) int64.
+
+    ``tensors``: ``(images, labels)`` of ``data`` as tensors on the training device (see
+    :func:`device_tensors`); crops and augmentation then run there. The random draws come from
+    ``gen`` on the CPU either way, so a seed gives the same batches on every device.
+    """
+    images, labels = tensors if tensors is not None else (torch.from_numpy(data.images),
+                                                          torch.from_numpy(data.labels))
+    c = cfg.crop_px
+    _, H, W = data.images.shape
+    xs, ys = [], []
+    for _ in range(cfg.batch_size):
+        i = int(data.train[torch.randint(len(data.train), (1,), generator=gen)])
+        side = c
+        if cfg.augment and cfg.zoom > 1:
+            s = math.exp((torch.rand(1, generator=gen).item() * 2 - 1) * math.log(cfg.zoom))
+            side = int(round(c * s))
+        side = max(8, min(side, H, W))
+        y0 = int(torch.randint(H - side + 1, (1,), generator=gen))
+        x0 = int(torch.randint(W - side + 1, (1,), generator=gen))
+        x = images[i, y0:y0 + side, x0:x0 + side].to(torch.float32)[None, None]
+        y = labels[i, y0:y0 + side, x0:x0 + side].clone()[None, None]
+        if side != c:
+            x = F.interpolate(x, size=(c, c), mode="bilinear", align_corners=False)
+            y = F.interpolate(y.float(), size=(c, c), mode="nearest").to(torch.uint8)
+        if x.shape[-1] != c or x.shape[-2] != c:   # frame smaller than the crop: pad
+            ph, pw = c - x.shape[-2], c - x.shape[-1]
+            x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(x.shape[-2:]) > max(ph, pw)
+                      else "replicate")
+            y = F.pad(y, (0, pw, 0, ph))
+        if cfg.augment:
+            shift = torch.randint(c, (2,), generator=gen).tolist()
+            x, y = torch.roll(x, shift, (-2, -1)), torch.roll(y, shift, (-2, -1))
+            k = int(torch.randint(4, (1,), generator=gen))
+            x, y = torch.rot90(x, k, (-2, -1)), torch.rot90(y, k, (-2, -1))
+            if torch.rand(1, generator=gen).item() < 0.5:
+                x, y = x.flip(-1), y.flip(-1)
+        xs.append(x[0])
+        ys.append(y[0, 0])
+    return torch.stack(xs), torch.stack(ys).long()
+
+
+# --------------------------------------------------------------------------------------------
+# training loop
+# --------------------------------------------------------------------------------------------
+
+def device_tensors(data: TrainingData, device: torch.device
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training set as tensors on ``device`` (a view on the CPU; one upload to a GPU, so
+    cropping and augmentation run there instead of on the host). Falls back to host tensors
+    when the GPU has no room for it."""
+    images, labels = torch.from_numpy(data.images), torch.from_numpy(data.labels)
+    if device.type == "cpu":
+        return images, labels
+    try:
+        return images.to(device), labels.to(device)
+    except torch.OutOfMemoryError:
+        log.warning("training set (%.1f GB) does not fit on %s; cropping on the host",
+                    (data.images.nbytes + data.labels.nbytes) / 1e9, device)
+        torch.cuda.empty_cache()
+        return images, labels
+
+
+def class_weights(data: TrainingData, cfg: TrainConfig) -> torch.Tensor | None:
+    """Cross-entropy class weights: None (paper), or [1, w] with w given or balanced (w=0)."""
+    if cfg.particle_weight is None:
+        return None
+    w = cfg.particle_weight
+    if w == 0:
+        frac = float(data.labels[data.train].mean())
+        w = (1 - frac) / max(frac, 1e-6)
+    return torch.tensor([1.0, w], dtype=torch.float32)
+
+
+@torch.no_grad()
+def validation_scores(model, data: TrainingData, cfg: TrainConfig, device, weight) -> dict:
+    """Loss and pixel precision/recall/F1 (particle probability > 0.5) on full validation frames."""
+    model.eval()
+    val = data.val[:cfg.max_val_frames]
+    tp = fp = fn = 0
+    loss = 0.0
+    for i in val:
+        x = torch.from_numpy(data.images[i].astype(np.float32))[None, None].to(device)
+        y = torch.from_numpy(data.labels[i].astype(np.int64))[None].to(device)
+        logits = model(x).float()
+        loss += float(F.cross_entropy(logits, y, weight=weight))
+        pred = logits.argmax(1)
+        tp += int(((pred == 1) & (y == 1)).sum())
+        fp += int(((pred == 1) & (y == 0)).sum())
+        fn += int(((pred == 0) & (y == 1)).sum())
+    model.train()
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
+    return {"val_loss": loss / max(len(val), 1), "val_f1": f1,
+            "val_precision": tp / (tp + fp) if tp + fp else 1.0,
+            "val_recall": tp / (tp + fn) if tp + fn else 1.0}
+
+
+def save_checkpoint(ckpt: dict, path: str | Path) -> None:
+    """Write a checkpoint (:meth:`TrainingRun.checkpoint`) to ``path`` atomically."""
+    with atomic_path(Path(path)) as tmp:
+        torch.save(ckpt, tmp)
+
+
+# --------------------------------------------------------------------------------------------
+# checkpoints and resuming
+# --------------------------------------------------------------------------------------------
+
+#: Checkpoint layout; part of the fingerprint, so a checkpoint of another layout is not resumed.
+CHECKPOINT_FORMAT = "etemseg-checkpoint-2"
+
+
+def rng_state(device: torch.device) -> dict:
+    """The global random states (torch CPU and CUDA, NumPy, Python) as tensors and plain data, so
+    that a checkpoint holding them loads with ``weights_only=True``."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
+                      float(cached)],
+            "python": random.getstate()}
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    """Restore the global random states saved by :func:`rng_state`."""
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def fingerprint(data: TrainingData, cfg: TrainConfig) -> dict:
+    """What a checkpoint must have been trained on to be resumed: settings, architecture and data
+    (size, label fraction, and a digest of the split and the frames' sources)."""
+    digest = hashlib.sha256(np.asarray(data.train, np.int64).tobytes())
+    digest.update(np.asarray(data.val, np.int64).tobytes())
+    digest.update("\n".join(data.sources).encode())
+    return {"format": CHECKPOINT_FORMAT, "train": cfg.to_dict(),
+            "arch": parse_arch(cfg.model).to_dict(), "n_frames": len(data.images),
+            "frame_shape": list(data.images.shape[1:]),
+            "label_fraction": float(data.labels.mean()), "split": digest.hexdigest()}
+
+
+@dataclass
+class TrainingRun:
+    """The state of one training run: what a checkpoint holds and a resumed run restores.
+
+    When the last epoch is done, :meth:`finish` sets ``final``, the model file's metadata, and
+    ``model_file``, the model file itself (serialised once: ``torch.save`` is not byte for byte
+    repeatable); every output can then be rewritten from a checkpoint without training.
+    """
+
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    fingerprint: dict
+    weight: torch.Tensor | None = None
+    use_amp: bool = False
+    amp_dtype: torch.dtype = torch.float16
+    history: list = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"f1": -1.0, "epoch": 0, "state": None})
+    epochs_done: int = 0
+    final: dict | None = None
+    model_file: torch.Tensor | None = None
+
+    @classmethod
+    def new(cls, data: TrainingData, cfg: TrainConfig, device: torch.device) -> TrainingRun:
+        """A run at epoch 0: weights and every global random state initialised from ``cfg.seed``
+        (torch, NumPy, Python), so a run, and each checkpoint it writes, is reproducible."""
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        random.seed(cfg.seed)
+        model = build_model(parse_arch(cfg.model)).to(device)
+        weight = class_weights(data, cfg)
+        use_amp = cfg.amp and device.type == "cuda"
+        amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+        scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+        return cls(model, torch.optim.Adam(model.parameters(), lr=cfg.lr), scaler, device,
+                   fingerprint(data, cfg), weight.to(device) if weight is not None else None,
+                   use_amp, amp_dtype)
+
+    def checkpoint(self) -> dict:
+        """Everything needed to go on (or to rewrite the outputs) as tensors and plain data."""
+        return {"fingerprint": self.fingerprint, "model": self.model.state_dict(),
+                "optimizer": self.opt.state_dict(), "scaler": self.scaler.state_dict(),
+                "history": self.history, "best": self.best, "epochs_done": self.epochs_done,
+                "rng": rng_state(self.device), "final": self.final,
+                "model_file": self.model_file}
+
+    def restore(self, ckpt: dict) -> None:
+        """Go on from ``ckpt`` (a :meth:`checkpoint` of a run with the same fingerprint)."""
+        self.model.load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"], self.device)
+        self.history, self.best = list(ckpt["history"]), dict(ckpt["best"])
+        self.epochs_done = int(ckpt["epochs_done"])
+        self.final, self.model_file = ckpt["final"], ckpt["model_file"]
+
+    def record(self, row: dict) -> None:
+        """Add an epoch's metrics; keep its weights when its validation F1 is the best so far."""
+        self.history.append(row)
+        self.epochs_done = int(row["epoch"])
+        if row["val_f1"] > self.best["f1"]:
+            self.best = {"f1": row["val_f1"], "epoch": self.epochs_done,
+                         "state": {k: v.detach().cpu().clone()
+                                   for k, v in self.model.state_dict().items()}}
+
+    def finish(self, meta: dict) -> None:
+        """Set the model file: ``meta`` and the best (``keep_best``) or the last weights."""
+        state = (self.best["state"] if meta["train"]["keep_best"] else
+                 {k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+        self.final = meta
+        self.model_file = model_file_bytes(meta, state)
+
+
+def open_run(data: TrainingData, cfg: TrainConfig, device: torch.device,
+             ckpt_path: Path | None) -> TrainingRun:
+    """A new run, or the run saved in ``ckpt_path`` when it has the same fingerprint.
+
+    A missing (or None), unreadable or damaged checkpoint, or one of other settings or data, is
+    ignored (training starts afresh and replaces it).
+    """
+    run = TrainingRun.new(data, cfg, device)
+    if ckpt_path is None or not ckpt_path.exists():
+        return run
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a damaged checkpoint is not fatal
+        log.warning("%s: unreadable checkpoint (%s); starting afresh", ckpt_path, one_line(exc))
+        return run
+    if not isinstance(ckpt, dict) or ckpt.get("fingerprint") != run.fingerprint:
+        log.info("%s: checkpoint is from other settings or data; starting afresh", ckpt_path)
+        return run
+    try:
+        run.restore(ckpt)
+    except Exception as exc:  # noqa: BLE001 - half restored: start again from scratch
+        log.warning("%s: damaged checkpoint (%s); starting afresh", ckpt_path, one_line(exc))
+        return TrainingRun.new(data, cfg, device)
+    log.info("resuming %s after epoch %d of %d", cfg.model, run.epochs_done, cfg.epochs)
+    return run
+
+
+# --------------------------------------------------------------------------------------------
+# training
+# --------------------------------------------------------------------------------------------
+
+def model_meta(run: TrainingRun, data: TrainingData, cfg: TrainConfig, started: float) -> dict:
+    """The model file's metadata (everything but the weights) of a finished run."""
+    arch = parse_arch(cfg.model)
+    history = run.history
+    return {
+        "format": MODEL_FORMAT,
+        "arch": arch.to_dict(),
+        "name": canonical_name(arch),
+        "parameters": count_parameters(run.model),
+        "normalisation": dict(NORMALISATION),
+        "train": cfg.to_dict(),
+        "data": {"n_frames": len(data.images), "n_train": len(data.train),
+                 "n_val": len(data.val), "frame_shape": list(data.images.shape[1:]),
+                 "label_fraction": float(data.labels.mean()),
+                 # "store:frame" of every training / validation frame (evaluation uses val)
+                 "train_sources": [data.sources[i] for i in data.train] if data.sources else [],
+                 "val_sources": [data.sources[i] for i in data.val] if data.sources else []},
+        "history": history,
+        "saved_epoch": run.best["epoch"] if cfg.keep_best else cfg.epochs,
+        "val_f1": run.best["f1"] if cfg.keep_best else history[-1]["val_f1"],
+        "training_time_s": round(sum(h["epoch_s"] for h in history), 3),
+        "wall_time_s_this_run": round(time.perf_counter() - started, 3),
+        "device": str(run.device),
+        "versions": versions(),
+    }
+
+
+
+
+class Trainer:
+    """The training loop of one run, in steps a subclass can override or extend.
+
+    :meth:`fit` runs the epochs not done yet: per epoch :meth:`train_epoch` (random batches
+    through :meth:`train_step`, then :meth:`validate`), the metrics recorded in :attr:`run`, the
+    model file set after the last epoch, then :meth:`save_checkpoint` and :meth:`on_epoch_end`;
+    at the end :meth:`on_train_end`. Both hooks do nothing here.
+
+    Parameters
+    ----------
+    data : TrainingData
+        Normalised frames, labels and the split.
+    cfg : TrainConfig
+        Training settings (validated by the caller).
+    checkpoint : path, optional
+        Checkpoint file: a run of the same settings and data saved there is resumed (see
+        :func:`open_run`), and every epoch is saved there. None: train in memory only.
+    progress : bool
+        A progress bar per epoch.
+
+    Attributes
+    ----------
+    run : TrainingRun
+        The run's state (new or resumed); after :meth:`fit`, ``run.final`` is the model file's
+        metadata and ``run.model_file`` the model file.
+    device : torch.device
+        Where the model trains (``cfg.device``, see :func:`etemseg.nn.device.pick_device`).
+    """
+
+    def __init__(self, data: TrainingData, cfg: TrainConfig, *,
+                 checkpoint: str | Path | None = None, progress: bool = False) -> None:
+        self.data, self.cfg, self.progress = data, cfg, progress
+        self.checkpoint_path = Path(checkpoint) if checkpoint is not None else None
+        self.device = pick_device(cfg.device)
+        self.run = open_run(data, cfg, self.device, self.checkpoint_path)
+        self.tensors: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.started = time.perf_counter()
+
+    def fit(self) -> TrainingRun:
+        """Train the epochs left; return the finished run (nothing to train: as restored)."""
+        run, cfg = self.run, self.cfg
+        self.started = time.perf_counter()
+        if run.epochs_done < cfg.epochs:
+            self.tensors = device_tensors(self.data, self.device)
+        for epoch in range(run.epochs_done, cfg.epochs):
+            row = self.train_epoch(epoch)
+            run.record(row)
+            if run.epochs_done == cfg.epochs:
+                run.finish(self.model_meta())
+            self.save_checkpoint()
+            self.on_epoch_end(row)
+        if run.model_file is None:   # not with a checkpoint of this layout; never write half
+            run.finish(self.model_meta())
+        self.on_train_end()
+        return run
+
+    def train_epoch(self, epoch: int) -> dict:
+        """Train one epoch (0-based ``epoch``); return its row of metrics (validation included).
+
+        The crops come from a generator seeded by ``(cfg.seed, epoch)``, so an epoch's batches do
+        not depend on what ran before it in this process.
+        """
+        cfg, device = self.cfg, self.device
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        steps = max(1, math.ceil(cfg.samples_per_epoch / cfg.batch_size))
+        self.run.model.train()
+        t0 = time.perf_counter()
+        total = 0.0
+        bar = tqdm(range(steps), desc=f"{cfg.model} epoch {epoch + 1}/{cfg.epochs}",
+                   unit="batch", disable=not self.progress, leave=False)
+        for _ in bar:
+            step_loss = self.train_step(*sample_batch(self.data, cfg, gen, tensors=self.tensors))
+            total += step_loss
+            bar.set_postfix(loss=f"{step_loss:.4f}")
+        seconds = time.perf_counter() - t0
+        row = {"epoch": epoch + 1, "train_loss": total / steps, **self.validate(),
+               "epoch_s": round(seconds, 3),
+               "images_per_s": round(steps * cfg.batch_size / seconds, 3)}
+        if device.type == "cuda":
+            row["peak_gpu_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val F1 %.4f (%.1f s)", epoch + 1,
+                 cfg.epochs, row["train_loss"], row["val_loss"], row["val_f1"], seconds)
+        return row
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """One optimiser step on a batch (crops ``x``, labels ``y``); return its loss."""
+        run, device = self.run, self.device
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with torch.autocast(device_type=device.type, dtype=run.amp_dtype, enabled=run.use_amp):
+            loss = F.cross_entropy(run.model(x).float(), y, weight=run.weight)
+        run.opt.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.opt)
+        run.scaler.update()
+        return loss.detach().item()   # one host sync per step
+
+    def validate(self) -> dict:
+        """Validation metrics of the current weights (:func:`validation_scores`)."""
+        return validation_scores(self.run.model, self.data, self.cfg, self.device,
+                                 self.run.weight)
+
+    def model_meta(self) -> dict:
+        """The model file's metadata of the finished run (:func:`model_meta`)."""
+        return model_meta(self.run, self.data, self.cfg, self.started)
+
+    def save_checkpoint(self) -> None:
+        """Save the run to the checkpoint file (nothing when training in memory)."""
+        if self.checkpoint_path is not None:
+            save_checkpoint(self.run.checkpoint(), self.checkpoint_path)
+
+    def on_epoch_end(self, row: dict) -> None:
+        """Hook after each epoch's checkpoint, with the epoch's metrics ``row``; nothing here."""
+
+    def on_train_end(self) -> None:
+        """Hook after the last epoch (or a run that had nothing left to train); nothing here."""
+
+
+def train(data: TrainingData, cfg: TrainConfig, *, checkpoint: str | Path | None = None,
+          progress: bool = False) -> TrainingRun:
+    """Train ``cfg.model`` on ``data`` with a plain :class:`Trainer`; return the finished run.
+
+    ``checkpoint``: resume from and save every epoch to this file (see :class:`Trainer`). The
+    run's ``final`` is the model file's metadata, ``model_file`` the model file (write it with
+    :func:`etemseg.nn.checkpoint.save_model`). ``etemseg train`` (a model folder with metrics
+    and a learning curve) is :func:`etemseg.stages.train.train`.
+    """
+    cfg.validate()
+    return Trainer(data, cfg, checkpoint=checkpoint, progress=progress).fit()
