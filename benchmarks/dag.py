@@ -2,11 +2,12 @@
 
 A synthetic movie entry with ``frames: 240000`` (1792x1920, chunk_frames 400) stands in for a real
 frame dump: planning only needs the frame count, nothing is simulated or read.  Each case runs
-``snakemake -n --quiet rules`` (a dry run: parse, build the DAG, print the job table) in a fresh process
-in an empty work directory and is timed end to end (interpreter start-up included).  Cases: the
-demo settings (config/config.yaml: 2 models) and the paper's settings (config/paper.yaml: every
-model), each planned for local execution and through ``--profile profiles/slurm`` (which adds the
-job groups that bundle per-chunk jobs).  Target: < 30 s per plan.  Prints a table and writes JSON.
+``snakemake -n --quiet rules`` (a dry run: parse, build the DAG, print the job table) in a fresh
+process in an empty work directory and is timed end to end (interpreter start-up included).
+Cases: the demo settings (config/config.yaml: 2 models) and the paper's settings
+(config/paper.yaml: every model), each planned for local execution and through
+``--profile profiles/slurm`` (which adds the job groups that bundle per-chunk jobs).
+Target: < 30 s per plan.  Prints a table and writes JSON.
 
     python benchmarks/dag.py                   # 4 cases, best of 1 run each
     python benchmarks/dag.py --repeat 3 --cases demo
@@ -72,7 +73,8 @@ def plan(config: dict, profile: bool) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", default=["demo", "paper"], choices=["demo", "paper"])
-    parser.add_argument("--modes", nargs="+", default=["local", "slurm"], choices=["local", "slurm"])
+    parser.add_argument("--modes", nargs="+", default=["local", "slurm"],
+                        choices=["local", "slurm"])
     parser.add_argument("--repeat", type=int, default=1, help="runs per case; the best is kept")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "dag.json")
     args = parser.parse_args()
@@ -93,7 +95,8 @@ def main() -> None:
             print(f"  {case:5s} {mode:5s} {best['jobs']:6d} jobs  {best['seconds']:6.1f} s",
                   file=sys.stderr, flush=True)
 
-    header = f"{'config':8s} {'plan':6s} {'models':>6s} {'chunks':>6s} {'jobs':>7s} {'seconds':>8s}  < {TARGET_S:.0f} s"
+    header = (f"{'config':8s} {'plan':6s} {'models':>6s} {'chunks':>6s} {'jobs':>7s} "
+              f"{'seconds':>8s}  < {TARGET_S:.0f} s")
     print(header)
     print("-" * len(header))
     for res in results:

@@ -102,8 +102,9 @@ def main() -> None:
               f"{r['peak_rss_mb']:>8.0f}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({
-        "benchmark": "ingest", "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                           "platform": platform.platform()},
+        "benchmark": "ingest",
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "platform": platform.platform()},
         "source": "simulated K2 TIFF dump (etemseg.synth, seed 1), uint16",
         "chunk_frames": args.chunk_frames, "results": rows}, indent=1))
     print(f"wrote {args.json}")

@@ -50,18 +50,6 @@ def _dataclass_values(args: argparse.Namespace, cls) -> dict:
     return {k: v for k, v in vars(args).items() if k in names and v is not None}
 
 
-def _check_receipt(path: Path | None) -> None:
-    """Refuse an unwritable ``--receipt`` before a chunk job does its work, not after."""
-    import os
-
-    if path is None:
-        return
-    folder = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
-    if path.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        raise EtemsegError(f"{path}: --receipt cannot be written there "
-                           f"({'a folder' if path.is_dir() else f'{folder} is not writable'})")
-
-
 def cmd_synth(args: argparse.Namespace) -> int:
     from etemseg.synth import SynthParams, write_synthetic_movie
 
@@ -93,40 +81,16 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_pseudolabel(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from etemseg.io.atomic import atomic_path, guard_output, is_store_of, write_json
-    from etemseg.stages.pseudolabel import PRESETS, PseudoLabelParams, label_chunk
-    from etemseg.io.store import MovieStore
+    from etemseg.protocol import run
+    from etemseg.stages.pseudolabel import PRESETS, PseudoLabelParams, PseudolabelStage
 
     if args.preset not in PRESETS:
         raise EtemsegError(f"--preset: unknown preset {args.preset!r}; one of {', '.join(PRESETS)}")
     params = PseudoLabelParams.from_dict(
         {**PRESETS[args.preset].to_dict(), **_dataclass_values(args, PseudoLabelParams)})
-    attrs = {"stage": "pseudolabel", "preset": args.preset, "params": params.to_dict(),
-             "method": args.method, "values": "1 = particle, 0 = background"}
-    src = MovieStore.open(args.frames)
-    run = dict(params=params, method=args.method, threads=args.threads)
-    if args.chunk is None:
-        guard_output(args.out, inputs=[args.frames], own=is_store_of("pseudolabel"),
-                     what="pseudo-label store")
-    if args.init:
-        src.like(args.out, np.uint8, attrs=attrs)
-        return 0
-    if args.chunk is not None:
-        _check_receipt(args.receipt)
-        receipt = label_chunk(src, MovieStore.open(args.out, mode="r+"), args.chunk,
-                              progress=not args.quiet, **run)
-        if args.receipt:
-            write_json(receipt, args.receipt)
-        log.info("chunk %d: %d frames, mean coverage %.3f, %.2f frames/s", args.chunk,
-                 receipt["frames"], receipt["coverage_mean"], receipt["frames_per_s"])
-        return 0
-    with atomic_path(args.out, directory=True) as tmp:
-        dst = src.like(tmp, np.uint8, attrs=attrs)
-        for k in range(src.n_chunks):
-            label_chunk(src, dst, k, progress=not args.quiet, **run)
-    log.info("wrote %s", args.out)
+    stage = PseudolabelStage(args.frames, args.out, preset=args.preset, params=params,
+                             method=args.method, threads=args.threads, progress=not args.quiet)
+    run(stage, init=args.init, chunk=args.chunk, receipt=args.receipt)
     return 0
 
 
@@ -198,14 +162,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from etemseg.io.atomic import atomic_path, guard_output, is_store_of, write_json
-    from etemseg.io.store import MovieStore
-    from etemseg.nn.checkpoint import load_model
-    from etemseg.nn.device import pick_device
-    from etemseg.nn.inference import InferConfig, open_model, retain_heap
-    from etemseg.stages.infer import infer_chunk
+    from etemseg.nn.inference import InferConfig, retain_heap
+    from etemseg.protocol import run
+    from etemseg.stages.infer import InferStage
 
     retain_heap()
     if args.threads:
@@ -214,40 +173,9 @@ def cmd_infer(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     cfg = InferConfig(**_dataclass_values(args, InferConfig))
     cfg.validate()
-    device = pick_device(cfg.device)
-    frames = MovieStore.open(args.frames)
-    _, meta = load_model(args.model, expect=args.expect)   # refuse bad models before writing
-    attrs = {"model": meta["name"], "model_file": str(args.model), "infer": dataclasses.asdict(cfg)}
-    prob_path, mask_path = args.out / "prob.zarr", args.out / "mask.zarr"
-    if args.chunk is None:
-        for path, stage in ((prob_path, "infer-probability"), (mask_path, "infer-mask")):
-            guard_output(path, inputs=[args.frames, args.model], own=is_store_of(stage),
-                         what=f"{stage} store")
-    if args.init:
-        frames.like(prob_path, np.uint8, attrs={**attrs, "stage": "infer-probability",
-                                                "values": "particle probability = value / 255"})
-        frames.like(mask_path, np.uint8, attrs={**attrs, "stage": "infer-mask",
-                                                "values": "1 = particle, 0 = background"})
-        return 0
-    model, meta = open_model(args.model, device, cfg.optimised)
-    if args.chunk is not None:
-        _check_receipt(args.receipt)
-        receipt = infer_chunk(frames, MovieStore.open(prob_path, "r+"),
-                              MovieStore.open(mask_path, "r+"), args.chunk, model, meta, cfg,
-                              device, progress=not args.quiet)
-        if args.receipt:
-            write_json(receipt, args.receipt)
-        log.info("chunk %d: %d frames at %.2f frames/s on %s", args.chunk, receipt["frames"],
-                 receipt["frames_per_s"], device)
-        return 0
-    # Whole movie: each store is built under a temporary sibling and renamed into place when
-    # both are complete (atomic_path); nothing else in OUT is touched.
-    with atomic_path(prob_path, directory=True) as tmp_prob, \
-            atomic_path(mask_path, directory=True) as tmp_mask:
-        prob = frames.like(tmp_prob, np.uint8, attrs={**attrs, "stage": "infer-probability"})
-        mask = frames.like(tmp_mask, np.uint8, attrs={**attrs, "stage": "infer-mask"})
-        for k in range(frames.n_chunks):
-            infer_chunk(frames, prob, mask, k, model, meta, cfg, device, progress=not args.quiet)
+    stage = InferStage(args.frames, args.model, args.out, cfg=cfg, expect=args.expect,
+                       progress=not args.quiet)
+    run(stage, init=args.init, chunk=args.chunk, receipt=args.receipt)
     return 0
 
 

@@ -1,9 +1,10 @@
 """Cross-checks of a workflow configuration that a JSON schema cannot express.
 
-The schema (``workflow/schemas/config.schema.yaml``) checks each key on its own; :func:`check_config`
-checks keys against each other and against the library (architecture names, codec levels, the
-movies that train), so a bad config fails while the workflow is planned, before the first job,
-with the key named. Imports nothing heavy (no torch, no numba): it runs on every ``snakemake -n``.
+The schema (``workflow/schemas/config.schema.yaml``) checks each key on its own;
+:func:`check_config` checks keys against each other and against the library (architecture names,
+codec levels, the movies that train), so a bad config fails while the workflow is planned, before
+the first job, with the key named. Imports nothing heavy (no torch, no numba): it runs on every
+``snakemake -n``.
 """
 
 from __future__ import annotations

@@ -27,7 +27,8 @@ from __future__ import annotations
 RESULTS = "results"
 MODELS = "models"
 LOGS = "logs"
-#: The tables of one tracking run (written as one set, see :func:`etemseg.io.parquet.write_table_set`).
+#: The tables of one tracking run (written as one set, see
+#: :func:`etemseg.io.parquet.write_table_set`).
 TRACK_TABLES = ("trajectories", "events", "frames")
 
 

@@ -465,19 +465,25 @@ def _merge(
     return y, x, r, members, new
 
 
-def _physics(p: SynthParams) -> Iterator[_Frame]:
-    """Yield the particle state of every frame, one at a time (sample coordinates, nm)."""
-    rng = _streams(p.seed)[0]
-    ps = p.pixel_size_nm
-    y, x, r = _initial_particles(p, rng)
-    ids = np.arange(1, y.size + 1, dtype=np.int64)
-    next_id = int(y.size) + 1
-    ry0, ry1, rx0, rx1 = (v * ps for v in _region_px(p))
-    area_um2 = (ry1 - ry0) * (rx1 - rx0) * 1e-6
-    dt = 1.0 / float(p.fps)
+_Members = list[tuple[int, ...]]
+
+
+def _substeps(p: SynthParams, dt: float) -> tuple[int, float, float]:
+    """Internal sub-steps of one frame step of ``dt`` seconds.
+
+    Sub-steps keep the volume change of a mean particle per step small, and migration steps
+    below a tenth of the minimum radius, so that merges are not tunnelled through.
+
+    Returns
+    -------
+    nsub : int
+        Number of sub-steps per frame (1 to 1000).
+    h : float
+        Sub-step length in s.
+    step_sd : float
+        Per-axis standard deviation of one Brownian migration step, nm.
+    """
     k = float(p.ripening_rate)
-    # sub-steps: keep the volume change of a mean particle per step small, and migration steps
-    # below a tenth of the minimum radius, so that merges are not tunnelled through
     nsub = 1
     if k > 0:
         nsub = max(nsub, math.ceil(dt * 3 * k / (0.02 * p.radius_mean_nm**3)))
@@ -486,87 +492,227 @@ def _physics(p: SynthParams) -> Iterator[_Frame]:
     nsub = min(nsub, 1000)
     h = dt / nsub
     step_sd = math.sqrt(2.0 * p.migration_nm2_per_s * h)
+    return nsub, h, step_sd
+
+
+def _ripen(
+    y: np.ndarray,
+    x: np.ndarray,
+    r: np.ndarray,
+    members: _Members,
+    new: np.ndarray,
+    h: float,
+    k: float,
+    vmin: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, _Members, np.ndarray, list[dict[str, Any]]]:
+    """One volume-conserving LSW ripening sub-step of ``h`` s with rate constant ``k``.
+
+    The new volumes are rescaled so that ``sum r**3`` is unchanged; particles whose volume falls
+    below ``vmin`` vanish (never the last one) and their volume goes to the survivors by the same
+    rescaling.
+
+    Returns
+    -------
+    y, x, r, members, new
+        The survivors.
+    events : list of dict
+        One 'vanish' event per vanished particle.
+    """
+    v = r**3
+    total = v.sum()
+    vn = v + h * 3.0 * k * (r / r.mean() - 1.0)
+    alive = np.ones(r.size, dtype=bool)
+    while True:
+        vn[alive] *= total / vn[alive].sum()
+        dead = alive & (vn < vmin)
+        if not dead.any():
+            break
+        if dead.sum() == alive.sum():  # never let the last one go
+            dead[np.flatnonzero(alive)[np.argmax(vn[alive])]] = False
+            if not dead.any():
+                break
+        alive &= ~dead
+    events = [
+        {"kind": "vanish", "parents": list(members[kk]), "child": -1,
+         "y_nm": float(y[kk]), "x_nm": float(x[kk])}
+        for kk in np.flatnonzero(~alive)
+    ]
+    keep = np.flatnonzero(alive)
+    r = np.cbrt(vn[keep])
+    return y[keep], x[keep], r, [members[kk] for kk in keep], new[keep], events
+
+
+def _migrate(
+    y: np.ndarray, x: np.ndarray, step_sd: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """One Brownian migration sub-step: Gaussian steps of ``step_sd`` nm, all y then all x."""
+    y = y + rng.normal(0.0, step_sd, size=y.size)
+    x = x + rng.normal(0.0, step_sd, size=y.size)
+    return y, x
+
+
+def _frame_step(
+    p: SynthParams,
+    y: np.ndarray,
+    x: np.ndarray,
+    r: np.ndarray,
+    ids: np.ndarray,
+    substeps: tuple[int, float, float],
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, _Members, np.ndarray, list[dict[str, Any]]]:
+    """Advance the particles by one frame: sub-steps of ripening, migration and coalescence.
+
+    Returns
+    -------
+    y, x, r : numpy.ndarray
+        The particles after the step (not yet sorted by id).
+    members : list of tuple of int
+        Ids (at the previous frame) of the particles each one is made of.
+    new : numpy.ndarray
+        bool, True for merge products (which get new ids).
+    events : list of dict
+        The 'vanish' events of the step, in order.
+    """
+    nsub, h, step_sd = substeps
+    k = float(p.ripening_rate)
     vmin = p.min_radius_nm**3
+    members: _Members = [(int(i),) for i in ids]
+    new = np.zeros(ids.size, dtype=bool)
+    events: list[dict[str, Any]] = []
+    for _ in range(nsub):
+        if k > 0 and r.size > 1:
+            y, x, r, members, new, vanished = _ripen(y, x, r, members, new, h, k, vmin)
+            events.extend(vanished)
+        if step_sd > 0 and r.size:
+            y, x = _migrate(y, x, step_sd, rng)
+        if p.coalescence and r.size > 1:
+            y, x, r, members, new = _merge(y, x, r, members, new)
+    return y, x, r, members, new, events
+
+
+def _assign_ids(
+    y: np.ndarray, x: np.ndarray, members: _Members, new: np.ndarray, next_id: int
+) -> tuple[np.ndarray, list[dict[str, Any]], int]:
+    """Ids after a frame step: survivors keep theirs, merge products get new ones.
+
+    Returns
+    -------
+    ids : numpy.ndarray
+        int64 id of every particle, in input order.
+    events : list of dict
+        One 'coalescence' event per merge product.
+    next_id : int
+        The next unused id.
+    """
+    out_ids = np.empty(len(members), dtype=np.int64)
+    events: list[dict[str, Any]] = []
+    for kk in range(len(members)):
+        if new[kk]:
+            out_ids[kk] = next_id
+            events.append(
+                {"kind": "coalescence", "parents": list(members[kk]), "child": next_id,
+                 "y_nm": float(y[kk]), "x_nm": float(x[kk])}
+            )
+            next_id += 1
+        else:
+            out_ids[kk] = members[kk][0]
+    return out_ids, events, next_id
+
+
+def _free_spot(
+    p: SynthParams,
+    y: np.ndarray,
+    x: np.ndarray,
+    r: np.ndarray,
+    region: tuple[float, float, float, float],
+    rng: np.random.Generator,
+) -> tuple[float, float] | None:
+    """A random position in ``region`` (nm) where a new particle fits; None after 20 tries.
+
+    The new particle of radius ``appear_radius_nm`` must keep ``initial_gap_nm`` to every other.
+    """
+    ry0, ry1, rx0, rx1 = region
+    ra = float(p.appear_radius_nm)
+    tree = cKDTree(np.column_stack([y, x])) if r.size else None
+    rmax = float(r.max()) if r.size else 0.0
+    for _try in range(20):
+        cy = float(rng.uniform(ry0, ry1))
+        cx = float(rng.uniform(rx0, rx1))
+        if tree is not None:
+            near = tree.query_ball_point([cy, cx], ra + rmax + p.initial_gap_nm)
+            if any(
+                (y[j] - cy) ** 2 + (x[j] - cx) ** 2 < (r[j] + ra + p.initial_gap_nm) ** 2
+                for j in near
+            ):
+                continue
+        return cy, cx
+    return None
+
+
+def _nucleate(
+    p: SynthParams,
+    y: np.ndarray,
+    x: np.ndarray,
+    r: np.ndarray,
+    ids: np.ndarray,
+    next_id: int,
+    n_new: int,
+    region: tuple[float, float, float, float],
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]], int]:
+    """Nucleate up to ``n_new`` particles at free random positions (a try may find none).
+
+    Returns
+    -------
+    y, x, r, ids
+        The particles with the new ones appended.
+    events : list of dict
+        One 'appear' event per new particle.
+    next_id : int
+        The next unused id.
+    """
+    ra = float(p.appear_radius_nm)
+    events: list[dict[str, Any]] = []
+    for _ in range(n_new):
+        spot = _free_spot(p, y, x, r, region, rng)
+        if spot is None:
+            continue
+        cy, cx = spot
+        y = np.append(y, cy)
+        x = np.append(x, cx)
+        r = np.append(r, ra)
+        ids = np.append(ids, next_id)
+        events.append(
+            {"kind": "appear", "parents": [], "child": next_id, "y_nm": cy, "x_nm": cx}
+        )
+        next_id += 1
+    return y, x, r, ids, events, next_id
+
+
+def _physics(p: SynthParams) -> Iterator[_Frame]:
+    """Yield the particle state of every frame, one at a time (sample coordinates, nm)."""
+    rng = _streams(p.seed)[0]
+    ps = p.pixel_size_nm
+    y, x, r = _initial_particles(p, rng)
+    ids = np.arange(1, y.size + 1, dtype=np.int64)
+    next_id = int(y.size) + 1
+    ry0, ry1, rx0, rx1 = (v * ps for v in _region_px(p))
+    region = (ry0, ry1, rx0, rx1)
+    area_um2 = (ry1 - ry0) * (rx1 - rx0) * 1e-6
+    dt = 1.0 / float(p.fps)
+    substeps = _substeps(p, dt)
     yield _Frame(0, ids, y, x, r, [])
 
     for f in range(1, p.frames):
-        members: list[tuple[int, ...]] = [(int(i),) for i in ids]
-        new = np.zeros(ids.size, dtype=bool)
-        events: list[dict[str, Any]] = []
-        for _ in range(nsub):
-            # --- Ostwald ripening, volume-conserving -------------------------------------
-            if k > 0 and r.size > 1:
-                v = r**3
-                total = v.sum()
-                vn = v + h * 3.0 * k * (r / r.mean() - 1.0)
-                alive = np.ones(r.size, dtype=bool)
-                while True:
-                    vn[alive] *= total / vn[alive].sum()
-                    dead = alive & (vn < vmin)
-                    if not dead.any():
-                        break
-                    if dead.sum() == alive.sum():  # never let the last one go
-                        dead[np.flatnonzero(alive)[np.argmax(vn[alive])]] = False
-                        if not dead.any():
-                            break
-                    alive &= ~dead
-                for kk in np.flatnonzero(~alive):
-                    events.append(
-                        {"kind": "vanish", "parents": list(members[kk]), "child": -1,
-                         "y_nm": float(y[kk]), "x_nm": float(x[kk])}
-                    )
-                keep = np.flatnonzero(alive)
-                r = np.cbrt(vn[keep])
-                y, x = y[keep], x[keep]
-                members = [members[kk] for kk in keep]
-                new = new[keep]
-            # --- Brownian migration ------------------------------------------------------
-            if step_sd > 0 and r.size:
-                y = y + rng.normal(0.0, step_sd, size=r.size)
-                x = x + rng.normal(0.0, step_sd, size=r.size)
-            # --- coalescence ---------------------------------------------------------------
-            if p.coalescence and r.size > 1:
-                y, x, r, members, new = _merge(y, x, r, members, new)
-        # ids: survivors keep theirs, merge products get new ones
-        out_ids = np.empty(r.size, dtype=np.int64)
-        for kk in range(r.size):
-            if new[kk]:
-                out_ids[kk] = next_id
-                events.append(
-                    {"kind": "coalescence", "parents": list(members[kk]), "child": next_id,
-                     "y_nm": float(y[kk]), "x_nm": float(x[kk])}
-                )
-                next_id += 1
-            else:
-                out_ids[kk] = members[kk][0]
-        # --- nucleation ------------------------------------------------------------------------
+        y, x, r, members, new, events = _frame_step(p, y, x, r, ids, substeps, rng)
+        out_ids, merged, next_id = _assign_ids(y, x, members, new, next_id)
+        events.extend(merged)
         if p.appear_rate > 0:
             n_new = int(rng.poisson(p.appear_rate * area_um2 * dt))
-            ra = float(p.appear_radius_nm)
-            for _ in range(n_new):
-                tree = cKDTree(np.column_stack([y, x])) if r.size else None
-                rmax = float(r.max()) if r.size else 0.0
-                for _try in range(20):
-                    cy = float(rng.uniform(ry0, ry1))
-                    cx = float(rng.uniform(rx0, rx1))
-                    if tree is not None:
-                        near = tree.query_ball_point([cy, cx], ra + rmax + p.initial_gap_nm)
-                        if any(
-                            (y[j] - cy) ** 2 + (x[j] - cx) ** 2
-                            < (r[j] + ra + p.initial_gap_nm) ** 2
-                            for j in near
-                        ):
-                            continue
-                    y = np.append(y, cy)
-                    x = np.append(x, cx)
-                    r = np.append(r, ra)
-                    out_ids = np.append(out_ids, next_id)
-                    events.append(
-                        {"kind": "appear", "parents": [], "child": next_id,
-                         "y_nm": cy, "x_nm": cx}
-                    )
-                    next_id += 1
-                    break
+            y, x, r, out_ids, born, next_id = _nucleate(
+                p, y, x, r, out_ids, next_id, n_new, region, rng
+            )
+            events.extend(born)
         order = np.argsort(out_ids, kind="stable")
         ids, y, x, r = out_ids[order], y[order], x[order], r[order]
         yield _Frame(f, ids, y, x, r, events)
@@ -871,6 +1017,137 @@ def simulate(params: SynthParams) -> Iterator[tuple[np.ndarray, np.ndarray]]:
 # --------------------------------------------------------------------------------------------
 
 
+def _check_out_dir(out_dir: Path) -> None:
+    """Refuse an ``out_dir`` that is a file, or a non-empty directory that is no synth output.
+
+    Raises
+    ------
+    InputFileError
+        ``out_dir`` is a file, or a non-empty directory without ``synth.json``.
+    """
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise InputFileError(out_dir, "exists and is not a directory")
+        if any(out_dir.iterdir()) and not (out_dir / "synth.json").is_file():
+            raise InputFileError(
+                out_dir,
+                "is a non-empty directory that is not a synth output; refusing to overwrite",
+            )
+
+
+def _create_label_array(path: Path, p: SynthParams) -> Any:
+    """Create the empty zarr v3 truth label array ``(t, y, x)`` uint32 at ``path``."""
+    import zarr
+
+    ps = float(p.pixel_size_nm)
+    return zarr.create_array(
+        store=str(path),
+        shape=(p.frames, p.height, p.width),
+        chunks=(1, p.height, p.width),
+        dtype="uint32",
+        compressors=zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle"),
+        fill_value=0,
+        dimension_names=("t", "y", "x"),
+        attributes={
+            "pixel_size_nm": ps,
+            "fps": float(p.fps),
+            "axes": "tyx",
+            "description": "ground-truth particle ids, 0 = background",
+        },
+    )
+
+
+def _write_frames(
+    frames_dir: Path, truth_dir: Path, p: SynthParams, tb: _TableBuilder, progress: bool
+) -> list[float]:
+    """Simulate the movie; write the TIFF frames and the truth labels; fill ``tb``.
+
+    Returns
+    -------
+    list of float
+        Label coverage (fraction of non-zero pixels) of the first and the last frame (a single
+        value when there is one frame).
+    """
+    import tifffile
+    from tqdm import tqdm
+
+    ps = float(p.pixel_size_nm)
+    arr = _create_label_array(truth_dir / "labels.zarr", p)
+    meta_desc = {"unit": "nm", "pixel_size_nm": ps, "fps": float(p.fps)}
+    cov: list[float] = []
+    bar = tqdm(total=p.frames, desc="synth", unit="frame", disable=not progress)
+    try:
+        for fr, img, lab in _run(p):
+            tifffile.imwrite(
+                frames_dir / k2_frame_name(fr.index, p.fps),
+                img,
+                imagej=True,
+                resolution=(1.0 / ps, 1.0 / ps),
+                metadata={"unit": "nm", "finterval": 1.0 / p.fps,
+                          "Info": json.dumps(meta_desc)},
+            )
+            arr[fr.index] = lab
+            tb.add(fr)
+            if fr.index in (0, p.frames - 1):
+                cov.append(float(np.count_nonzero(lab)) / lab.size)
+            bar.update(1)
+    finally:
+        bar.close()
+    return cov
+
+
+def _write_truth_tables(
+    truth_dir: Path, p: SynthParams, tb: _TableBuilder
+) -> tuple[pa.Table, pa.Table]:
+    """Write the particle, event and drift truth tables; return (particles, events)."""
+    particles = tb.particles_arrow()
+    events = tb.events_arrow()
+    truth_meta = {"source": "etemseg synth ground truth", "pixel_size_nm": float(p.pixel_size_nm),
+                  "fps": float(p.fps), "seed": p.seed}
+    write_table(particles, truth_dir / "particles.parquet", metadata=truth_meta)
+    write_table(events, truth_dir / "events.parquet", metadata=truth_meta)
+    write_table(simulate_drift(p), truth_dir / "drift.parquet", metadata=truth_meta)
+    return particles, events
+
+
+def _summary(
+    p: SynthParams, particles: pa.Table, events: pa.Table, cov: list[float], out_dir: Path
+) -> dict[str, Any]:
+    """Summary of a written movie (see :func:`write_synthetic_movie`)."""
+    pdf = particles.to_pandas()
+    edf = events.to_pandas()
+    first = pdf[(pdf["frame"] == 0) & pdf["in_frame"]]
+    last = pdf[(pdf["frame"] == p.frames - 1) & pdf["in_frame"]]
+    summary: dict[str, Any] = {
+        "n_frames": int(p.frames),
+        "height": int(p.height),
+        "width": int(p.width),
+        "pixel_size_nm": float(p.pixel_size_nm),
+        "fps": float(p.fps),
+        "n_particles_initial": int(len(first)),
+        "n_particles_simulated": int((pdf["frame"] == 0).sum()),
+        "n_particles_final": int(len(last)),
+    }
+    for kind in ("coalescence", "vanish", "appear"):
+        sel = edf["kind"] == kind
+        summary[f"n_{kind}"] = int(sel.sum())
+        summary[f"n_{kind}_in_frame"] = int((sel & edf["in_frame"]).sum())
+    summary["coverage"] = cov[0]
+    summary["coverage_final"] = cov[-1]
+    summary["mean_radius_nm_initial"] = float(first["radius_nm"].mean()) if len(first) else 0.0
+    summary["mean_radius_nm_final"] = float(last["radius_nm"].mean()) if len(last) else 0.0
+    rel = {
+        "frames": "frames",
+        "labels": "truth/labels.zarr",
+        "particles": "truth/particles.parquet",
+        "events": "truth/events.parquet",
+        "drift": "truth/drift.parquet",
+        "synth_json": "synth.json",
+    }
+    summary["paths"] = {k: str(out_dir / v) for k, v in rel.items()}
+    return summary
+
+
 def write_synthetic_movie(
     out_dir: str | Path, params: SynthParams, *, progress: bool = True
 ) -> dict[str, Any]:
@@ -914,104 +1191,19 @@ def write_synthetic_movie(
     ConfigError
         Invalid parameters.
     """
-    import tifffile
-    import zarr
-    from tqdm import tqdm
-
     params.validate()
     out_dir = Path(out_dir)
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise InputFileError(out_dir, "exists and is not a directory")
-        if any(out_dir.iterdir()) and not (out_dir / "synth.json").is_file():
-            raise InputFileError(
-                out_dir,
-                "is a non-empty directory that is not a synth output; refusing to overwrite",
-            )
+    _check_out_dir(out_dir)
     p = params
-    h, w = p.height, p.width
-    ps = float(p.pixel_size_nm)
     tb = _TableBuilder(p)
-    cov: list[float] = []
     with atomic_path(out_dir, directory=True) as tmp:
         frames_dir = tmp / "frames"
         truth_dir = tmp / "truth"
         frames_dir.mkdir()
         truth_dir.mkdir()
-        zarr_path = truth_dir / "labels.zarr"
-        arr = zarr.create_array(
-            store=str(zarr_path),
-            shape=(p.frames, h, w),
-            chunks=(1, h, w),
-            dtype="uint32",
-            compressors=zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle"),
-            fill_value=0,
-            dimension_names=("t", "y", "x"),
-            attributes={
-                "pixel_size_nm": ps,
-                "fps": float(p.fps),
-                "axes": "tyx",
-                "description": "ground-truth particle ids, 0 = background",
-            },
-        )
-        meta_desc = {"unit": "nm", "pixel_size_nm": ps, "fps": float(p.fps)}
-        bar = tqdm(total=p.frames, desc="synth", unit="frame", disable=not progress)
-        try:
-            for fr, img, lab in _run(p):
-                tifffile.imwrite(
-                    frames_dir / k2_frame_name(fr.index, p.fps),
-                    img,
-                    imagej=True,
-                    resolution=(1.0 / ps, 1.0 / ps),
-                    metadata={"unit": "nm", "finterval": 1.0 / p.fps,
-                              "Info": json.dumps(meta_desc)},
-                )
-                arr[fr.index] = lab
-                tb.add(fr)
-                if fr.index in (0, p.frames - 1):
-                    cov.append(float(np.count_nonzero(lab)) / lab.size)
-                bar.update(1)
-        finally:
-            bar.close()
-        particles = tb.particles_arrow()
-        events = tb.events_arrow()
-        truth_meta = {"source": "etemseg synth ground truth", "pixel_size_nm": ps,
-                      "fps": float(p.fps), "seed": p.seed}
-        write_table(particles, truth_dir / "particles.parquet", metadata=truth_meta)
-        write_table(events, truth_dir / "events.parquet", metadata=truth_meta)
-        write_table(simulate_drift(p), truth_dir / "drift.parquet", metadata=truth_meta)
-
-        pdf = particles.to_pandas()
-        edf = events.to_pandas()
-        first = pdf[(pdf["frame"] == 0) & pdf["in_frame"]]
-        last = pdf[(pdf["frame"] == p.frames - 1) & pdf["in_frame"]]
-        summary: dict[str, Any] = {
-            "n_frames": int(p.frames),
-            "height": int(h),
-            "width": int(w),
-            "pixel_size_nm": ps,
-            "fps": float(p.fps),
-            "n_particles_initial": int(len(first)),
-            "n_particles_simulated": int((pdf["frame"] == 0).sum()),
-            "n_particles_final": int(len(last)),
-        }
-        for kind in ("coalescence", "vanish", "appear"):
-            sel = edf["kind"] == kind
-            summary[f"n_{kind}"] = int(sel.sum())
-            summary[f"n_{kind}_in_frame"] = int((sel & edf["in_frame"]).sum())
-        summary["coverage"] = cov[0]
-        summary["coverage_final"] = cov[-1]
-        summary["mean_radius_nm_initial"] = float(first["radius_nm"].mean()) if len(first) else 0.0
-        summary["mean_radius_nm_final"] = float(last["radius_nm"].mean()) if len(last) else 0.0
-        rel = {
-            "frames": "frames",
-            "labels": "truth/labels.zarr",
-            "particles": "truth/particles.parquet",
-            "events": "truth/events.parquet",
-            "drift": "truth/drift.parquet",
-            "synth_json": "synth.json",
-        }
-        summary["paths"] = {k: str(out_dir / v) for k, v in rel.items()}
+        cov = _write_frames(frames_dir, truth_dir, p, tb, progress)
+        particles, events = _write_truth_tables(truth_dir, p, tb)
+        summary = _summary(p, particles, events, cov, out_dir)
         doc = {"params": p.to_dict(), "summary": summary, "version": __version__,
                "generator": "etemseg.synth"}
         (tmp / "synth.json").write_text(json.dumps(doc, indent=2) + "\n")

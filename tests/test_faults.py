@@ -223,8 +223,8 @@ def test_killed_jobs_and_node_death_then_rerun_equal_an_uninterrupted_run(tmp_pa
     assert (wd / f"models/{MODEL}/checkpoint.pt").exists()
     assert not (wd / f"models/{MODEL}/model.pt").exists()
 
-    # 2. node death: the rerun resumes training, then gets as far as inference, whose chunk 1 freezes after 2 of its
-    #    4 blocks; then Snakemake and every job it runs are SIGKILLed at once
+    # 2. node death: the rerun resumes training, then gets as far as inference, whose chunk 1
+    #    freezes after 2 of its 4 blocks; then Snakemake and every job it runs are SIGKILLed at once
     monkeypatch.setenv("ETEMSEG_FAULT", "infer:1:2:stop")
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
            str(wd), "--cores", "2", *TARGETS]

@@ -59,12 +59,14 @@ def job_stats(log: str) -> dict[str, int]:
 
 
 def _missing_requirements() -> list[str]:
-    missing = [tool for tool in ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "srun")
-               if shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") is None]
+    search_path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+    tools = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "srun")
+    missing = [tool for tool in tools if shutil.which(tool, path=search_path) is None]
     if missing:
         missing = [f"{', '.join(missing)} (apt-get install -y munge slurmctld slurmd slurm-client)"]
     if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
-        missing.append("snakemake-executor-plugin-slurm (pip install snakemake-executor-plugin-slurm)")
+        missing.append("snakemake-executor-plugin-slurm"
+                       " (pip install snakemake-executor-plugin-slurm)")
     if hasattr(os, "geteuid") and os.geteuid() != 0:
         missing.append("root (slurmd runs jobs as their user)")
     return missing
@@ -189,7 +191,8 @@ def test_failed_job_is_retried_and_reported_with_its_logs(tmp_path, slurm):
     # the failure names the rule, its log and its SLURM log, and show-failed-logs prints the log
     assert "Error in rule broken" in r.log
     assert "SLURM status is: 'FAILED'" in r.log
-    assert re.search(r"log: logs/broken\.log, \S+/logs/slurm/rule_broken/\d+\.log", r.log), r.log[-4000:]
+    assert re.search(r"log: logs/broken\.log, \S+/logs/slurm/rule_broken/\d+\.log",
+                     r.log), r.log[-4000:]
     assert "broken: deliberate failure" in r.log
     states = slurm_jobs_of_run(r.log, slurm.env)
     assert sorted(states.values()) == ["COMPLETED", "FAILED", "FAILED", "FAILED"], states

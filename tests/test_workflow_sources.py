@@ -50,7 +50,7 @@ def test_unrelated_files_in_the_source_rerun_nothing(finished):
     (dump / "notes.txt").write_text("beam current 2 nA")
     (dump / "Thumbs.db").write_bytes(b"\0" * 64)
     (dump / ".DS_Store").write_bytes(b"\0")
-    os.utime(dump)                       # the folder's mtime moves, as it does on a real file system
+    os.utime(dump)                       # the folder's mtime moves, as on a real file system
     try:
         assert "Nothing to be done" in planned(wd)
     finally:

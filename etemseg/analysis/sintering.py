@@ -68,7 +68,8 @@ def lsw_pdf(u: np.ndarray) -> np.ndarray:
 
 def size_distributions(trajectories: pd.DataFrame, n_times: int = 3,
                        bins: np.ndarray | None = None) -> pd.DataFrame:
-    """Histograms (probability density) of ``r / <r>`` at ``n_times`` frames spread over the movie."""
+    """Histograms (probability density) of ``r / <r>`` at ``n_times`` frames spread over the
+    movie."""
     bins = np.linspace(0, 2.5, 26) if bins is None else bins
     frames = np.sort(trajectories["frame"].unique())
     rows = []
@@ -100,7 +101,8 @@ def event_rates(events: pd.DataFrame, *, duration_s: float, area_um2: float) -> 
 
 
 def analyse(trajectories: pd.DataFrame, frames: pd.DataFrame, events: pd.DataFrame, *,
-            area_um2: float, exclude_border: bool = True) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+            area_um2: float, exclude_border: bool = True,
+            ) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     """All sintering numbers of one movie × model.
 
     Returns ``(summary, series, psd)``: the summary dict (LSW fit, event rates, mean radius and

@@ -79,10 +79,11 @@ def guard_output(target: str | Path, *, inputs=(), own=None, what: str = "output
 
     A stage may replace ``target`` only if nothing is there yet (or an empty folder), or if
     ``own(target)`` recognises it as this stage's previous output (a store with its stage
-    attribute, a Parquet file with etemseg metadata, a folder holding only the stage's own files). An output that is, contains or
-    lies inside one of ``inputs`` is refused as well (``etemseg ingest raw raw`` must never delete
-    the frames). Call it before any write; it raises :class:`~etemseg.errors.OutputPathError`, a
-    one-line error naming the path, and touches nothing.
+    attribute, a Parquet file with etemseg metadata, a folder holding only the stage's own
+    files). An output that is, contains or lies inside one of ``inputs`` is refused as well
+    (``etemseg ingest raw raw`` must never delete the frames). Call it before any write; it
+    raises :class:`~etemseg.errors.OutputPathError`, a one-line error naming the path, and
+    touches nothing.
 
     Parameters
     ----------

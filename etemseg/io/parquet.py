@@ -3,7 +3,8 @@
 zstd compression, atomic writes, the unit of each column both in its name (``x_nm``, ``time_s``)
 and in the field metadata (``{"unit": "nm"}``), and provenance JSON in the schema metadata key
 ``etemseg``. Tables carry ``movie`` and ``model`` columns, so one glob reads every movie and model:
-``pandas.read_parquet(path)`` per file or folder, ``polars.read_parquet("results/*/*/trajectories.parquet")``,
+``pandas.read_parquet(path)`` per file or folder,
+``polars.read_parquet("results/*/*/trajectories.parquet")``,
 ``duckdb.sql("select * from 'results/*/*/trajectories.parquet'")``.
 """
 

@@ -6,13 +6,14 @@ Layout of a store (a Zarr v3 group, OME-NGFF 0.5 so napari / ome-zarr readers op
         zarr.json        group attributes: ``ome`` (multiscales axes t/y/x in s/nm) and ``etemseg``
                          (pixel_size_nm, fps, chunk_frames, n_chunks, gaps, source, ...)
         0/               the movie, shape (T, H, W); Zarr chunks (zarr_chunk_frames, H, W)
-        time_s/          float64 (T,)  time of each stored frame since the first, s (gaps show as jumps)
+        time_s/          float64 (T,)  time of each stored frame since the first, s
+                                       (gaps show as jumps)
         frame_index/     int64 (T,)    absolute camera frame index of each stored frame
         sources/         str (T,)      source file of each frame, relative to ``etemseg.source``
         source_pages/    int32 (T,)    page of each frame within its source file
 
-Work is split into *time chunks* of ``chunk_frames`` frames (one Snakemake job each). A time chunk is
-a whole number of Zarr chunks, so two jobs never write the same Zarr chunk. Zarr chunks are kept
+Work is split into *time chunks* of ``chunk_frames`` frames (one Snakemake job each). A time chunk
+is a whole number of Zarr chunks, so two jobs never write the same Zarr chunk. Zarr chunks are kept
 small enough (default <= 64 MiB uncompressed) that a job streams its time chunk block by block with
 memory bounded by one block, whatever the movie length.
 """
@@ -119,7 +120,10 @@ def chunk_bounds(k: int, n_frames: int, chunk_frames: int) -> tuple[int, int]:
 
 def auto_zarr_chunk_frames(chunk_frames: int, frame_shape: Sequence[int], itemsize: int,
                            max_bytes: int = DEFAULT_BLOCK_BYTES) -> int:
-    """Largest divisor of ``chunk_frames`` whose Zarr chunk stays under ``max_bytes`` (at least 1)."""
+    """Largest divisor of ``chunk_frames`` whose Zarr chunk stays under ``max_bytes``.
+
+    At least 1.
+    """
     frame_bytes = int(np.prod(frame_shape)) * itemsize
     best = 1
     for d in range(1, chunk_frames + 1):
@@ -182,7 +186,8 @@ def create_store(path: str | Path, *, n_frames: int, frame_shape: tuple[int, int
     codec, clevel : str, int
         Compression (see :func:`compressors_for`).
     zarr_chunk_frames : int, optional
-        Frames per Zarr chunk; must divide ``chunk_frames``. Default: :func:`auto_zarr_chunk_frames`.
+        Frames per Zarr chunk; must divide ``chunk_frames``.
+        Default: :func:`auto_zarr_chunk_frames`.
     attrs : dict, optional
         Extra entries for the ``etemseg`` attribute block.
     """
@@ -440,7 +445,8 @@ class MovieStore:
              ) -> "MovieStore":
         """Create a store with this movie's shape, chunking, times and pixel size but another dtype.
 
-        Used for derived products (pseudo-labels, probabilities, masks) so they align frame by frame.
+        Used for derived products (pseudo-labels, probabilities, masks) so they align frame by
+        frame.
         """
         create_store(path, n_frames=self.n_frames, frame_shape=self.frame_shape, dtype=dtype,
                      chunk_frames=self.chunk_frames, fps=self.fps,

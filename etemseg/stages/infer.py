@@ -1,63 +1,24 @@
 """Inference: particle probability and masks for full frames, one time chunk per job.
 
-Each chunk's frames stream through the inference engine (:mod:`etemseg.nn.inference`: raw
-frames normalised on the device as in training, tiled with the model's halo, the optimised path
-by default), which returns the particle probability quantised to uint8 (``round(255 p)``, see
-:mod:`etemseg.levels`): half the bytes of float16, compresses several times better since most
-pixels are near 0 or 1, and a resolution of 1/255 is far finer than any threshold study needs
-(the paper compares 0.4 and 0.7; the evaluation steps by 0.05). Masks are ``q > level`` with
-the level of each frame (Otsu, or fixed), without components under ``min_area_px``.
-
-Featureless frames. Otsu always splits a histogram somewhere, so without a check a blank frame
-(beam off, constant, pure shot noise: per-frame standardisation turns the noise of an empty
-frame into unit-variance texture) becomes particle wherever the model's response to the noise
-is highest: up to 2 % of the frame for demo-trained CNNs, 23 % for the single filter, all of it
-for a constant frame whose constant probability exceeds 0.5. As ``etemseg pseudolabel`` does
-for frames without particles (its noise floor), inference returns an *empty* mask for such a
-frame and logs one warning per chunk naming the frames: in the ``otsu_*`` modes a frame is
-featureless when the two classes of its Otsu split have mean probabilities less than
-``min_separation`` (default :data:`MIN_SEPARATION` = 0.4) apart, or when its probabilities take
-fewer than two values. 0.4 lies above every blank frame measured (at most 0.38) and below the
-sparse frames that still hold particles (0.47 and up, see below). ``otsu_chunk`` leaves the
-featureless frames out of the chunk's histogram (half blank frames would otherwise drag the
-chunk's threshold into their noise and empty or flood the frames with particles) and judges the
-remaining frames' histogram the same way: if it is featureless, the whole chunk is empty.
-
-Evidence (quantised probabilities of 512 x 512 frames, models trained with the demo settings on
-the demo movie; ``separation`` = upper minus lower Otsu class mean): demo frames 0.72-0.73
-(single-filter), 0.88-0.94 (shallow-wide, unet4, unet4-norm); pure Poisson noise (doses 5 to
-2000, and Gaussian float noise, which standardisation makes identical) at most 0.17
-(single-filter), 0.14 (shallow-wide), 0.03 (unet4), 0.26 (unet4-norm), rising to 0.38 for
-unet4-norm on 64 x 64 noise frames (fewer pixels, more border); constant frames (all 0, all
-1000) at most 0.07; untrained models of every family on noise at most 0.22 (single-filter).
-Briefly trained test models: shallow-wide of ``tests/test_infer.py`` 0.82-0.86 on its frames,
-at most 0.32 on noise; the workflow test's (2 epochs of 4 crops) 0.58-0.60 on its frames.
-The price: frames whose histogram is noise-like although they hold a few faint particles are
-emptied too, in both Otsu modes (e.g. 1-10 particles at contrast 0.2 and dose 20 per
-512 x 512 frame: separation 0.03-0.44 with every model; the single filter on 1-10
-demo-contrast particles, 0.47-0.49, is kept), and so is
-every frame of an untrained model (separation < 0.25 whatever the frame); set
-``min_separation=0`` to keep every Otsu mask.
-Frames whose *background* has structure (strong illumination gradient or support texture, no
-particles) are not featureless by this measure (separation up to 0.84) and still give masks.
-
-The ``fixed`` mode applies no such check: the user chose the threshold, and every frame's mask
-is ``p > fixed_threshold`` whatever the frame holds (a constant frame whose constant
-probability exceeds the threshold is all particle).
+The design, the evidence for its constants and its limits: ``docs/inference.md``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from concurrent.futures import Executor, ThreadPoolExecutor
+from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 
 from etemseg.levels import EMPTY_LEVEL, otsu_split
-from etemseg.nn.inference import MIN_SEPARATION, InferConfig, stream_levels  # noqa: F401
+from etemseg.nn.device import pick_device
+from etemseg.nn.inference import MIN_SEPARATION, InferConfig, open_model, stream_levels  # noqa: F401
+from etemseg.protocol import ChunkStage, Receipt
 from etemseg.nn.models import parse_arch
 from etemseg.morphology import remove_small_components
 from etemseg.io.store import MovieStore, map_chunk
@@ -225,3 +186,55 @@ def infer_chunk(frames: MovieStore, prob_store: MovieStore, mask_store: MovieSto
             "nonfinite_frames": chunk.nonfinite, "blank_frames": len(chunk.blank),
             "elapsed_s": round(seconds, 3),
             "frames_per_s": round((t1 - t0) / seconds, 3), "device": str(device)}
+
+
+class InferStage(ChunkStage):
+    """``etemseg infer`` as a per-chunk stage (see :mod:`etemseg.protocol`): two outputs,
+    ``OUT/prob.zarr`` (uint8, p = value / 255) and ``OUT/mask.zarr`` (0/1).
+
+    The model file is checked (:func:`etemseg.nn.checkpoint.load_model`) when the stage is built,
+    so a bad model is refused before any store is created; the network is opened only for the
+    chunks.
+    """
+
+    name = "infer"
+
+    def __init__(self, frames, model, out, *, cfg: InferConfig, expect: str | None = None,
+                 progress: bool = False):
+        from etemseg.nn.checkpoint import load_model
+
+        self.frames, self.model_path, self.out = Path(frames), Path(model), Path(out)
+        self.cfg, self.progress = cfg, progress
+        self.device = pick_device(cfg.device)
+        _, meta = load_model(self.model_path, expect=expect)   # refuse bad models first
+        self.attrs = {"model": meta["name"], "model_file": str(self.model_path),
+                      "infer": dataclasses.asdict(cfg)}
+        self.prob, self.mask = self.out / "prob.zarr", self.out / "mask.zarr"
+        self._net = None
+
+    def inputs(self) -> list[Path]:
+        return [self.frames, self.model_path]
+
+    def outputs(self) -> dict[Path, str]:
+        return {self.prob: "infer-probability", self.mask: "infer-mask"}
+
+    def create(self, paths) -> None:
+        frames = MovieStore.open(self.frames)
+        frames.like(paths[self.prob], np.uint8, attrs={
+            **self.attrs, "stage": "infer-probability",
+            "values": "particle probability = value / 255"})
+        frames.like(paths[self.mask], np.uint8, attrs={
+            **self.attrs, "stage": "infer-mask", "values": "1 = particle, 0 = background"})
+
+    def n_chunks(self, paths) -> int:
+        return MovieStore.open(self.frames).n_chunks
+
+    def run_chunk(self, k: int, paths=None) -> Receipt:
+        if self._net is None:
+            self._net = open_model(self.model_path, self.device, self.cfg.optimised)
+        model, meta = self._net
+        paths = paths or {p: p for p in self.outputs()}
+        result = infer_chunk(MovieStore.open(self.frames), MovieStore.open(paths[self.prob], "r+"),
+                             MovieStore.open(paths[self.mask], "r+"), k, model, meta, self.cfg,
+                             self.device, progress=self.progress)
+        return Receipt.from_dict(result, store=str(self.out))

@@ -1,9 +1,11 @@
 """Frame dump -> Zarr movie store, in two steps so a long movie ingests in parallel.
 
 1. :func:`init_store` scans the dump (names only, plus the first file's header) and creates the
-   empty store with all metadata: shape, frame times and gaps, pixel size, source file of every frame.
-2. :func:`ingest_chunk` fills time chunk ``k`` from the source files recorded in the store, streaming
-   one Zarr chunk at a time, and returns a receipt (the chunk's stats) that the workflow tracks.
+   empty store with all metadata: shape, frame times and gaps, pixel size, source file of every
+   frame.
+2. :func:`ingest_chunk` fills time chunk ``k`` from the source files recorded in the store,
+   streaming one Zarr chunk at a time, and returns a receipt (the chunk's stats) that the workflow
+   tracks.
 
 :func:`ingest` does both for a whole movie with a progress bar.
 """
@@ -20,8 +22,8 @@ from tqdm.auto import tqdm
 from etemseg.errors import ConfigError, EtemsegError, InputFileError, is_int, is_number
 from etemseg.io.framedump import FrameSource, read_frame, scan_dump
 from etemseg.protocol import ChunkStage, Receipt, run
-from etemseg.io.store import (DEFAULT_CLEVEL, DEFAULT_CODEC, MovieStore, compressors_for, create_store,
-                    display_path, fault_point)
+from etemseg.io.store import (DEFAULT_CLEVEL, DEFAULT_CODEC, MovieStore, compressors_for,
+                              create_store, display_path, fault_point)
 
 log = logging.getLogger(__name__)
 

@@ -1,79 +1,6 @@
 """Classical pseudo-labels for CNN training: the paper's scikit-image recipe and a fast twin.
 
-The recipe (the paper authors' published labelling script) turns one bright-field ETEM frame with
-dark particles on a brighter support into a binary particle mask:
-
-1. normalise the frame to ``[0, 1]``: ``x = (f - min) / (max - min)``; with ``polarity="bright"``
-   the normalised frame is inverted, ``x = 1 - x``, so that particles are always the *dark*
-   basins the recipe extracts;
-2. Gaussian filter, ``g = skimage.filters.gaussian(x, sigma)`` (``mode='nearest'``,
-   ``truncate=4``);
-3. reconstruction by dilation from a border seed (seed = ``g`` with the interior set to
-   ``min(g)``): ``r`` is ``g`` with every bright *dome* not connected to the border shaved off;
-4. reconstruction by erosion of ``r`` from a border seed (seed = ``r`` with the interior set to
-   ``max(r)``): ``r1`` is ``r`` with every dark *basin* not connected to the border filled up to
-   its spill level ("fill holes" of ``r``);
-5. feature ``s = d + sobel(d)`` with ``d = |r - r1| = r1 - r`` the depth of the dark basins, i.e.
-   of the particles, rescaled to ``[0, 1]``;
-6. grey opening with ``disk(opening_radius)`` (removes features narrower than the disk);
-7. threshold (Otsu in the paper): ``mask = opened > t``.
-
-Step 4 is the one that isolates the particles: it fills every dark basin that does not touch the
-frame border, so ``d`` is each particle's depth below its rim.  Step 3 only shaves bright noise
-peaks (on dark-particle data the background is connected to the border and survives).  As
-written, the recipe therefore works on dark particles, with one systematic loss: a particle cut
-by the frame edge is a basin *connected* to the border, filled only up to its lowest border pixel,
-so it is partly or wholly missed (pixel F1 of the paper preset on the demo movie ~0.86, most of
-the misses are such edge particles; a particle that covers most of the frame and touches the
-border is not found at all).
-
-Extras, all off in ``PRESETS["paper"]``:
-
-* ``border_pad_px``: before steps 3-4, pad the smoothed frame by mirroring it about the frame
-  edge after removing a fitted quadratic illumination trend
-  (:func:`etemseg.morphology.pad_frame`); particles cut by the edge become closed basins, and
-  ``d`` is cropped back to the frame;
-* ``fill_holes`` (holes = background 4-connected and not touching the border), then
-  ``min_area_px`` (remove 8-connected components with fewer pixels);
-* ``threshold="li"`` or ``"fixed"``.
-
-``PRESETS["default"]`` (pad 48 px, fill holes, min area 30 px, otherwise the paper's values) has
-pixel F1 ~0.92 against the simulator's ground truth on the demo movie (``SynthParams()``), the
-paper preset ~0.86.
-
-Two implementations give the same mask:
-
-* :func:`pseudolabel_reference` -- the recipe literally, float64, scikit-image functions;
-* :func:`pseudolabel_fast` -- float32 numba kernels of :mod:`etemseg.morphology`, single
-  thread: separable Gaussian; both reconstructions as O(n) *priority floods* from the frame
-  border with a bucket queue on the smoothed frame quantised to 16 bits; fused depth + Sobel
-  (the one kernel kept here); the disk opening decomposed exactly into 1-D running min/max along
-  rows (one chord width per disk row, sparse power-of-two minima); histogram Otsu.
-  Reconstruction commutes with increasing grey-level maps, so the floods are
-  exact on the quantised frame; the only differences to the reference are the 16-bit
-  quantisation of ``g`` (depth error < ``range(g) / 65535``) and float32 rounding, which move a
-  few pixels whose opened feature lies within ~1e-4 of the threshold (mask IoU vs the reference
-  >= 0.9997 on the test frames, most frames identical).  :func:`pseudolabel_stack` labels a chunk
-  reusing the work arrays.
-
-Bad input is handled in one place for both (never an exception for bad pixel data, never a NaN
-threshold, never an all-ones mask; a warning on logger ``etemseg.stages.pseudolabel``):
-
-* non-finite pixels (NaN, +-inf; float sources) are replaced by the median of the finite pixels;
-  a frame with no finite pixel gives an empty mask;
-* a constant frame gives an empty mask;
-* **noise floor**: the threshold, expressed in the units of the feature before rescaling
-  (fractions of the frame's grey range), must exceed ``NOISE_FLOOR_K`` (0.65) times the noise of
-  the smoothed frame (:func:`smoothed_noise`: robust MAD of pixel differences of ``g`` at a lag of
-  ``4 sigma``, so support texture counts as noise).  Otherwise the "particles" are noise basins
-  and the mask is empty.  On simulated frames without particles the ratio stays <= 0.57 (pure
-  Poisson noise, texture 0-0.2, gradient 0-0.5, 128-1024 px), with particles of contrast >= 0.3
-  it is >= 1.0; contrast 0.2 at dose <= 50 sits at the limit (0.5-0.9).  This also empties the
-  paper preset's mask for a huge particle touching the border (the border-connected dark region
-  has no depth);
-* **coverage cap**: a mask covering more than ``MAX_COVERAGE`` (95 %) of the frame is implausible
-  for a border-seeded recipe and is returned empty; above ``HIGH_COVERAGE_WARN`` (60 %) the mask
-  is kept and a warning suggests checking ``polarity``.
+The design, the evidence for its constants and its limits: ``docs/pseudolabelling.md``.
 """
 
 from __future__ import annotations
@@ -82,12 +9,14 @@ import itertools
 import logging
 import math
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import numba
 import numpy as np
 
 from etemseg.errors import ConfigError, EtemsegError, is_int, is_number
+from etemseg.io.store import MovieStore
 from etemseg.morphology import (
     FLOOD_KEY_MASK,
     fill_holes_inplace,
@@ -105,6 +34,7 @@ from etemseg.morphology import (
     rescale_inplace,
     threshold_into,
 )
+from etemseg.protocol import ChunkStage, Receipt
 
 __all__ = [
     "HIGH_COVERAGE_WARN",
@@ -797,3 +727,48 @@ def label_chunk(src: Any, dst: Any, k: int, *, params: PseudoLabelParams | None 
         "frames_per_s": n / seconds if seconds > 0 else float("inf"),
         "method": method, "threads": int(threads), "params": params.to_dict(),
     }
+
+
+class PseudolabelStage(ChunkStage):
+    """``etemseg pseudolabel`` as a per-chunk stage (see :mod:`etemseg.protocol`).
+
+    Parameters
+    ----------
+    frames, out : path
+        The frame store and the pseudo-label store to write (same shape and chunking, uint8).
+    preset : str
+        Name in :data:`PRESETS` the record of the store keeps; ``params`` are the values used.
+    params : PseudoLabelParams
+    method : {"fast", "reference"}
+    threads : int
+        Frames labelled in parallel.
+    progress : bool
+    """
+
+    name = "pseudolabel"
+
+    def __init__(self, frames, out, *, preset: str, params: PseudoLabelParams,
+                 method: str = "fast", threads: int = 1, progress: bool = False):
+        self.frames, self.out = Path(frames), Path(out)
+        self.preset, self.params, self.method = preset, params, method
+        self.threads, self.progress = threads, progress
+
+    def inputs(self) -> list[Path]:
+        return [self.frames]
+
+    def outputs(self) -> dict[Path, str]:
+        return {self.out: "pseudolabel"}
+
+    def create(self, paths) -> None:
+        MovieStore.open(self.frames).like(paths[self.out], np.uint8, attrs={
+            "stage": "pseudolabel", "preset": self.preset, "params": self.params.to_dict(),
+            "method": self.method, "values": "1 = particle, 0 = background"})
+
+    def n_chunks(self, paths) -> int:
+        return MovieStore.open(self.frames).n_chunks
+
+    def run_chunk(self, k: int, paths=None) -> Receipt:
+        dst = MovieStore.open((paths or {}).get(self.out, self.out), mode="r+")
+        result = label_chunk(MovieStore.open(self.frames), dst, k, params=self.params,
+                             method=self.method, threads=self.threads, progress=self.progress)
+        return Receipt.from_dict(result, stage=self.name, store=str(self.out))
