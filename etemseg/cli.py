@@ -278,7 +278,7 @@ def cmd_track(args: argparse.Namespace) -> int:
 def cmd_sintering(args: argparse.Namespace) -> int:
     from etemseg.io.atomic import atomic_path, guard_output, holds_only, write_json
     from etemseg.io.parquet import TRACK_TABLES, read_table_set
-    from etemseg.analysis.sintering import analyse, plot_sintering
+    from etemseg.analysis.sintering import plot_sintering, sintering_report
     from etemseg.io.store import MovieStore
 
     guard_output(args.out, inputs=[args.frames, *(args.tracks / f"{name}.parquet"
@@ -288,12 +288,9 @@ def cmd_sintering(args: argparse.Namespace) -> int:
     frames = MovieStore.open(args.frames)
     if not frames.pixel_size_nm:
         raise EtemsegError(f"{args.frames}: no pixel size; sintering analysis needs nm")
-    area_um2 = frames.frame_shape[0] * frames.frame_shape[1] * frames.pixel_size_nm**2 / 1e6
-    tables = read_table_set(args.tracks)
-    summary, series, psd = analyse(tables["trajectories"], tables["frames"], tables["events"],
-                                   area_um2=area_um2)
-    summary.update({"movie": args.tracks.parent.name, "model": args.tracks.name,
-                    "field_of_view_um2": area_um2})
+    summary, series, psd = sintering_report(read_table_set(args.tracks),
+                                            frame_shape=frames.frame_shape,
+                                            pixel_size_nm=frames.pixel_size_nm)
     args.out.mkdir(parents=True, exist_ok=True)
     with atomic_path(args.out / "series.csv") as tmp:
         series.to_csv(tmp, index=False)
@@ -309,22 +306,15 @@ def cmd_sintering(args: argparse.Namespace) -> int:
 def cmd_score_tracks(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from etemseg.analysis.scoring import score_stores, score_tracks_against_truth
     from etemseg.io.atomic import write_json
     from etemseg.io.parquet import read_table_set
-    from etemseg.analysis.scoring import score_stores, score_tracking
-    from etemseg.analysis.sintering import fit_lsw_rate, radius_series
 
     tracks = read_table_set(args.tracks, ("trajectories", "events"))
-    traj, events = tracks["trajectories"], tracks["events"]
-    truth_p = pd.read_parquet(args.truth / "particles.parquet")
-    truth_e = pd.read_parquet(args.truth / "events.parquet")
-    scores = {"tracking": score_tracking(traj, events, truth_p, truth_e),
-              "segmentation": score_stores(args.masks, args.truth / "labels.zarr")}
-    truth_in = truth_p[truth_p["in_frame"].astype(bool)] if "in_frame" in truth_p else truth_p
-    truth_series = radius_series(truth_in.assign(eq_diameter_nm=2 * truth_in["radius_nm"]))
-    measured = traj[~traj["touches_border"].astype(bool)] if "touches_border" in traj else traj
-    scores["lsw"] = {"measured": fit_lsw_rate(radius_series(measured)),
-                     "truth": fit_lsw_rate(truth_series)}
+    scores = score_tracks_against_truth(tracks["trajectories"], tracks["events"],
+                                        pd.read_parquet(args.truth / "particles.parquet"),
+                                        pd.read_parquet(args.truth / "events.parquet"))
+    scores["segmentation"] = score_stores(args.masks, args.truth / "labels.zarr")
     write_json(scores, args.out)
     print(json.dumps(scores, indent=1, default=str))
     return 0

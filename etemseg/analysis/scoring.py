@@ -271,3 +271,25 @@ def score_tracking(trajectories: pd.DataFrame, events: pd.DataFrame,
         "coalescence": match_events(events, tev, kind="coalescence", frame_tol=frame_tol),
         "vanish": match_events(events, tev, kind="vanish", frame_tol=frame_tol),
     }
+
+
+def score_tracks_against_truth(trajectories: pd.DataFrame, events: pd.DataFrame,
+                               truth_particles: pd.DataFrame, truth_events: pd.DataFrame
+                               ) -> dict:
+    """Tracking, events and the LSW ripening rate of a track set against the simulator's truth.
+
+    The measured rate uses particles that do not touch the border; the true rate the particles
+    inside the field of view (truth ``radius_nm``). Returns ``{"tracking": ..., "lsw":
+    {"measured": fit, "truth": fit}}`` (see :func:`score_tracking`,
+    :func:`etemseg.analysis.sintering.fit_lsw_rate`).
+    """
+    from etemseg.analysis.sintering import fit_lsw_rate, radius_series
+
+    truth_in = (truth_particles[truth_particles["in_frame"].astype(bool)]
+                if "in_frame" in truth_particles else truth_particles)
+    truth_series = radius_series(truth_in.assign(eq_diameter_nm=2 * truth_in["radius_nm"]))
+    measured = (trajectories[~trajectories["touches_border"].astype(bool)]
+                if "touches_border" in trajectories else trajectories)
+    return {"tracking": score_tracking(trajectories, events, truth_particles, truth_events),
+            "lsw": {"measured": fit_lsw_rate(radius_series(measured)),
+                    "truth": fit_lsw_rate(truth_series)}}

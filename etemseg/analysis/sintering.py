@@ -173,3 +173,33 @@ def plot_sintering(series: pd.DataFrame, psd: pd.DataFrame, summary: dict, path,
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def field_of_view_um2(frame_shape: tuple[int, int], pixel_size_nm: float) -> float:
+    """Area of the field of view in µm² for frames of ``(H, W)`` px at ``pixel_size_nm``."""
+    return frame_shape[0] * frame_shape[1] * pixel_size_nm ** 2 / 1e6
+
+
+def sintering_report(tables: dict[str, pd.DataFrame], *, frame_shape: tuple[int, int],
+                     pixel_size_nm: float) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """:func:`analyse` of a track set, with the movie and model named from the tables' own
+    ``movie``/``model`` columns (not from folder names) and the field of view in the summary.
+
+    Parameters
+    ----------
+    tables : dict
+        ``trajectories``, ``frames``, ``events`` DataFrames (``etemseg track``).
+    frame_shape : (int, int)
+        Frame size in px.
+    pixel_size_nm : float
+        nm per px.
+    """
+    area_um2 = field_of_view_um2(frame_shape, pixel_size_nm)
+    summary, series, psd = analyse(tables["trajectories"], tables["frames"], tables["events"],
+                                   area_um2=area_um2)
+    names = {}
+    for column in ("movie", "model"):
+        values = pd.concat([t[column] for t in tables.values() if column in t]).unique()
+        names[column] = str(values[0]) if len(values) == 1 else ",".join(map(str, values))
+    summary.update({**names, "field_of_view_um2": area_um2})
+    return summary, series, psd

@@ -92,11 +92,12 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 def gaussian_kernel1d(sigma: float, truncate: float = BLUR_TRUNCATE) -> torch.Tensor:
-    """Normalised 1-D kernel of ``scipy.ndimage.gaussian_filter``, radius int(truncate*s + .5)."""
-    radius = int(truncate * sigma + 0.5)
-    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    phi = torch.exp(-0.5 / sigma ** 2 * x ** 2)
-    return (phi / phi.sum()).to(torch.float32)
+    """Normalised 1-D kernel of ``scipy.ndimage.gaussian_filter``, radius int(truncate*s + .5):
+    the one Gaussian kernel of etemseg (:func:`etemseg.morphology.gaussian_kernel1d`) as a
+    float32 tensor."""
+    from etemseg.morphology import gaussian_kernel1d as kernel
+
+    return torch.from_numpy(kernel(sigma, truncate))
 
 
 def _pad_axis_symmetric(x: torch.Tensor, r: int, dim: int) -> torch.Tensor:
