@@ -36,15 +36,9 @@ unet/hourglass/shallow-wide, 9 or 7 for the single filter; any odd size is accep
 
 Names
 -----
-Explicit names are lower-case and '-'-separated: a family (``unet4``, ``unet3``, ``unet`` = unet4,
-``hourglass`` = hourglass4, ``hourglass3``, ``single-filter``, ``shallow-wide``) followed by
-modifiers ``norm``, ``twoconv``, ``blur1`` / ``blur2`` / ``blur<sigma>``, ``k7`` / ``k<n>``,
-``leaky``, and rarely ``c<n>`` (base channels), ``f<n>`` (shallow-wide filters), ``in<n>`` (input
-channels), ``cls<n>`` (classes).  The paper's figure names ("Norm", "TwoConv_Norm",
-"TwoConvNorm_Blur1", "Blur2", "Base", "UNet", ...) are parsed the same way, case-insensitively,
-tokens split on '_' or '-', and a token may concatenate modifiers ("TwoConvNorm"); without a
-family they are 4-level UNets (the paper's 1024x1024 study).  :func:`canonical_name` gives the
-unique explicit name (``unet4-twoconv-norm-blur1``), which :func:`parse_arch` maps back.
+Architectures are named like ``unet4-norm``, ``single-filter`` or the paper's ``TwoConvNorm_Blur1``;
+the grammar and :func:`parse_arch` / :func:`canonical_name` live in
+:mod:`etemseg.nn.architectures` (torch-free, so the workflow checks names while planning).
 
 Inference speed: only standard modules (Conv2d, BatchNorm2d, MaxPool2d, ConvTranspose2d,
 ReLU) and tensor-level padding/cropping are used, the forward passes are TorchScript-scriptable,
