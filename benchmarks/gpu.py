@@ -196,7 +196,7 @@ def bench_data(args, device: torch.device, result: dict) -> tuple[TrainingData, 
     frames, truth = simulated(args.train_frames, args.train_size, args.train_size, seed=1)
     t_sim = time.perf_counter() - t0
     t0 = time.perf_counter()
-    pseudo = pseudolabel_stack(frames, PRESETS["default"])
+    pseudo = pseudolabel_stack(frames, PRESETS["default"].resolved(0.18))  # simulator: 0.18 nm/px
     t_pseudo = time.perf_counter() - t0
     cfg = TrainConfig(model=args.model, epochs=args.epochs, batch_size=args.batch, lr=args.lr,
                       crop_px=args.crop, samples_per_epoch=args.samples, device=device.type,

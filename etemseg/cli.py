@@ -82,12 +82,13 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def cmd_pseudolabel(args: argparse.Namespace) -> int:
     from etemseg.protocol import run
-    from etemseg.stages.pseudolabel import PRESETS, PseudoLabelParams, PseudolabelStage
+    from etemseg.stages.pseudolabel import (PRESETS, PseudoLabelParams, PseudolabelStage,
+                                            params_from_preset)
 
     if args.preset not in PRESETS:
         raise EtemsegError(f"--preset: unknown preset {args.preset!r}; one of {', '.join(PRESETS)}")
-    params = PseudoLabelParams.from_dict(
-        {**PRESETS[args.preset].to_dict(), **_dataclass_values(args, PseudoLabelParams)})
+    # a px option given alone replaces the preset's nm twin; nm options win over px ones
+    params = params_from_preset(args.preset, _dataclass_values(args, PseudoLabelParams))
     stage = PseudolabelStage(args.frames, args.out, preset=args.preset, params=params,
                              method=args.method, threads=args.threads, progress=not args.quiet)
     run(stage, init=args.init, chunk=args.chunk, receipt=args.receipt)
@@ -184,20 +185,21 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
     from etemseg.io.atomic import guard_output, is_etemseg_parquet
     from etemseg.analysis.measure import empty_table, write_parquet
-    from etemseg.stages.measure import measure_chunk
-    from etemseg.io.store import MovieStore
+    from etemseg.stages.measure import measure_chunk, open_stores, resolve_min_area
 
     guard_output(args.out, inputs=[args.frames, args.masks], own=is_etemseg_parquet,
                  what="particle table")
-    masks = MovieStore.open(args.masks)
+    masks, frames, ps = open_stores(args.masks, args.frames)
+    min_area = resolve_min_area(args.min_area_px, args.min_area_nm2, ps,
+                                movie=args.movie or str(args.masks))
     chunks = [args.chunk] if args.chunk is not None else range(masks.n_chunks)
-    parts = [measure_chunk(masks, args.frames, k, movie=args.movie, model=args.model,
-                           min_area_px=args.min_area_px) for k in chunks]
+    parts = [measure_chunk(masks, frames, k, movie=args.movie, model=args.model,
+                           min_area_px=min_area) for k in chunks]
     parts = [p for p in parts if len(p)]
     table = pd.concat(parts, ignore_index=True) if parts else empty_table(args.movie, args.model)
     meta = {"movie": args.movie, "model": args.model, "pixel_size_nm": masks.pixel_size_nm,
             "chunk": args.chunk, "frames_store": str(args.frames), "mask_store": str(args.masks),
-            "min_area_px": args.min_area_px}
+            "min_area_px": min_area, "min_area_nm2": args.min_area_nm2}
     write_parquet(table, args.out, metadata=meta)
     log.info("%s: %d particles in %d frames", args.out, len(table), table["frame"].nunique())
     return 0
@@ -430,6 +432,9 @@ def _args_measure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="", help="value of the model column")
     p.add_argument("--min-area-px", type=int, default=20,
                    help="drop smaller components, px (default 20, as the workflow)")
+    p.add_argument("--min-area-nm2", type=float, default=None,
+                   help="drop smaller components, nm²; replaces --min-area-px when the movie has "
+                        "a pixel size (else --min-area-px, with a warning)")
 
 
 def _args_evaluate(p: argparse.ArgumentParser) -> None:

@@ -14,8 +14,8 @@ PKG = Path(__file__).resolve().parents[1] / "etemseg"
 
 #: layer of each top-level part; a module may import only its own layer or lower ones
 LAYERS = {"errors": 0, "config": 3, "io": 1, "layout": 1, "levels": 2, "morphology": 2,
-          "plotting": 2, "synth": 2, "nn": 3, "analysis": 3, "tracking": 3, "protocol": 3,
-          "stages": 4, "cli": 5, "__init__": 6}
+          "plotting": 2, "scales": 2, "synth": 2, "nn": 3, "analysis": 3, "tracking": 3,
+          "protocol": 3, "stages": 4, "cli": 5, "__init__": 6}
 
 
 def part(module: str) -> str:

@@ -11,6 +11,7 @@ import torch
 import zarr
 
 from etemseg.analysis.scoring import pixel_counts, rates
+from etemseg.errors import ConfigError
 from etemseg.io.store import MovieStore
 from etemseg.levels import otsu_level, otsu_split, quantise
 from etemseg.nn.inference import (MIN_SEPARATION, InferConfig, open_model, prepare_model,
@@ -214,11 +215,12 @@ def blank_frames(h, w, seed=0):
                      rng.poisson(5, (h, w)).astype(np.uint16)])
 
 
-def movie_store(folder, frames, chunk_frames):
+def movie_store(folder, frames, chunk_frames, pixel_size_nm=None):
     folder.mkdir(parents=True)
     for i, frame in enumerate(frames):
         np.save(folder / f"f_{i:03d}.npy", frame)
-    return ingest(folder, folder.with_suffix(".zarr"), chunk_frames=chunk_frames, progress=False)
+    return ingest(folder, folder.with_suffix(".zarr"), chunk_frames=chunk_frames, progress=False,
+                  pixel_size_nm=pixel_size_nm)
 
 
 def infer_all(store, model, name, out, **settings):
@@ -350,3 +352,83 @@ def test_fixed_threshold_has_no_blank_check(models, tmp_path):
 
 def mask_from_levels_stack(q, level):
     return np.stack([mask_from_levels(f, level, 0) for f in q])
+
+
+# ------------------------------------------------------------------ minimum area in nm²
+
+def component_areas(mask):
+    """Areas (px) of the 8-connected components of a 2-D mask (scipy, not the kernel)."""
+    from scipy import ndimage
+
+    lab, n = ndimage.label(mask, structure=np.ones((3, 3)))
+    return np.bincount(lab.ravel(), minlength=n + 1)[1:], lab
+
+
+def test_min_area_nm2_arithmetic_and_validation():
+    cfg = InferConfig(min_area_px=20, min_area_nm2=8.0)
+    assert cfg.min_area_px_at(0.5) == 32                   # 8 nm² / 0.25 nm²
+    assert cfg.min_area_px_at(0.3) == 89                   # round(88.9)
+    assert cfg.min_area_px_at(2.0) == 2
+    assert cfg.min_area_px_at(None) == 20                  # uncalibrated: min_area_px
+    assert InferConfig(min_area_px=7).min_area_px_at(0.5) == 7   # no nm² value: min_area_px
+    assert InferConfig(min_area_nm2=0).min_area_px_at(0.5) == 0
+    InferConfig(min_area_nm2=0.0).validate()
+    for bad in (-1.0, float("nan"), float("inf"), "8"):
+        with pytest.raises(ConfigError, match="infer.min_area_nm2"):
+            InferConfig(min_area_nm2=bad).validate()
+
+
+@pytest.fixture(scope="module")
+def calibrated(trained, tmp_path_factory):
+    """The trained movie as a store with a pixel size of 0.5 nm (0.25 nm² per px)."""
+    root, _ = trained
+    raw = MovieStore.open(root / "frames.zarr").array[:]
+    return movie_store(tmp_path_factory.mktemp("calibrated") / "cal", raw, chunk_frames=4,
+                       pixel_size_nm=0.5)
+
+
+def test_min_area_nm2_drops_exactly_the_components_below_it(trained, calibrated, models,
+                                                           tmp_path):
+    model = models["shallow-wide"]
+    every, _ = infer_all(calibrated, model, "shallow-wide", tmp_path / "all", min_area_px=0)
+    areas = np.concatenate([component_areas(m)[0] for m in every])
+    px = int(np.median(areas))                  # some components on either side of it
+    assert (areas < px).any() and (areas >= px).any() and px != InferConfig().min_area_px
+    a = px * 0.25                               # the same area in nm²
+    masks, receipts = infer_all(calibrated, model, "shallow-wide", tmp_path / "nm",
+                                min_area_nm2=a)            # min_area_px stays the default 20
+    same, _ = infer_all(calibrated, model, "shallow-wide", tmp_path / "px", min_area_px=px)
+    np.testing.assert_array_equal(masks, same)
+    for m, full in zip(masks, every):
+        size, lab = component_areas(full)
+        keep = np.isin(lab, np.flatnonzero(size >= px) + 1)
+        np.testing.assert_array_equal(m, keep)
+    assert [(r["min_area_px"], r["min_area_nm2"]) for r in receipts] == [(px, a), (px, a)]
+    # the stage records the px value applied and the nm² value in both stores
+    from etemseg.cli import main
+
+    out = tmp_path / "stage"
+    model_file = trained[0] / "model/model.pt"
+    assert main(["--quiet", "infer", str(calibrated.path), str(model_file), str(out),
+                 "--min-area-nm2", str(a), "--device", "cpu"]) == 0
+    for name in ("prob.zarr", "mask.zarr"):
+        record = MovieStore.open(out / name).meta["infer"]
+        assert record["min_area_px"] == px and record["min_area_nm2"] == a
+    np.testing.assert_array_equal(MovieStore.open(out / "mask.zarr").array[:], masks)
+
+
+def test_uncalibrated_min_area_nm2_falls_back_to_px_with_one_warning(trained, models, tmp_path,
+                                                                    caplog):
+    root, _ = trained
+    store = MovieStore.open(root / "frames.zarr")
+    assert store.pixel_size_nm is None and store.n_chunks == 2
+    model = models["shallow-wide"]
+    ref, _ = infer_all(store, model, "shallow-wide", tmp_path / "px", min_area_px=5)
+    caplog.clear()
+    masks, receipts = infer_all(store, model, "shallow-wide", tmp_path / "nm", min_area_px=5,
+                                min_area_nm2=100.0)
+    np.testing.assert_array_equal(masks, ref)
+    assert [(r["min_area_px"], r["min_area_nm2"]) for r in receipts] == [(5, 100.0)] * 2
+    warnings = [r.getMessage() for r in caplog.records if "min_area_nm2 = " in r.getMessage()]
+    assert len(warnings) == 1, warnings                 # once, not once per chunk
+    assert "no pixel size" in warnings[0] and "min_area_px = 5 px" in warnings[0]

@@ -24,7 +24,7 @@ from etemseg.analysis.measure import (
     read_parquet_units,
     write_parquet,
 )
-from etemseg.stages.measure import measure_chunk
+from etemseg.stages.measure import measure_chunk, resolve_min_area
 from etemseg.io.store import MovieStore, create_store
 
 PS = 0.18
@@ -297,11 +297,11 @@ def test_parquet_schema_units_and_round_trip(tmp_path):
 
 
 def make_stores(tmp_path, frames: np.ndarray, masks: np.ndarray, *, chunk_frames: int,
-                zarr_chunk_frames: int):
+                zarr_chunk_frames: int, pixel_size_nm: float | None = PS):
     t = len(frames)
     fstore = tmp_path / "frames.zarr"
     create_store(fstore, n_frames=t, frame_shape=frames.shape[1:], dtype=np.uint16,
-                 chunk_frames=chunk_frames, fps=400.0, pixel_size_nm=PS,
+                 chunk_frames=chunk_frames, fps=400.0, pixel_size_nm=pixel_size_nm,
                  zarr_chunk_frames=zarr_chunk_frames)
     fs = MovieStore.open(fstore, mode="r+")
     fs.array[...] = frames
@@ -346,3 +346,59 @@ def test_measure_chunk_shape_mismatch_names_store(tmp_path):
         measure_chunk(probs, fs, 0, movie="mv")
     with pytest.raises(InputFileError, match="no zarr.json"):
         measure_chunk(tmp_path / "nowhere.zarr", fs, 0, movie="mv")
+
+
+# ------------------------------------------------------------------ minimum area in nm²
+
+def test_resolve_min_area_arithmetic_and_validation(caplog):
+    assert resolve_min_area(20, None, PS) == 20
+    assert resolve_min_area(20, 10 * PS**2, PS) == 10          # nm² wins when calibrated
+    assert resolve_min_area(20, 1.0, 0.3) == 11                # round(11.1)
+    assert resolve_min_area(20, 0.0, PS) == 0
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert resolve_min_area(20, 1.0, None, movie="uncal-a") == 20
+        assert resolve_min_area(20, 1.0, None, movie="uncal-a") == 20
+    assert sum("no pixel size" in r.getMessage() for r in caplog.records) == 1
+    for bad in (-1.0, float("nan"), float("inf"), "1"):
+        with pytest.raises(ConfigError, match="measure.min_area_nm2"):
+            resolve_min_area(20, bad, PS)
+
+
+def test_measure_with_min_area_nm2(tmp_path, caplog):
+    from etemseg.cli import main
+
+    masks = random_masks(t=6, h=40, w=56, seed=8)
+    frames = random_frames(masks.shape, seed=9)
+    fs, ms = make_stores(tmp_path, frames, masks, chunk_frames=4, zarr_chunk_frames=2)
+    px, a = 10, 10 * PS**2
+    every = measure_chunk(ms, fs, 0, movie="mv", min_area_px=0)
+    assert (every["area_px"] < px).any() and (every["area_px"] >= px).any()
+    got = measure_chunk(ms, fs, 0, movie="mv", min_area_nm2=a)    # min_area_px: default 20
+    pd.testing.assert_frame_equal(got, measure_chunk(ms, fs, 0, movie="mv", min_area_px=px))
+    pd.testing.assert_frame_equal(got, every[every["area_px"] >= px].reset_index(drop=True))
+    # the command: nm² converted once, the px value applied and the nm² value in the metadata
+    out = tmp_path / "particles.parquet"
+    assert main(["--quiet", "measure", str(fs.path), str(ms.path), str(out), "--movie", "mv",
+                 "--min-area-nm2", repr(a)]) == 0
+    meta = read_parquet_metadata(out)
+    assert meta["min_area_px"] == px and meta["min_area_nm2"] == pytest.approx(a)
+    table = pd.read_parquet(out)
+    assert table["area_px"].min() >= px
+    pd.testing.assert_frame_equal(table[table["frame"] < 4].reset_index(drop=True), got,
+                                  check_dtype=False)
+    # an uncalibrated movie: min_area_px, with one warning for the whole command
+    un = tmp_path / "uncalibrated"
+    un.mkdir()
+    fs, ms = make_stores(un, frames, masks, chunk_frames=4, zarr_chunk_frames=2,
+                         pixel_size_nm=None)
+    caplog.clear()
+    out = un / "particles.parquet"
+    assert main(["--quiet", "measure", str(fs.path), str(ms.path), str(out), "--movie", "mv-un",
+                 "--min-area-px", "5", "--min-area-nm2", "100"]) == 0
+    meta = read_parquet_metadata(out)
+    assert meta["min_area_px"] == 5 and meta["min_area_nm2"] == 100.0
+    assert pd.read_parquet(out)["area_px"].min() >= 5
+    assert sum("min_area_nm2 = " in r.getMessage() for r in caplog.records) == 1
+    assert main(["--quiet", "measure", str(fs.path), str(ms.path), str(un / "bad.parquet"),
+                 "--min-area-nm2", "-1"]) == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -10,9 +11,14 @@ import numpy as np
 import pytest
 import zarr
 
-from etemseg.stages.pseudolabel import PRESETS, pseudolabel_stack
+from etemseg.analysis.scoring import score_frames
 from etemseg.io.store import MovieStore
-from etemseg.synth import SynthParams, write_synthetic_movie
+from etemseg.protocol import run
+from etemseg.stages.ingest import ingest
+from etemseg.stages.pseudolabel import PRESETS, PseudolabelStage, pseudolabel_stack
+from etemseg.synth import SynthParams, simulate, write_synthetic_movie
+
+DEFAULT_018 = PRESETS["default"].resolved(0.18)  # the demo movie's pixel size
 
 
 def run_cli(*args):
@@ -41,10 +47,16 @@ def test_per_chunk_equals_whole_and_direct(movie, tmp_path):
         assert r.returncode == 0, r.stderr
     a, b = zarr.open_array(whole / "0")[:], zarr.open_array(chunked / "0")[:]
     np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(a, pseudolabel_stack(frames.array[:], PRESETS["default"]))
+    np.testing.assert_array_equal(a, pseudolabel_stack(frames.array[:], DEFAULT_018))
     receipt = json.loads((tmp_path / "r2.json").read_text())
     assert receipt["frames"] == 2 and len(receipt["coverage"]) == 2
-    assert MovieStore.open(whole).meta["params"] == PRESETS["default"].to_dict()
+    assert receipt["params"] == DEFAULT_018.to_dict()
+    for store in (whole, chunked):
+        meta = MovieStore.open(store).meta
+        assert meta["params"] == DEFAULT_018.to_dict()            # px, used by every chunk
+        assert meta["params_nm"] == PRESETS["default"].to_dict()  # as given
+        assert meta["scale"] == {"pixel_size_nm": 0.18, "source": "calibration",
+                                 "effective_pixel_size_nm": 0.18}
 
 
 def test_preset_and_override_recorded(movie, tmp_path):
@@ -73,3 +85,65 @@ def test_score_and_overlay(movie, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     bad = run_cli("overlay", movie / "frames.zarr", png, "--frame", 99)
     assert bad.returncode == 2 and "--frame" in bad.stderr
+
+
+def test_chunks_use_the_params_recorded_at_init(movie, tmp_path, caplog):
+    frames = movie / "frames.zarr"
+    out = tmp_path / "p.zarr"
+    run(PseudolabelStage(frames, out, preset="default", params=PRESETS["default"]), init=True)
+    other = PseudolabelStage(frames, out, preset="paper", params=PRESETS["paper"])
+    with caplog.at_level(logging.WARNING, logger="etemseg.stages.pseudolabel"):
+        receipts = [run(other, chunk=k) for k in range(MovieStore.open(frames).n_chunks)]
+    assert all(r.stats["params"] == DEFAULT_018.to_dict() for r in receipts)
+    assert any("recorded" in r.getMessage() for r in caplog.records)
+    np.testing.assert_array_equal(
+        MovieStore.open(out).array[:], pseudolabel_stack(MovieStore.open(frames).array[:],
+                                                         DEFAULT_018))
+
+
+def _npy_movie(folder, params: SynthParams):
+    """A simulated movie as .npy frames (no calibration, unlike the simulator's TIFFs)."""
+    folder.mkdir()
+    truth = []
+    for i, (img, lab) in enumerate(simulate(params)):
+        np.save(folder / f"frame_{i:03d}.npy", img)
+        truth.append(lab)
+    return truth
+
+
+def test_uncalibrated_movie_is_resolved_at_an_estimated_scale(tmp_path, caplog):
+    """0.36 nm/px, twice the demo magnification's pixel: estimate ~ calibration, F1 ~ equal."""
+    truth = _npy_movie(tmp_path / "npy", SynthParams(frames=6, height=256, width=256,
+                                                     pixel_size_nm=0.36, seed=4))
+    uncal = ingest(tmp_path / "npy", tmp_path / "uncal.zarr", progress=False, chunk_frames=4)
+    cal = ingest(tmp_path / "npy", tmp_path / "cal.zarr", progress=False, chunk_frames=4,
+                 pixel_size_nm=0.36)
+    assert uncal.pixel_size_nm is None and cal.pixel_size_nm == 0.36
+    f1 = {}
+    for name, src in (("uncal", uncal), ("cal", cal)):
+        out = tmp_path / f"{name}-pseudo.zarr"
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="etemseg.scales"):
+            run(PseudolabelStage(src.path, out, preset="default", params=PRESETS["default"]))
+        warned = [r.getMessage() for r in caplog.records if r.name == "etemseg.scales"]
+        meta = MovieStore.open(out).meta
+        masks = MovieStore.open(out).array[:]
+        f1[name] = score_frames(zip(masks, truth))["pixel"]["f1"]
+        if name == "cal":
+            assert not warned and meta["scale"]["source"] == "calibration"
+            continue
+        scale = meta["scale"]
+        assert scale["source"] == "estimate" and scale["pixel_size_nm"] is None
+        assert scale["frames_used"] == [0, 4]                # chunk 0 only
+        assert abs(scale["effective_pixel_size_nm"] / 0.36 - 1) < 0.25
+        assert any(f"{scale['estimated_diameter_px']:.1f} px" in m for m in warned)
+        assert meta["params"] == PRESETS["default"].resolved(
+            scale["effective_pixel_size_nm"]).to_dict()
+        chunked = tmp_path / "uncal-chunked.zarr"        # per-chunk mode: the same masks
+        stage = PseudolabelStage(src.path, chunked, preset="default", params=PRESETS["default"])
+        run(stage, init=True)
+        for k in (1, 0):
+            run(stage, chunk=k)
+        assert MovieStore.open(chunked).meta["params"] == meta["params"]
+        np.testing.assert_array_equal(MovieStore.open(chunked).array[:], masks)
+    assert f1["cal"] >= 0.85 and abs(f1["uncal"] - f1["cal"]) <= 0.03, f1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
+import logging
 import os
 import random
 import shutil
@@ -21,8 +23,8 @@ from etemseg.stages.ingest import ingest
 from etemseg.nn.models import parse_arch
 from etemseg.io.store import FAULT_ENV, MovieStore
 from etemseg.nn.checkpoint import load_model, normalise_frames
-from etemseg.nn.training import (TrainConfig, Trainer, TrainingData, rng_state, sample_batch,
-                                 set_rng_state, split_frames)
+from etemseg.nn.training import (TrainConfig, Trainer, TrainingData, crop_px_for, resolve_crop,
+                                 rng_state, sample_batch, set_rng_state, split_frames)
 from etemseg.stages.train import train
 
 
@@ -459,3 +461,114 @@ def test_trainer_hooks_and_in_memory_training(straight):
         for key in TIMINGS | {"state_dict"}:
             meta.pop(key, None)
     assert got == ref and run.final["name"] == "shallow-wide"
+
+
+# ------------------------------------------------------------------ crop size in nm
+
+def test_crop_px_for_arithmetic_and_validation():
+    assert crop_px_for(64, [0.5]) == 128
+    assert crop_px_for(64, [0.5], 8) == 128
+    assert crop_px_for(61, [0.5], 8) == 128                 # 122 px, rounded up to 8
+    assert crop_px_for(10, [0.3]) == 34                     # 33.3 px, rounded up: covers 10 nm
+    assert crop_px_for(3.0, [0.1]) == 30                    # 30.000000000000004 is 30
+    assert crop_px_for(64, [1.0, 0.5, 0.505]) == 128        # sized for the finest movie
+    assert crop_px_for(4, [1.0]) == 16 and crop_px_for(4, [1.0], 32) == 32   # at least 16 px
+    TrainConfig(crop_nm=0.5).validate()
+    for bad in (0, -1.0, float("nan"), float("inf"), "64"):
+        with pytest.raises(ConfigError, match="train.crop_nm"):
+            TrainConfig(crop_nm=bad).validate()
+
+
+def calibrated(data: TrainingData, *pixel_sizes) -> TrainingData:
+    return dataclasses.replace(data, pixel_sizes_nm=list(pixel_sizes))
+
+
+def test_resolve_crop(caplog):
+    data = disks_data()
+    cfg = TrainConfig(model="unet4-norm", crop_nm=30.0)
+    got = resolve_crop(cfg, calibrated(data, 0.5))          # 60 px -> a multiple of 8
+    assert (got.crop_px, got.crop_nm) == (64, 30.0)
+    assert resolve_crop(got, calibrated(data, 0.5)) == got
+    assert resolve_crop(cfg, calibrated(data, 0.5, 0.25)).crop_px == 120
+    assert resolve_crop(TrainConfig(crop_px=48), calibrated(data, 0.5)).crop_px == 48
+    for sizes, words in (((0.5, None), "1 of 2 training movies"), ((), "training data has")):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            assert resolve_crop(cfg, calibrated(data, *sizes)) == cfg     # crop_px: 256
+        (warning,) = [r.getMessage() for r in caplog.records]
+        assert words in warning and "crop_px = 256 px" in warning
+
+
+#: FAST with its crop as 16 nm (32 px at 0.5 nm/px; crop_px would be 256).
+CROP_NM = {**FAST, "crop_px": 256, "crop_nm": 16.0}
+
+
+@pytest.fixture(scope="module")
+def straight_nm(tmp_path_factory):
+    """An uninterrupted run of CROP_NM on a movie of 0.5 nm/px: (data, its model folder)."""
+    data = calibrated(disks_data(), 0.5)
+    folder = tmp_path_factory.mktemp("straight-nm") / "model"
+    train(data, TrainConfig(**CROP_NM), folder, progress=False)
+    return data, folder
+
+
+def test_crop_nm_resolves_is_recorded_and_trains_as_its_px(straight, straight_nm):
+    _, reference = straight
+    _, folder = straight_nm
+    meta = torch.load(folder / "model.pt", weights_only=True)
+    assert (meta["train"]["crop_px"], meta["train"]["crop_nm"]) == (32, 16.0)
+    assert meta["data"]["pixel_sizes_nm"] == [0.5]
+    ckpt = torch.load(folder / "checkpoint.pt", weights_only=True)
+    assert (ckpt["fingerprint"]["train"]["crop_px"], ckpt["fingerprint"]["train"]["crop_nm"]) \
+        == (32, 16.0)
+    ref = torch.load(reference / "model.pt", weights_only=True)     # FAST: crop_px 32
+    for key, value in ref["state_dict"].items():
+        assert torch.equal(value, meta["state_dict"][key]), key
+    assert untimed(meta["history"]) == untimed(ref["history"])
+
+
+def test_resume_with_crop_nm(straight_nm, tmp_path, monkeypatch, caplog):
+    data, reference = straight_nm
+    cfg = TrainConfig(**CROP_NM)
+    kill_after(monkeypatch, 1)
+    with pytest.raises(Killed):
+        train(data, cfg, tmp_path, progress=False)
+    monkeypatch.undo()
+    with caplog.at_level(logging.INFO, logger="etemseg.nn.training"):
+        meta = train(data, cfg, tmp_path, progress=False)
+    assert any("resuming" in r.getMessage() for r in caplog.records)
+    assert [h["epoch"] for h in meta["history"]] == [1, 2, 3]
+    assert_same_model(reference, tmp_path)
+    # another pixel size resolves another crop: the checkpoint is not resumed
+    caplog.clear()
+    kill_after(monkeypatch, 1)
+    with caplog.at_level(logging.INFO, logger="etemseg.nn.training"), pytest.raises(Killed):
+        train(calibrated(data, 0.25), cfg, tmp_path, progress=False)
+    assert any("starting afresh" in r.getMessage() for r in caplog.records)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert ckpt["epochs_done"] == 1 and ckpt["fingerprint"]["train"]["crop_px"] == 64
+
+
+def test_cli_crop_nm_with_the_movies_pixel_size(stores, tmp_path, caplog):
+    images, labels = disks_movie(8, 64, 80)
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    for i, frame in enumerate(images):
+        np.save(dump / f"f_{i}.npy", frame)
+    frames = ingest(dump, tmp_path / "cal.zarr", chunk_frames=4, pixel_size_nm=0.5,
+                    progress=False)
+    pseudo = label_store(frames, tmp_path / "cal-pseudo.zarr", labels)
+    options = [*TRAIN_OPTIONS, "--epochs", "1", "--crop-nm", "20"]
+    assert main(["--quiet", "train", "--pair", str(frames.path), str(pseudo), "--out",
+                 str(tmp_path / "m"), *options]) == 0
+    meta = torch.load(tmp_path / "m/model.pt", weights_only=True)
+    assert (meta["train"]["crop_px"], meta["train"]["crop_nm"]) == (40, 20.0)
+    assert meta["data"]["pixel_sizes_nm"] == [0.5]
+    caplog.clear()     # one uncalibrated movie: crop_px (32), with a warning
+    assert main(["--quiet", "train", "--pair", str(frames.path), str(pseudo), "--pair",
+                 str(stores["frames"]), str(stores["frames-pseudo"]), "--out",
+                 str(tmp_path / "mixed"), *options]) == 0
+    meta = torch.load(tmp_path / "mixed/model.pt", weights_only=True)
+    assert (meta["train"]["crop_px"], meta["train"]["crop_nm"]) == (32, 20.0)
+    assert meta["data"]["pixel_sizes_nm"] == [0.5, None]
+    assert any("1 of 2 training movies" in r.getMessage() for r in caplog.records)

@@ -24,7 +24,8 @@ from etemseg.stages.pseudolabel import PRESETS
 epochs = int(sys.argv[1]) if len(sys.argv) > 1 else 4
 p = etemseg.SynthParams(frames=12, height=256, width=256, seed=3)
 raw, truth = map(np.stack, zip(*etemseg.simulate(p)))
-pseudo = np.stack([etemseg.pseudolabel_fast(f, PRESETS["default"]) for f in raw]).astype(np.uint8)
+recipe = PRESETS["default"].resolved(p.pixel_size_nm)     # lengths in nm -> px of this movie
+pseudo = np.stack([etemseg.pseudolabel_fast(f, recipe) for f in raw]).astype(np.uint8)
 images = normalise_frames(raw)
 
 rows = []

@@ -29,7 +29,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from etemseg.errors import ConfigError
+from etemseg.errors import ConfigError, is_number
 from etemseg.nn.checkpoint import load_model, normalise_tensor
 from etemseg.nn.models import fuse_for_inference, halo, size_multiple
 
@@ -65,6 +65,11 @@ class InferConfig:
     min_area_px : int
         Remove 8-connected mask components smaller than this, px (false-positive clusters are
         much smaller than real particles).
+    min_area_nm2 : float or None
+        The same minimum area in nm²; when set and the frame store has a pixel size it replaces
+        ``min_area_px`` (``round(min_area_nm2 / pixel_size_nm**2)`` px, see
+        :meth:`min_area_px_at`); a store without one falls back to ``min_area_px`` with a
+        warning. None (default): ``min_area_px``.
     batch_size : int
         Frames (or tiles) per forward pass.
     max_tile_px : int
@@ -82,6 +87,7 @@ class InferConfig:
     fixed_threshold: float = 0.5
     min_separation: float = MIN_SEPARATION
     min_area_px: int = 20
+    min_area_nm2: float | None = None
     batch_size: int = 4
     max_tile_px: int = 2048
     optimised: bool = True
@@ -93,13 +99,23 @@ class InferConfig:
         checks = {"threshold": self.threshold in THRESHOLD_MODES,
                   "fixed_threshold": 0 < self.fixed_threshold < 1,
                   "min_separation": 0 <= self.min_separation < 1,
-                  "min_area_px": self.min_area_px >= 0, "batch_size": self.batch_size >= 1,
+                  "min_area_px": self.min_area_px >= 0,
+                  "min_area_nm2": self.min_area_nm2 is None or (
+                      is_number(self.min_area_nm2) and self.min_area_nm2 >= 0),
+                  "batch_size": self.batch_size >= 1,
                   "max_tile_px": self.max_tile_px == 0 or self.max_tile_px >= 32,
                   "gpu_precision": self.gpu_precision in ("float16", "bfloat16", "float32"),
                   "device": self.device in ("auto", "cpu", "cuda")}
         for name, ok in checks.items():
             if not ok:
                 raise ConfigError(f"infer.{name}: invalid value {getattr(self, name)!r}")
+
+    def min_area_px_at(self, pixel_size_nm: float | None) -> int:
+        """The minimum component area in px at ``pixel_size_nm`` (nm/px): ``min_area_nm2``
+        converted (``round(a / ps**2)``) when both are set, else ``min_area_px``."""
+        if self.min_area_nm2 is None or not pixel_size_nm:
+            return self.min_area_px
+        return int(round(self.min_area_nm2 / pixel_size_nm ** 2))
 
 
 def prepare_model(model: torch.nn.Module, device: torch.device, optimised: bool

@@ -38,13 +38,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from etemseg.errors import ConfigError, InputFileError
+from etemseg.errors import ConfigError, InputFileError, is_number
 from etemseg.io.atomic import atomic_path
 from etemseg.io.store import MovieStore
 from etemseg.nn.checkpoint import (MODEL_FORMAT, NORMALISATION, model_file_bytes, normalise_frames,
                                    one_line, versions)
 from etemseg.nn.device import pick_device
-from etemseg.nn.models import build_model, canonical_name, count_parameters, parse_arch
+from etemseg.nn.models import (build_model, canonical_name, count_parameters, parse_arch,
+                               size_multiple)
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,11 @@ class TrainConfig:
         Adam learning rate (paper: 1e-4).
     crop_px : int
         Side of the square training crops, px.
+    crop_nm : float or None
+        Side of the training crops in nm; when set and every training movie has a pixel size it
+        replaces ``crop_px`` (see :func:`crop_px_for`: the crops cover at least ``crop_nm`` in
+        every movie, rounded up to the model's size multiple, at least 16 px); otherwise
+        ``crop_px`` with a warning. None (default): ``crop_px``.
     samples_per_epoch : int
         Random crops drawn per epoch.
     val_fraction : float
@@ -97,6 +103,7 @@ class TrainConfig:
     batch_size: int = 8
     lr: float = 1e-4
     crop_px: int = 256
+    crop_nm: float | None = None
     samples_per_epoch: int = 256
     val_fraction: float = 0.3
     split: str = "random"
@@ -115,7 +122,9 @@ class TrainConfig:
         parse_arch(self.model)
         checks = {
             "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1, "lr": self.lr > 0,
-            "crop_px": self.crop_px >= 16, "samples_per_epoch": self.samples_per_epoch >= 1,
+            "crop_px": self.crop_px >= 16,
+            "crop_nm": self.crop_nm is None or (is_number(self.crop_nm) and self.crop_nm > 0),
+            "samples_per_epoch": self.samples_per_epoch >= 1,
             "val_fraction": 0 < self.val_fraction < 1,
             "split": self.split in ("random", "time_blocks"),
             "block_frames": self.block_frames >= 1,
@@ -154,6 +163,8 @@ class TrainingData:
     train: np.ndarray             # indices into images
     val: np.ndarray
     sources: list[str] = field(default_factory=list)
+    #: pixel size (nm/px) of each training movie, None where uncalibrated (empty: unknown)
+    pixel_sizes_nm: list = field(default_factory=list)
 
 
 def select_frames(n_frames: int, stride: int = 1, max_frames: int | None = None) -> np.ndarray:
@@ -222,7 +233,7 @@ def load_training_data(pairs: Sequence[tuple[str | Path, str | Path]], cfg: Trai
 
     Each pair is checked by :func:`open_pair`; labels other than 0 and 1 are refused as well.
     """
-    images, labels, sources = [], [], []
+    images, labels, sources, pixel_sizes = [], [], [], []
     shape = None
     for frames_path, labels_path in pairs:
         frames, pseudo = open_pair(frames_path, labels_path)
@@ -239,9 +250,54 @@ def load_training_data(pairs: Sequence[tuple[str | Path, str | Path]], cfg: Trai
             raise InputFileError(labels_path, f"--pair PSEUDO: values up to {labels[-1].max()}; "
                                  "pseudo-labels are 0 (background) and 1 (particle)")
         sources += [f"{frames_path}:{i}" for i in idx]
+        pixel_sizes.append(frames.pixel_size_nm)
     images_a, labels_a = np.concatenate(images), np.concatenate(labels)
     train, val = split_frames(len(images_a), cfg)
-    return TrainingData(images_a, labels_a, train, val, sources)
+    return TrainingData(images_a, labels_a, train, val, sources, pixel_sizes)
+
+
+# --------------------------------------------------------------------------------------------
+# crop size in nm
+# --------------------------------------------------------------------------------------------
+
+#: Smallest training crop, px (before rounding up to the model's size multiple).
+MIN_CROP_PX = 16
+
+
+def crop_px_for(crop_nm: float, pixel_sizes_nm: Sequence[float], multiple: int = 1) -> int:
+    """The training crop side in px that covers ``crop_nm`` in every movie.
+
+    Movies may differ in pixel size: the crop is sized for the finest one (the smallest pixel
+    size, which needs the most pixels), so every crop spans at least ``crop_nm`` (more in the
+    coarser movies). Rounded up to a multiple of ``multiple`` (the model's
+    :func:`~etemseg.nn.models.size_multiple`) and at least :data:`MIN_CROP_PX` px.
+    """
+    n = crop_nm / min(pixel_sizes_nm)
+    px = math.ceil(n / multiple - 1e-9) * multiple        # 1e-9: 64 nm / 0.5 nm is 128, not 129
+    return max(px, math.ceil(MIN_CROP_PX / multiple) * multiple)
+
+
+def resolve_crop(cfg: TrainConfig, data: TrainingData) -> TrainConfig:
+    """``cfg`` with ``crop_px`` the crop side used on ``data``: :func:`crop_px_for` of
+    ``cfg.crop_nm`` at the training movies' pixel sizes when every movie has one; else (some
+    movie uncalibrated, or pixel sizes unknown) ``cfg.crop_px``, with a warning. Resolving twice
+    gives the same config."""
+    if cfg.crop_nm is None:
+        return cfg
+    sizes = list(data.pixel_sizes_nm)
+    missing = sum(not ps for ps in sizes)
+    if not sizes or missing:
+        which = (f"{missing} of {len(sizes)} training movies have" if sizes
+                 else "the training data has")
+        log.warning("train.crop_nm = %g nm: %s no pixel size; using train.crop_px = %d px "
+                    "instead", cfg.crop_nm, which, cfg.crop_px)
+        return cfg
+    if max(sizes) > 1.01 * min(sizes):
+        log.info("training movies' pixel sizes differ (%g-%g nm); crops of %g nm are sized for "
+                 "the finest", min(sizes), max(sizes), cfg.crop_nm)
+    px = crop_px_for(cfg.crop_nm, sizes, size_multiple(parse_arch(cfg.model)))
+    log.info("train.crop_nm = %g nm -> crops of %d px", cfg.crop_nm, px)
+    return dataclasses.replace(cfg, crop_px=px)
 
 
 def sample_batch(data: TrainingData, cfg: TrainConfig, gen: torch.Generator, *,
@@ -510,6 +566,7 @@ def model_meta(run: TrainingRun, data: TrainingData, cfg: TrainConfig, started: 
         "train": cfg.to_dict(),
         "data": {"n_frames": len(data.images), "n_train": len(data.train),
                  "n_val": len(data.val), "frame_shape": list(data.images.shape[1:]),
+                 "pixel_sizes_nm": list(data.pixel_sizes_nm),
                  "label_fraction": float(data.labels.mean()),
                  # "store:frame" of every training / validation frame (evaluation uses val)
                  "train_sources": [data.sources[i] for i in data.train] if data.sources else [],
@@ -539,7 +596,9 @@ class Trainer:
     data : TrainingData
         Normalised frames, labels and the split.
     cfg : TrainConfig
-        Training settings (validated by the caller).
+        Training settings (validated by the caller); ``crop_nm`` is resolved to ``crop_px`` on
+        ``data`` (:func:`resolve_crop`) and :attr:`cfg` holds the result, which the checkpoint's
+        fingerprint and the model file's ``train`` block record.
     checkpoint : path, optional
         Checkpoint file: a run of the same settings and data saved there is resumed (see
         :func:`open_run`), and every epoch is saved there. None: train in memory only.
@@ -557,7 +616,8 @@ class Trainer:
 
     def __init__(self, data: TrainingData, cfg: TrainConfig, *,
                  checkpoint: str | Path | None = None, progress: bool = False) -> None:
-        self.data, self.cfg, self.progress = data, cfg, progress
+        self.data, self.progress = data, progress
+        self.cfg = cfg = resolve_crop(cfg, data)
         self.checkpoint_path = Path(checkpoint) if checkpoint is not None else None
         self.device = pick_device(cfg.device)
         self.run = open_run(data, cfg, self.device, self.checkpoint_path)

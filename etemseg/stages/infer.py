@@ -42,6 +42,28 @@ def level_of(cfg: InferConfig) -> int:
     return int(np.floor(cfg.fixed_threshold * 255.0))
 
 
+#: ``(store, min_area_nm2)`` already warned about in this process (one warning per movie).
+_UNCALIBRATED_WARNED: set[tuple[str, float]] = set()
+
+
+def resolve_min_area(cfg: InferConfig, frames: MovieStore) -> InferConfig:
+    """``cfg`` with ``min_area_px`` the minimum area applied to the movie ``frames``.
+
+    ``min_area_nm2`` (when set) wins on a calibrated store: ``round(min_area_nm2 / ps**2)`` px
+    (:meth:`InferConfig.min_area_px_at`). A store without a pixel size keeps ``min_area_px``,
+    with a warning once per store and process. Resolving twice gives the same config.
+    """
+    ps = frames.pixel_size_nm
+    if cfg.min_area_nm2 is not None and not ps:
+        key = (str(frames.path), float(cfg.min_area_nm2))
+        if key not in _UNCALIBRATED_WARNED:
+            _UNCALIBRATED_WARNED.add(key)
+            log.warning("%s: no pixel size, so infer.min_area_nm2 = %g nm² cannot be converted; "
+                        "using infer.min_area_px = %d px instead", frames.path,
+                        cfg.min_area_nm2, cfg.min_area_px)
+    return dataclasses.replace(cfg, min_area_px=cfg.min_area_px_at(ps))
+
+
 def mask_from_levels(q: np.ndarray, level: int, min_area_px: int) -> np.ndarray:
     """Binary mask (H, W) uint8 of ``q > level`` without 8-connected components (as measured)
     under ``min_area_px`` pixels."""
@@ -153,7 +175,11 @@ def infer_chunk(frames: MovieStore, prob_store: MovieStore, mask_store: MovieSto
     Frames with NaN/inf pixels and featureless frames (Otsu modes, see
     :attr:`InferConfig.min_separation`) get empty masks (threshold 1.0 in the receipt) and one
     warning per chunk each; the receipt counts the latter in ``blank_frames``.
+
+    ``cfg.min_area_nm2`` is converted with the pixel size of ``frames`` (:func:`resolve_min_area`);
+    the receipt records the px value applied (``min_area_px``) and ``min_area_nm2``.
     """
+    cfg = resolve_min_area(cfg, frames)
     arch = parse_arch(meta["name"])
     start = time.perf_counter()
     t0, t1 = frames.chunk_bounds(k)
@@ -181,6 +207,7 @@ def infer_chunk(frames: MovieStore, prob_store: MovieStore, mask_store: MovieSto
     levels, coverage = chunk.levels, chunk.coverage
     return {"stage": "infer", "chunk": k, "t0": t0, "t1": t1, "frames": t1 - t0,
             "model": meta["name"], "threshold_mode": cfg.threshold,
+            "min_area_px": cfg.min_area_px, "min_area_nm2": cfg.min_area_nm2,
             "thresholds": [round(levels[i] / 255.0, 4) for i in sorted(levels)],
             "coverage": [round(coverage[i], 5) for i in sorted(coverage)],
             "nonfinite_frames": chunk.nonfinite, "blank_frames": len(chunk.blank),
@@ -195,6 +222,10 @@ class InferStage(ChunkStage):
     The model file is checked (:func:`etemseg.nn.checkpoint.load_model`) when the stage is built,
     so a bad model is refused before any store is created; the network is opened only for the
     chunks.
+
+    Both stores' ``infer`` attribute holds the settings as applied to this movie: ``min_area_px``
+    is the px value used (``min_area_nm2`` converted with the frame store's pixel size, see
+    :func:`resolve_min_area`), ``min_area_nm2`` the nm² value asked for (None: none).
     """
 
     name = "infer"
@@ -207,8 +238,7 @@ class InferStage(ChunkStage):
         self.cfg, self.progress = cfg, progress
         self.device = pick_device(cfg.device)
         _, meta = load_model(self.model_path, expect=expect)   # refuse bad models first
-        self.attrs = {"model": meta["name"], "model_file": str(self.model_path),
-                      "infer": dataclasses.asdict(cfg)}
+        self.attrs = {"model": meta["name"], "model_file": str(self.model_path)}
         self.prob, self.mask = self.out / "prob.zarr", self.out / "mask.zarr"
         self._net = None
 
@@ -220,11 +250,12 @@ class InferStage(ChunkStage):
 
     def create(self, paths) -> None:
         frames = MovieStore.open(self.frames)
+        attrs = {**self.attrs, "infer": dataclasses.asdict(resolve_min_area(self.cfg, frames))}
         frames.like(paths[self.prob], np.uint8, attrs={
-            **self.attrs, "stage": "infer-probability",
+            **attrs, "stage": "infer-probability",
             "values": "particle probability = value / 255"})
         frames.like(paths[self.mask], np.uint8, attrs={
-            **self.attrs, "stage": "infer-mask", "values": "1 = particle, 0 = background"})
+            **attrs, "stage": "infer-mask", "values": "1 = particle, 0 = background"})
 
     def n_chunks(self, paths) -> int:
         return MovieStore.open(self.frames).n_chunks

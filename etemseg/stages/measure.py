@@ -5,6 +5,10 @@ through :func:`etemseg.analysis.measure.measure_stack` (connected components -> 
 particle per frame). The array-level measurement, the table schema (``COLUMNS``, ``SCHEMA``,
 ``UNITS``) and the Parquet helpers live in :mod:`etemseg.analysis.measure`; the CLI writes the
 result with :func:`etemseg.analysis.measure.write_parquet`.
+
+The minimum component area is physical when ``min_area_nm2`` is given: it is converted with the
+movie's pixel size (:func:`resolve_min_area`) and wins over ``min_area_px``; an uncalibrated movie
+falls back to ``min_area_px`` with a warning.
 """
 
 from __future__ import annotations
@@ -16,16 +20,67 @@ from pathlib import Path
 import pandas as pd
 
 from etemseg.analysis.measure import empty_table, measure_stack
-from etemseg.errors import InputFileError
+from etemseg.errors import ConfigError, InputFileError, is_number
 from etemseg.io.store import MovieStore
 
-__all__ = ["measure_chunk"]
+__all__ = ["measure_chunk", "open_stores", "resolve_min_area"]
 
 log = logging.getLogger(__name__)
 
+#: ``(movie, min_area_nm2)`` already warned about in this process (one warning per movie).
+_UNCALIBRATED_WARNED: set[tuple[str, float]] = set()
+
+
+def resolve_min_area(min_area_px: int, min_area_nm2: float | None,
+                     pixel_size_nm: float | None, *, movie: str = "") -> int:
+    """The minimum component area in px: ``round(min_area_nm2 / pixel_size_nm**2)`` when both
+    are set, else ``min_area_px`` (with a warning, once per ``movie`` and process, when
+    ``min_area_nm2`` is set but the movie has no pixel size).
+
+    Raises :class:`ConfigError` naming ``measure.min_area_nm2`` when it is negative, NaN or
+    infinite.
+    """
+    if min_area_nm2 is None:
+        return int(min_area_px)
+    if not (is_number(min_area_nm2) and min_area_nm2 >= 0):
+        raise ConfigError(f"measure.min_area_nm2: must be a finite number >= 0 (nm²), got "
+                          f"{min_area_nm2!r}")
+    if not pixel_size_nm:
+        key = (movie, float(min_area_nm2))
+        if key not in _UNCALIBRATED_WARNED:
+            _UNCALIBRATED_WARNED.add(key)
+            log.warning("%s: no pixel size, so measure.min_area_nm2 = %g nm² cannot be converted; "
+                        "using measure.min_area_px = %d px instead", movie, min_area_nm2,
+                        min_area_px)
+        return int(min_area_px)
+    return int(round(min_area_nm2 / pixel_size_nm ** 2))
+
+
+def open_stores(mask_store: MovieStore | str | Path, frame_store: MovieStore | str | Path
+                ) -> tuple[MovieStore, MovieStore, float | None]:
+    """``(masks, frames, pixel size in nm)`` of a mask store and its frame store, checked.
+
+    The pixel size is the frame store's, or the mask store's when the frames have none (None
+    when neither has one). Raises :class:`InputFileError` as :func:`measure_chunk` does.
+    """
+    masks = mask_store if isinstance(mask_store, MovieStore) else MovieStore.open(mask_store)
+    frames = frame_store if isinstance(frame_store, MovieStore) else MovieStore.open(frame_store)
+    if masks.array.shape != frames.array.shape:
+        raise InputFileError(masks.path, f"mask store shape {masks.array.shape} does not match "
+                             f"the frame store {frames.path} shape {frames.array.shape}")
+    if masks.array.dtype.kind not in "biu":
+        raise InputFileError(masks.path, f"mask store has dtype {masks.array.dtype}; measuring "
+                             f"needs a 0/1 integer mask store (threshold probabilities first)")
+    ps_f, ps_m = frames.pixel_size_nm, masks.pixel_size_nm
+    if ps_f is not None and ps_m is not None and not math.isclose(ps_f, ps_m, rel_tol=1e-6):
+        raise InputFileError(masks.path, f"pixel size {ps_m} nm does not match the frame store "
+                             f"{frames.path} ({ps_f} nm)")
+    return masks, frames, ps_f if ps_f is not None else ps_m
+
 
 def measure_chunk(mask_store: MovieStore | str | Path, frame_store: MovieStore | str | Path,
-                  k: int, *, movie: str, min_area_px: int = 20, connectivity: int = 2,
+                  k: int, *, movie: str, min_area_px: int = 20,
+                  min_area_nm2: float | None = None, connectivity: int = 2,
                   model: str = "") -> pd.DataFrame:
     """Measure the particles of time chunk ``k``, streaming one Zarr chunk of frames at a time.
 
@@ -41,6 +96,9 @@ def measure_chunk(mask_store: MovieStore | str | Path, frame_store: MovieStore |
         Movie name for the ``movie`` column.
     min_area_px, connectivity, model
         See :func:`etemseg.analysis.measure.measure_stack`.
+    min_area_nm2 : float, optional
+        Minimum component area in nm²; on a calibrated movie it replaces ``min_area_px``
+        (:func:`resolve_min_area`).
 
     Returns
     -------
@@ -55,21 +113,10 @@ def measure_chunk(mask_store: MovieStore | str | Path, frame_store: MovieStore |
         A store is missing/invalid, the mask store is not an integer (0/1) store, or its shape or
         pixel size does not match the frame store (the message starts with the mask store path).
     ConfigError
-        ``k`` out of range.
+        ``k`` out of range, or an invalid minimum area (:func:`resolve_min_area`).
     """
-    masks = mask_store if isinstance(mask_store, MovieStore) else MovieStore.open(mask_store)
-    frames = frame_store if isinstance(frame_store, MovieStore) else MovieStore.open(frame_store)
-    if masks.array.shape != frames.array.shape:
-        raise InputFileError(masks.path, f"mask store shape {masks.array.shape} does not match "
-                             f"the frame store {frames.path} shape {frames.array.shape}")
-    if masks.array.dtype.kind not in "biu":
-        raise InputFileError(masks.path, f"mask store has dtype {masks.array.dtype}; measuring "
-                             f"needs a 0/1 integer mask store (threshold probabilities first)")
-    ps_f, ps_m = frames.pixel_size_nm, masks.pixel_size_nm
-    if ps_f is not None and ps_m is not None and not math.isclose(ps_f, ps_m, rel_tol=1e-6):
-        raise InputFileError(masks.path, f"pixel size {ps_m} nm does not match the frame store "
-                             f"{frames.path} ({ps_f} nm)")
-    ps = ps_f if ps_f is not None else ps_m
+    masks, frames, ps = open_stores(mask_store, frame_store)
+    min_area_px = resolve_min_area(min_area_px, min_area_nm2, ps, movie=movie or str(masks.path))
     if ps is None:
         log.warning("%s: no pixel size in %s or %s; nm columns are NaN", movie, frames.path,
                     masks.path)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +40,20 @@ __all__ = [
     "HIGH_COVERAGE_WARN",
     "MAX_COVERAGE",
     "NOISE_FLOOR_K",
+    "NM_TWINS",
     "PRESETS",
     "QUANT_LEVELS",
+    "SCALE_FRAMES",
+    "SIGMA_MIN_PX",
     "PseudoLabelParams",
+    "PseudolabelStage",
     "label_chunk",
+    "params_from_preset",
     "prepare_frame",
     "pseudolabel_fast",
     "pseudolabel_reference",
     "pseudolabel_stack",
+    "resolve_for_movie",
     "smoothed_noise",
 ]
 
@@ -62,6 +68,12 @@ NOISE_FLOOR_K = 0.65
 MAX_COVERAGE = 0.95
 #: Masks covering more than this fraction are kept but logged.
 HIGH_COVERAGE_WARN = 0.6
+
+#: Smallest Gaussian sigma, px, that a physical ``sigma_nm`` resolves to.
+SIGMA_MIN_PX = 0.5
+#: Each physical length -> its pixel twin.
+NM_TWINS = {"sigma_nm": "sigma", "opening_radius_nm": "opening_radius",
+            "min_area_nm2": "min_area_px", "border_pad_nm": "border_pad_px"}
 
 _THRESHOLDS = ("otsu", "li", "fixed")
 _POLARITIES = ("dark", "bright")
@@ -101,6 +113,20 @@ class PseudoLabelParams:
         quadratic trend, see :func:`etemseg.morphology.pad_frame`), and crop the depth ``d``
         back to the frame.  A particle cut by the frame edge then becomes a closed basin and is
         found; the pad should exceed the largest particle diameter in px.
+    sigma_nm : float or None
+        Physical twin of ``sigma``, nm (> 0).
+    opening_radius_nm : float or None
+        Physical twin of ``opening_radius``, nm (>= 0).
+    min_area_nm2 : float or None
+        Physical twin of ``min_area_px``, nm^2 (>= 0).
+    border_pad_nm : float or None
+        Physical twin of ``border_pad_px``, nm (>= 0).
+
+    Notes
+    -----
+    The recipe works in px.  A physical length that is set (not None) overrides its pixel twin
+    once the pixel size is known: :meth:`resolved` fills the px fields from the nm fields and
+    clears them.  The recipe functions refuse parameters whose nm fields are still set.
     """
 
     sigma: float = 2.0
@@ -111,6 +137,10 @@ class PseudoLabelParams:
     min_area_px: int = 0
     fill_holes: bool = False
     border_pad_px: int = 0
+    sigma_nm: float | None = None
+    opening_radius_nm: float | None = None
+    min_area_nm2: float | None = None
+    border_pad_nm: float | None = None
 
     def validate(self) -> None:
         """Check every field; raise :class:`~etemseg.errors.ConfigError` naming the first bad
@@ -135,6 +165,66 @@ class PseudoLabelParams:
             raise bad("fill_holes", "must be true or false")
         if not is_int(self.border_pad_px) or not 0 <= self.border_pad_px <= 4096:
             raise bad("border_pad_px", "must be an integer in [0, 4096]")
+        for name in NM_TWINS:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not is_number(value) or value < 0 or (name == "sigma_nm" and value == 0):
+                kind = "> 0" if name == "sigma_nm" else ">= 0"
+                raise bad(name, f"must be null or a finite number {kind}")
+
+    @property
+    def physical(self) -> tuple[str, ...]:
+        """Names of the nm fields that are set (empty once :meth:`resolved`)."""
+        return tuple(name for name in NM_TWINS if getattr(self, name) is not None)
+
+    def pixel_only(self) -> PseudoLabelParams:
+        """These parameters with every nm field cleared: the px fields as they are."""
+        return replace(self, **dict.fromkeys(NM_TWINS))
+
+    def resolved(self, pixel_size_nm: float) -> PseudoLabelParams:
+        """The px parameters at a pixel size: px fields from the set nm fields, nm fields cleared.
+
+        Parameters
+        ----------
+        pixel_size_nm : float
+            Pixel size, nm/px (finite, > 0).
+
+        Returns
+        -------
+        PseudoLabelParams
+            Validated, without nm fields.  ``sigma = max(SIGMA_MIN_PX, sigma_nm / ps)`` px;
+            ``opening_radius = round(opening_radius_nm / ps)`` px, at least 1 when
+            ``opening_radius_nm > 0``; ``min_area_px = round(min_area_nm2 / ps**2)``;
+            ``border_pad_px = ceil(border_pad_nm / ps)``, where ``ps = pixel_size_nm``, rounding
+            is half-up after removing float noise (6 decimals), and each value is clipped to its
+            valid range (with a warning).
+
+        Raises
+        ------
+        ConfigError
+            Invalid parameters or pixel size.
+        """
+        self.validate()
+        if not is_number(pixel_size_nm) or not pixel_size_nm > 0:
+            raise ConfigError(f"pseudolabel: pixel size must be a finite number > 0 nm "
+                              f"(got {pixel_size_nm!r})")
+        ps = float(pixel_size_nm)
+        px: dict[str, Any] = {}
+        if self.sigma_nm is not None:
+            px["sigma"] = _clip("sigma", max(SIGMA_MIN_PX, _denoise(self.sigma_nm / ps)), 100.0)
+        if self.opening_radius_nm is not None:
+            r = _round_half_up(self.opening_radius_nm / ps)
+            px["opening_radius"] = _clip("opening_radius",
+                                         max(r, 1 if self.opening_radius_nm > 0 else 0), 64)
+        if self.min_area_nm2 is not None:
+            px["min_area_px"] = _round_half_up(self.min_area_nm2 / ps**2)
+        if self.border_pad_nm is not None:
+            px["border_pad_px"] = _clip("border_pad_px",
+                                        math.ceil(_denoise(self.border_pad_nm / ps)), 4096)
+        out = replace(self, **px, **dict.fromkeys(NM_TWINS))
+        out.validate()
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON dictionary of the parameters."""
@@ -152,9 +242,64 @@ class PseudoLabelParams:
         return p
 
 
-#: ``"paper"``: the published recipe, no extras (pixel F1 ~0.86 on the demo movie).
+def _denoise(value: float) -> float:
+    """``value`` rounded to 6 decimals, so that e.g. 8.64 / 0.18 is 48, not 48.00000000000001."""
+    return round(float(value), 6)
+
+
+def _round_half_up(value: float) -> int:
+    return int(math.floor(_denoise(value) + 0.5))
+
+
+def _clip(name: str, value: float, hi: float) -> Any:
+    if value > hi:
+        log.warning("pseudolabel: %s = %s px from the physical length is above its maximum %s; "
+                    "using %s", name, value, hi, hi)
+        return type(value)(hi)
+    return value
+
+
+def params_from_preset(preset: str, overrides: dict[str, Any] | None = None
+                       ) -> PseudoLabelParams:
+    """A preset with overrides, where an overridden px field drops the preset's nm twin.
+
+    Parameters
+    ----------
+    preset : str
+        Name in :data:`PRESETS`.
+    overrides : dict, optional
+        Field values to change (``None`` values are ignored).  ``sigma`` given without
+        ``sigma_nm`` clears the preset's ``sigma_nm`` (likewise for every px/nm pair), so a
+        length given in px is used as given.
+
+    Returns
+    -------
+    PseudoLabelParams
+        Validated (nm fields possibly still set: :meth:`PseudoLabelParams.resolved`).
+
+    Raises
+    ------
+    ConfigError
+        Unknown preset or field, or an invalid value.
+    """
+    if preset not in PRESETS:
+        raise ConfigError(f"pseudolabel.preset: unknown preset {preset!r}; one of "
+                          f"{', '.join(PRESETS)}")
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    values = PRESETS[preset].to_dict()
+    for nm_name, px_name in NM_TWINS.items():
+        if px_name in given and nm_name not in given:
+            values[nm_name] = None
+    return PseudoLabelParams.from_dict({**values, **given})
+
+
+#: ``"paper"``: the published recipe in px, no extras (pixel F1 ~0.86 on the demo movie).  Its
+#: lengths are bound to the magnification of the paper's movies (~0.18 nm/px, ~5 nm particles);
+#: at another magnification use ``"default"`` or set the nm fields.
 #: ``"default"``: the recipe plus detrended mirror padding against the edge losses, hole filling
-#: and a minimum area (pixel F1 ~0.92 on the demo movie, ``SynthParams()``).
+#: and a minimum area, in nm: at 0.18 nm/px it resolves exactly to the px values it also holds
+#: (sigma 2 px, opening radius 5 px, min area 30 px, pad 48 px; pixel F1 ~0.92 on the demo movie,
+#: ``SynthParams()``), the px fallback when the pixel size is unknown and cannot be estimated.
 PRESETS: dict[str, PseudoLabelParams] = {
     "paper": PseudoLabelParams(
         sigma=2.0, opening_radius=5, threshold="otsu", polarity="dark", min_area_px=0,
@@ -163,6 +308,7 @@ PRESETS: dict[str, PseudoLabelParams] = {
     "default": PseudoLabelParams(
         sigma=2.0, opening_radius=5, threshold="otsu", polarity="dark", min_area_px=30,
         fill_holes=True, border_pad_px=48,
+        sigma_nm=0.36, opening_radius_nm=0.9, min_area_nm2=0.972, border_pad_nm=8.64,
     ),
 }
 
@@ -179,6 +325,10 @@ def _check_params(params: PseudoLabelParams | None) -> PseudoLabelParams:
         raise ConfigError(
             f"pseudolabel: params must be PseudoLabelParams (got {type(params).__name__})")
     params.validate()
+    if params.physical:
+        raise ConfigError(
+            f"pseudolabel: params hold physical lengths ({', '.join(params.physical)}) that are "
+            "not resolved to px; call params.resolved(pixel_size_nm) or resolve_for_movie() first")
     return params
 
 
@@ -729,29 +879,86 @@ def label_chunk(src: Any, dst: Any, k: int, *, params: PseudoLabelParams | None 
     }
 
 
+def resolve_for_movie(params: PseudoLabelParams, pixel_size_nm: float | None,
+                      frames_sample: np.ndarray | None, expected_diameter_nm: float = 5.0
+                      ) -> tuple[PseudoLabelParams, dict[str, Any]]:
+    """Resolve physical lengths for one movie: at its calibration, else at an estimated scale.
+
+    Parameters
+    ----------
+    params : PseudoLabelParams
+        Possibly with nm fields (e.g. ``PRESETS["default"]``).
+    pixel_size_nm : float or None
+        The movie's pixel size, nm/px.
+    frames_sample : numpy.ndarray or None
+        A few ``(T, H, W)`` frames; read only when ``pixel_size_nm`` is None and ``params``
+        has nm fields.
+    expected_diameter_nm : float
+        Particle diameter, nm, an uncalibrated movie is assumed to show (the nm defaults are
+        physical for ~5 nm Au particles).
+
+    Returns
+    -------
+    params : PseudoLabelParams
+        Without nm fields: :meth:`PseudoLabelParams.resolved` at the pixel size, or at the
+        effective pixel size ``expected_diameter_nm / d_px`` where ``d_px`` is
+        :func:`etemseg.scales.estimate_particle_diameter_px` of ``frames_sample`` (a warning
+        names it), or, when that fails too, the px fields as they are (a warning).
+    info : dict
+        :func:`etemseg.scales.scale_for_movie`'s record (``pixel_size_nm``, ``source``,
+        ``effective_pixel_size_nm``, ...); ``source`` is ``"px"`` when ``params`` has no nm
+        fields.
+    """
+    from etemseg.scales import scale_for_movie
+
+    params.validate()
+    if not params.physical:
+        return params, {"pixel_size_nm": pixel_size_nm, "source": "px",
+                        "effective_pixel_size_nm": None}
+    info = scale_for_movie(pixel_size_nm, frames_sample, polarity=params.polarity,
+                           expected_diameter_nm=expected_diameter_nm)
+    ps = info["effective_pixel_size_nm"]
+    return (params.pixel_only() if ps is None else params.resolved(ps)), info
+
+
+#: Frames of the first time chunk the stage estimates an uncalibrated movie's scale from.
+SCALE_FRAMES = 8
+
+
 class PseudolabelStage(ChunkStage):
     """``etemseg pseudolabel`` as a per-chunk stage (see :mod:`etemseg.protocol`).
+
+    The lengths are resolved once, when the store is created (:func:`resolve_for_movie`: at the
+    frame store's ``pixel_size_nm``, else at a scale estimated from up to :data:`SCALE_FRAMES`
+    frames of time chunk 0), and recorded in the store's attributes: ``params`` (the px values
+    every chunk uses), ``params_nm`` (the parameters as given, nm fields included) and
+    ``scale`` (how the pixel size was found).  Chunk jobs read ``params`` back from the store.
 
     Parameters
     ----------
     frames, out : path
         The frame store and the pseudo-label store to write (same shape and chunking, uint8).
     preset : str
-        Name in :data:`PRESETS` the record of the store keeps; ``params`` are the values used.
+        Name in :data:`PRESETS` the record of the store keeps.
     params : PseudoLabelParams
+        The parameters as given (nm fields allowed).
     method : {"fast", "reference"}
     threads : int
         Frames labelled in parallel.
     progress : bool
+    expected_diameter_nm : float
+        Particle diameter, nm, assumed for a movie without a pixel size.
     """
 
     name = "pseudolabel"
 
     def __init__(self, frames, out, *, preset: str, params: PseudoLabelParams,
-                 method: str = "fast", threads: int = 1, progress: bool = False):
+                 method: str = "fast", threads: int = 1, progress: bool = False,
+                 expected_diameter_nm: float = 5.0):
         self.frames, self.out = Path(frames), Path(out)
         self.preset, self.params, self.method = preset, params, method
         self.threads, self.progress = threads, progress
+        self.expected_diameter_nm = expected_diameter_nm
 
     def inputs(self) -> list[Path]:
         return [self.frames]
@@ -759,16 +966,48 @@ class PseudolabelStage(ChunkStage):
     def outputs(self) -> dict[Path, str]:
         return {self.out: "pseudolabel"}
 
+    def resolve(self, src: MovieStore) -> tuple[PseudoLabelParams, dict[str, Any]]:
+        """The px parameters for the movie ``src`` and the scale record (see the class)."""
+        sample = None
+        if src.pixel_size_nm is None and self.params.physical and src.n_frames:
+            t0, t1 = src.chunk_bounds(0)
+            sample = src.read(t0, min(t1, t0 + SCALE_FRAMES))
+        params, info = resolve_for_movie(self.params, src.pixel_size_nm, sample,
+                                         self.expected_diameter_nm)
+        if sample is not None:
+            info["frames_used"] = [int(t0), int(t0 + len(sample))]
+        return params, info
+
     def create(self, paths) -> None:
-        MovieStore.open(self.frames).like(paths[self.out], np.uint8, attrs={
-            "stage": "pseudolabel", "preset": self.preset, "params": self.params.to_dict(),
+        src = MovieStore.open(self.frames)
+        params, info = self.resolve(src)
+        log.info("pseudolabel: lengths for %s: sigma %.4g px, opening radius %d px, min area %d "
+                 "px, border pad %d px (%s)", self.frames, params.sigma, params.opening_radius,
+                 params.min_area_px, params.border_pad_px, info["source"])
+        src.like(paths[self.out], np.uint8, attrs={
+            "stage": "pseudolabel", "preset": self.preset, "params": params.to_dict(),
+            "params_nm": self.params.to_dict(), "scale": info,
             "method": self.method, "values": "1 = particle, 0 = background"})
 
     def n_chunks(self, paths) -> int:
         return MovieStore.open(self.frames).n_chunks
 
+    def recorded_params(self, dst: MovieStore) -> PseudoLabelParams:
+        """The px parameters recorded at creation (a warning when they came from other given
+        parameters than this stage's)."""
+        if "params" not in dst.meta:
+            raise EtemsegError(f"{dst.path}: pseudo-label store without recorded 'params'; "
+                               "rerun `etemseg pseudolabel ... --init`")
+        given = dst.meta.get("params_nm")
+        if given is not None and given != self.params.to_dict():
+            log.warning("pseudolabel: %s was created with other parameters than given now; "
+                        "every chunk uses the recorded ones (rerun --init to change them)",
+                        dst.path)
+        return PseudoLabelParams.from_dict(dst.meta["params"])
+
     def run_chunk(self, k: int, paths=None) -> Receipt:
         dst = MovieStore.open((paths or {}).get(self.out, self.out), mode="r+")
-        result = label_chunk(MovieStore.open(self.frames), dst, k, params=self.params,
-                             method=self.method, threads=self.threads, progress=self.progress)
+        result = label_chunk(MovieStore.open(self.frames), dst, k,
+                             params=self.recorded_params(dst), method=self.method,
+                             threads=self.threads, progress=self.progress)
         return Receipt.from_dict(result, stage=self.name, store=str(self.out))

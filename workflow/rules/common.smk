@@ -86,10 +86,12 @@ def chunk_receipts(stage, movie):
     return [layout.receipt(stage, movie, k) for k in movie_chunks(movie)]
 
 
-def pseudolabel_options(wildcards=None):
-    """CLI options of `etemseg pseudolabel` from the config (preset plus overrides)."""
+def pseudolabel_options(wildcards):
+    """CLI options of `etemseg pseudolabel` for a movie: the preset, then `pseudolabel.params`,
+    then the movie's own `movies.NAME.pseudolabel` overrides."""
     opts = [f"--preset {PSEUDOLABEL['preset']}", f"--method {PSEUDOLABEL['method']}"]
-    return " ".join(opts + _cli_options(PSEUDOLABEL["params"]))
+    params = {**PSEUDOLABEL["params"], **movie_cfg(wildcards.movie).get("pseudolabel", {})}
+    return " ".join(opts + _cli_options(params))
 
 
 def qa_frames(movie):
@@ -138,8 +140,18 @@ def train_options(wildcards):
     return " ".join(opts + _cli_options(TRAIN["settings"]))
 
 
+def infer_settings(movie):
+    """`infer.settings` with the movie's own `movies.NAME.infer` overrides."""
+    return {**INFER["settings"], **movie_cfg(movie).get("infer", {})}
+
+
 def infer_options(wildcards):
-    return " ".join(_cli_options(INFER["settings"]))
+    return " ".join(_cli_options(infer_settings(wildcards.movie)))
+
+
+def measure_options(wildcards):
+    """`measure` settings with the movie's own `movies.NAME.measure` overrides."""
+    return " ".join(_cli_options({**MEASURE, **movie_cfg(wildcards.movie).get("measure", {})}))
 
 
 def movie_frame_shape(movie):
@@ -158,7 +170,7 @@ def infer_mem_mb(wildcards):
     """Host memory of an infer chunk job: grows with the pixels of one batch, not with the movie
     (benchmarks/chunk_memory.py: 1.8 GB for batches of 4 x 1024², 4.7 GB for 4 x 1792x1920)."""
     h, w = movie_frame_shape(wildcards.movie)
-    batch = int(INFER["settings"].get("batch_size", 4))
+    batch = int(infer_settings(wildcards.movie).get("batch_size", 4))
     return max(2000, int(1000 + 400 * batch * h * w / 1e6))
 
 

@@ -17,8 +17,8 @@ rule measure_chunk:
     params:
         frames=lambda w: layout.frames_store(w.movie),
         masks=lambda w: layout.mask_store(w.movie, w.model),
-        min_area=MEASURE["min_area_px"],
+        options=measure_options,
     shell:
         "etemseg --quiet measure {params.frames:q} {params.masks:q} {output:q}"
         " --chunk {wildcards.k} --movie {wildcards.movie} --model {wildcards.model}"
-        " --min-area-px {params.min_area} > {log:q} 2>&1"
+        " {params.options} > {log:q} 2>&1"
