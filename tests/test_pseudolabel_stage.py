@@ -147,3 +147,22 @@ def test_uncalibrated_movie_is_resolved_at_an_estimated_scale(tmp_path, caplog):
         assert MovieStore.open(chunked).meta["params"] == meta["params"]
         np.testing.assert_array_equal(MovieStore.open(chunked).array[:], masks)
     assert f1["cal"] >= 0.85 and abs(f1["uncal"] - f1["cal"]) <= 0.03, f1
+
+
+def test_init_estimates_the_scale_before_any_chunk_is_ingested(tmp_path):
+    """In the workflow `pseudolabel_init` runs beside the ingest chunk jobs (they may be bundled
+    in one SLURM group): the estimate reads the dump files the frame store records."""
+    from etemseg.stages.ingest import IngestStage
+
+    _npy_movie(tmp_path / "npy", SynthParams(frames=6, height=256, width=256,
+                                             pixel_size_nm=0.36, seed=4))
+    run(IngestStage(tmp_path / "npy", tmp_path / "f.zarr", chunk_frames=4), init=True)
+    assert not list((tmp_path / "f.zarr" / "0").rglob("c/*"))         # no frame written yet
+    whole = ingest(tmp_path / "npy", tmp_path / "whole.zarr", progress=False, chunk_frames=4)
+    early, late = tmp_path / "early.zarr", tmp_path / "late.zarr"
+    run(PseudolabelStage(tmp_path / "f.zarr", early, preset="default",
+                         params=PRESETS["default"]), init=True)
+    run(PseudolabelStage(whole.path, late, preset="default", params=PRESETS["default"]),
+        init=True)
+    assert MovieStore.open(early).meta["scale"]["source"] == "estimate"
+    assert MovieStore.open(early).meta["params"] == MovieStore.open(late).meta["params"]

@@ -925,6 +925,26 @@ def resolve_for_movie(params: PseudoLabelParams, pixel_size_nm: float | None,
 SCALE_FRAMES = 8
 
 
+def _first_frames(src: MovieStore, t0: int, t1: int) -> np.ndarray:
+    """Frames ``[t0, t1)`` of a movie for the scale estimate: from the dump files the store
+    records (so ``--init`` needs no ingested chunk: in the workflow it runs beside the ingest
+    chunk jobs), else from the store itself."""
+    from etemseg.io.framedump import FrameSource, read_frame
+
+    if "source" in src.meta and "sources" in src.group:
+        root = Path(src.meta["source"])
+        names, pages = src.group["sources"][t0:t1], src.group["source_pages"][t0:t1]
+        index = src.frame_index()[t0:t1]
+        try:
+            return np.stack([read_frame(FrameSource(path=root / str(n), page=int(p),
+                                                    index=int(i)), expect_shape=src.frame_shape)
+                             for n, p, i in zip(names, pages, index)]).astype(np.float32)
+        except (OSError, EtemsegError) as exc:
+            log.info("%s: dump files not readable for the scale estimate (%s); using the store",
+                     src.path, exc)
+    return src.read(t0, t1)
+
+
 class PseudolabelStage(ChunkStage):
     """``etemseg pseudolabel`` as a per-chunk stage (see :mod:`etemseg.protocol`).
 
@@ -971,7 +991,7 @@ class PseudolabelStage(ChunkStage):
         sample = None
         if src.pixel_size_nm is None and self.params.physical and src.n_frames:
             t0, t1 = src.chunk_bounds(0)
-            sample = src.read(t0, min(t1, t0 + SCALE_FRAMES))
+            sample = _first_frames(src, t0, min(t1, t0 + SCALE_FRAMES))
         params, info = resolve_for_movie(self.params, src.pixel_size_nm, sample,
                                          self.expected_diameter_nm)
         if sample is not None:

@@ -4,8 +4,6 @@
 rule pseudolabel_init:
     input:
         frames=layout.store_meta(layout.frames_store("{movie}")),
-        # the first chunk's frames: an uncalibrated movie's particle scale is estimated from them
-        first_chunk=layout.receipt("ingest", "{movie}", 0),
     output:
         layout.store_meta(layout.pseudo_store("{movie}")),
     log:
