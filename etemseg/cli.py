@@ -96,9 +96,10 @@ def cmd_pseudolabel(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from etemseg.io.atomic import write_json
     from etemseg.analysis.scoring import score_stores
+    from etemseg.io.atomic import guard_file_output, write_json
 
+    guard_file_output(args.out, inputs=[args.pred, args.truth], suffix=".json")
     scores = score_stores(args.pred, args.truth, iou_min=args.iou_min)
     if args.out:
         write_json(scores, args.out)
@@ -109,9 +110,12 @@ def cmd_score(args: argparse.Namespace) -> int:
 def cmd_overlay(args: argparse.Namespace) -> int:
     import zarr
 
-    from etemseg.plotting import overlay_png
+    from etemseg.io.atomic import guard_file_output
     from etemseg.io.store import MovieStore
+    from etemseg.plotting import overlay_png
 
+    guard_file_output(args.out, inputs=[args.frames, args.truth, *(
+        spec.partition("=")[2] or None for spec in args.mask)], suffix=".png")
     frames = MovieStore.open(args.frames)
     if not 0 <= args.frame < frames.n_frames:
         raise EtemsegError(f"--frame: {args.frame} is outside 0..{frames.n_frames - 1}")
@@ -206,8 +210,12 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from etemseg.io.atomic import guard_output
     from etemseg.stages.evaluate import evaluate_model
 
+    # an evaluation folder is recognised by its scores.json (it holds figures and tables)
+    guard_output(args.out, inputs=[args.model], what="evaluation folder",
+                 own=lambda p: (p / "scores.json").is_file())
     result = evaluate_model(args.movie_dir, args.model_name, args.model, out_dir=args.out,
                             max_frames=args.max_frames)
     print(json.dumps(result["summary"], indent=1, default=str))
@@ -215,9 +223,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from etemseg.io.atomic import atomic_path
     from etemseg.analysis.comparison import compare_models, plot_model_contours
+    from etemseg.io.atomic import atomic_path, guard_file_output
 
+    guard_file_output(args.out, inputs=args.scores, suffix=".csv")
+    guard_file_output(args.contours[1] if args.contours else None, inputs=args.scores,
+                      suffix=".png")
+    guard_file_output(args.sweep_png, inputs=args.scores, suffix=".png")
     rows = []
     for path in args.scores:
         path = path / "scores.json" if path.is_dir() else path
@@ -309,9 +321,10 @@ def cmd_score_tracks(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from etemseg.analysis.scoring import score_stores, score_tracks_against_truth
-    from etemseg.io.atomic import write_json
+    from etemseg.io.atomic import guard_file_output, write_json
     from etemseg.io.parquet import read_table_set
 
+    guard_file_output(args.out, inputs=[args.tracks, args.masks, args.truth], suffix=".json")
     tracks = read_table_set(args.tracks, ("trajectories", "events"))
     scores = score_tracks_against_truth(tracks["trajectories"], tracks["events"],
                                         pd.read_parquet(args.truth / "particles.parquet"),

@@ -219,3 +219,21 @@ def test_store_without_its_zarr_json_is_still_recognised(movie, tmp_path, capsys
     (foreign / "thesis.tex").write_text("x")
     refused(capsys, "pseudolabel", movie / "frames.zarr", foreign, "--init")
     assert (foreign / "thesis.tex").exists()
+
+
+def test_single_file_products_replace_only_files_of_their_kind(movie, tmp_path, capsys):
+    frames, pseudo = movie / "frames.zarr", movie / "pseudo.zarr"
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep")
+    kept = tree_digest(frames)
+    for target in (frames, notes, pseudo / "0"):               # a store, a text file, an input
+        refused(capsys, "score", pseudo, pseudo / "0", "--out", target)
+    assert tree_digest(frames) == kept and notes.read_text() == "keep"
+    for _ in range(2):                                         # its own kind is replaced
+        assert main(["--quiet", "score", str(pseudo), str(pseudo / "0"),
+                     "--out", str(tmp_path / "s.json")]) == 0
+    capsys.readouterr()
+    assert "not a previous etemseg .png file" in refused(
+        capsys, "overlay", frames, notes, "--mask", f"p={pseudo}")
+    assert main(["--quiet", "overlay", str(frames), str(tmp_path / "o.png"),
+                 "--mask", f"p={pseudo}"]) == 0

@@ -176,3 +176,13 @@ def holds_only(*names: str):
                                      for p in path.iterdir())
 
     return own
+
+
+def guard_file_output(target: str | Path | None, *, inputs=(), suffix: str) -> None:
+    """:func:`guard_output` for a single-file product (a JSON score, a PNG, a CSV): an existing
+    regular file with ``suffix`` may be replaced; a folder, another kind of file, or an input is
+    refused. ``None`` (option not given) passes."""
+    if target is None:
+        return
+    guard_output(target, inputs=inputs, what=f"{suffix} file",
+                 own=lambda p: Path(p).is_file() and Path(p).suffix.lower() == suffix)
