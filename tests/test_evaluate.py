@@ -17,6 +17,18 @@ from etemseg.analysis.comparison import (
     plot_model_contours,
     plot_threshold_sweep,
 )
+from etemseg.analysis.kernels import (
+    GABOR_PARAMS,
+    THRESHOLDS,
+    fit_gabor_gauss,
+    gabor_gauss_model,
+    otsu_thresholds,
+    plot_filters,
+    plot_kernel_fit,
+    plot_single_kernel,
+    threshold_sweep,
+)
+from etemseg.analysis.profiles import line_profiles, pick_particles, plot_line_profiles
 from etemseg.analysis.scoring import pixel_counts, rates
 from etemseg.io.store import MovieStore, create_store
 from etemseg.levels import otsu_level, quantise
@@ -24,22 +36,7 @@ from etemseg.nn.checkpoint import load_model
 from etemseg.nn.inference import InferConfig, prepare_model, stream_levels
 from etemseg.nn.models import parse_arch
 from etemseg.nn.training import TrainConfig, load_training_data
-from etemseg.stages.evaluate import (
-    GABOR_PARAMS,
-    THRESHOLDS,
-    evaluate_model,
-    evaluation_frames,
-    fit_gabor_gauss,
-    gabor_gauss_model,
-    line_profiles,
-    otsu_thresholds,
-    pick_particles,
-    plot_filters,
-    plot_kernel_fit,
-    plot_line_profiles,
-    plot_single_kernel,
-    threshold_sweep,
-)
+from etemseg.stages.evaluate import evaluate_model, evaluation_frames
 from etemseg.stages.infer import mask_from_levels
 from etemseg.stages.train import train
 

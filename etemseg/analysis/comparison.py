@@ -120,9 +120,9 @@ def plot_threshold_sweep(sweeps: Mapping[str, pd.DataFrame], otsu: Mapping[str, 
     Parameters
     ----------
     sweeps : dict name -> DataFrame
-        :func:`etemseg.stages.evaluate.threshold_sweep` tables.
+        :func:`etemseg.analysis.kernels.threshold_sweep` tables.
     otsu : dict name -> (T,) array
-        Per-frame Otsu thresholds (:func:`etemseg.stages.evaluate.otsu_thresholds`); models may
+        Per-frame Otsu thresholds (:func:`etemseg.analysis.kernels.otsu_thresholds`); models may
         be missing.
     """
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.8), dpi=110)
