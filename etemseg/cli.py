@@ -324,7 +324,9 @@ def cmd_score_tracks(args: argparse.Namespace) -> int:
     from etemseg.io.atomic import guard_file_output, write_json
     from etemseg.io.parquet import read_table_set
 
-    guard_file_output(args.out, inputs=[args.tracks, args.masks, args.truth], suffix=".json")
+    guard_file_output(args.out, suffix=".json", inputs=[
+        args.tracks / "trajectories.parquet", args.tracks / "events.parquet", args.masks,
+        args.truth])
     tracks = read_table_set(args.tracks, ("trajectories", "events"))
     scores = score_tracks_against_truth(tracks["trajectories"], tracks["events"],
                                         pd.read_parquet(args.truth / "particles.parquet"),

@@ -237,3 +237,15 @@ def test_single_file_products_replace_only_files_of_their_kind(movie, tmp_path, 
         capsys, "overlay", frames, notes, "--mask", f"p={pseudo}")
     assert main(["--quiet", "overlay", str(frames), str(tmp_path / "o.png"),
                  "--mask", f"p={pseudo}"]) == 0
+
+
+def test_score_tracks_writes_next_to_the_tables_it_reads(tmp_path, capsys):
+    """The workflow writes results/{movie}/{model}/track_scores.json beside the track tables."""
+    from etemseg.io.atomic import guard_file_output
+
+    (tmp_path / "trajectories.parquet").write_bytes(b"x")
+    guard_file_output(tmp_path / "track_scores.json", suffix=".json",
+                      inputs=[tmp_path / "trajectories.parquet"])
+    with pytest.raises(OutputPathError, match="is also an input"):
+        guard_file_output(tmp_path / "trajectories.parquet", suffix=".parquet",
+                          inputs=[tmp_path / "trajectories.parquet"])
