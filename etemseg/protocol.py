@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,32 +95,33 @@ class Receipt:
         return write_json(self.to_dict(), path)
 
 
-class ChunkStage:
-    """Base of a per-chunk stage: subclasses set :attr:`name` and implement the three methods."""
+class ChunkStage(ABC):
+    """The interface of a per-chunk stage: subclasses set :attr:`name` and implement every
+    method (``IngestStage``, ``PseudolabelStage``, ``InferStage``)."""
 
     #: Stage name, as in receipts and ``ETEMSEG_FAULT``.
     name = ""
 
+    @abstractmethod
     def inputs(self) -> list[Path]:
         """Everything the stage reads (an output may not be, contain or lie inside one)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def outputs(self) -> dict[Path, str]:
         """Output store path -> the ``etemseg.stage`` attribute such a store carries."""
-        raise NotImplementedError
 
+    @abstractmethod
     def create(self, paths: dict[Path, Path]) -> None:
         """Create the empty output stores; ``paths`` maps each output to where to create it (the
         output itself, or its temporary sibling in whole-movie mode)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def n_chunks(self, paths: dict[Path, Path]) -> int:
         """Time chunks of the movie whose stores were created at ``paths``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def run_chunk(self, k: int, paths: dict[Path, Path] | None = None) -> Receipt:
         """Fill time chunk ``k`` of the stores at ``paths`` (default: the outputs themselves)."""
-        raise NotImplementedError
 
 
 def check_receipt_path(path: Path | None) -> None:

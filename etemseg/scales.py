@@ -402,3 +402,20 @@ def scale_for_movie(pixel_size_nm: float | None, frames_sample: np.ndarray | Non
                 "%.3g nm across", found.diameter_px, found.n_blobs, found.frames, ps,
                 float(expected_diameter_nm))
     return info
+
+
+def _denoise(value: float) -> float:
+    """``value`` rounded to 6 decimals, so that e.g. 8.64 / 0.18 is 48, not 48.00000000000001."""
+    return round(float(value), 6)
+
+
+def round_half_up(value: float) -> int:
+    """Nearest integer, halves up, after removing float noise (the rounding of every physical
+    length converted to px)."""
+    return int(math.floor(_denoise(value) + 0.5))
+
+
+def area_px(area_nm2: float, pixel_size_nm: float) -> int:
+    """An area in nm² as a whole number of px at ``pixel_size_nm`` nm/px (half up)."""
+    return round_half_up(area_nm2 / pixel_size_nm ** 2)
+

@@ -177,8 +177,8 @@ def test_finished_run_reruns_and_rewrites_every_output(straight, tmp_path, monke
     assert again["model.pt"] == first["model.pt"]
     assert again["metrics.csv"] == first["metrics.csv"]
     assert again["curve.png"][:4] == b"\x89PNG"
-    assert meta == {k: v for k, v in torch.load(reference / "model.pt",
-                                                weights_only=True).items() if k != "state_dict"}
+    saved = torch.load(reference / "model.pt", weights_only=True)
+    assert meta == {k: v for k, v in saved.items() if k != "state_dict"}
     # everything still present: a rerun succeeds as well and changes nothing that matters
     train(data, TrainConfig(**FAST), tmp_path / "model", progress=False)
     assert (tmp_path / "model" / "model.pt").read_bytes() == first["model.pt"]

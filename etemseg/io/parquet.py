@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from etemseg import __version__
 from etemseg.io.atomic import atomic_path
+from etemseg.layout import TRACK_TABLES  # the tables `etemseg track` writes as one set
 
 #: Column-name suffix -> unit, longest suffix first.
 SUFFIX_UNITS = (
@@ -72,8 +73,7 @@ def write_table(df: pd.DataFrame | pa.Table, path: str | Path, *, metadata: dict
     return path
 
 
-#: The tables `etemseg track` writes as one unit, in one folder.
-TRACK_TABLES = ("trajectories", "events", "frames")
+
 
 
 def write_table_set(folder: str | Path, tables: dict, *, metadata: dict | None = None) -> str:

@@ -32,6 +32,7 @@ import torch
 from etemseg.errors import ConfigError, is_number
 from etemseg.nn.checkpoint import load_model, normalise_tensor
 from etemseg.nn.models import fuse_for_inference, halo, size_multiple
+from etemseg.scales import area_px
 
 __all__ = ["MIN_SEPARATION", "THRESHOLD_MODES", "InferConfig", "amp_dtype_of", "histograms",
            "open_model", "prepare_model", "probabilities", "retain_heap", "stream_levels",
@@ -115,7 +116,7 @@ class InferConfig:
         converted (``round(a / ps**2)``) when both are set, else ``min_area_px``."""
         if self.min_area_nm2 is None or not pixel_size_nm:
             return self.min_area_px
-        return int(round(self.min_area_nm2 / pixel_size_nm ** 2))
+        return area_px(self.min_area_nm2, pixel_size_nm)
 
 
 def prepare_model(model: torch.nn.Module, device: torch.device, optimised: bool

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from etemseg.scales import area_px
 from etemseg.analysis.measure import empty_table, measure_stack
 from etemseg.errors import ConfigError, InputFileError, is_number
 from etemseg.io.store import MovieStore
@@ -53,7 +54,7 @@ def resolve_min_area(min_area_px: int, min_area_nm2: float | None,
                         "using measure.min_area_px = %d px instead", movie, min_area_nm2,
                         min_area_px)
         return int(min_area_px)
-    return int(round(min_area_nm2 / pixel_size_nm ** 2))
+    return area_px(min_area_nm2, pixel_size_nm)
 
 
 def open_stores(mask_store: MovieStore | str | Path, frame_store: MovieStore | str | Path

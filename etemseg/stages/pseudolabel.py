@@ -35,6 +35,7 @@ from etemseg.morphology import (
     threshold_into,
 )
 from etemseg.protocol import ChunkStage, Receipt
+from etemseg.scales import _denoise, area_px, round_half_up
 
 __all__ = [
     "HIGH_COVERAGE_WARN",
@@ -214,11 +215,11 @@ class PseudoLabelParams:
         if self.sigma_nm is not None:
             px["sigma"] = _clip("sigma", max(SIGMA_MIN_PX, _denoise(self.sigma_nm / ps)), 100.0)
         if self.opening_radius_nm is not None:
-            r = _round_half_up(self.opening_radius_nm / ps)
+            r = round_half_up(self.opening_radius_nm / ps)
             px["opening_radius"] = _clip("opening_radius",
                                          max(r, 1 if self.opening_radius_nm > 0 else 0), 64)
         if self.min_area_nm2 is not None:
-            px["min_area_px"] = _round_half_up(self.min_area_nm2 / ps**2)
+            px["min_area_px"] = area_px(self.min_area_nm2, ps)
         if self.border_pad_nm is not None:
             px["border_pad_px"] = _clip("border_pad_px",
                                         math.ceil(_denoise(self.border_pad_nm / ps)), 4096)
@@ -240,15 +241,6 @@ class PseudoLabelParams:
         p = cls(**data)
         p.validate()
         return p
-
-
-def _denoise(value: float) -> float:
-    """``value`` rounded to 6 decimals, so that e.g. 8.64 / 0.18 is 48, not 48.00000000000001."""
-    return round(float(value), 6)
-
-
-def _round_half_up(value: float) -> int:
-    return int(math.floor(_denoise(value) + 0.5))
 
 
 def _clip(name: str, value: float, hi: float) -> Any:
