@@ -12,6 +12,7 @@ from __future__ import annotations
 from etemseg.nn.architectures import canonical_name, parse_arch
 from etemseg.errors import ConfigError
 from etemseg.io.store import DEFAULT_CLEVEL, DEFAULT_CODEC, compressors_for
+from etemseg.scales import check_pixel_size
 
 def check_config(config: dict) -> None:
     """Cross-check a schema-validated workflow config; raise :class:`ConfigError` naming the key.
@@ -19,7 +20,8 @@ def check_config(config: dict) -> None:
     - every entry of ``models`` is a known architecture, and no two name the same network;
     - ``train.movies`` lists only configured movies;
     - ``ingest.clevel`` suits ``ingest.codec``;
-    - ``ingest.zarr_chunk_frames`` divides every movie's ``chunk_frames``.
+    - ``ingest.zarr_chunk_frames`` divides every movie's ``chunk_frames``;
+    - every pixel size is plausible (:func:`etemseg.scales.check_pixel_size`: nm, not um or pm).
     """
     movies = config.get("movies") or {}
     seen = {}
@@ -44,6 +46,11 @@ def check_config(config: dict) -> None:
         raise ConfigError(f"ingest.{exc}") from None
     zcf = ingest.get("zarr_chunk_frames")
     for name, movie in movies.items():
+        for key, value in (("pixel_size_nm", (movie or {}).get("pixel_size_nm")),
+                           ("synthetic.pixel_size_nm",
+                            ((movie or {}).get("synthetic") or {}).get("pixel_size_nm"))):
+            if value is not None:
+                check_pixel_size(value, f"movies.{name}.{key}")
         chunk = int((movie or {}).get("chunk_frames", 400))
         if zcf and chunk % int(zcf):
             raise ConfigError(f"ingest.zarr_chunk_frames: {zcf} does not divide "

@@ -411,6 +411,8 @@ CASES = {
     "ingest-pixel-size-inf": case_ingest_option("--pixel-size-nm", "inf"),
     "ingest-pixel-size-nan": case_ingest_option("--pixel-size-nm", "nan"),
     "ingest-pixel-size-negative": case_ingest_option("--pixel-size-nm", -0.2),
+    "ingest-pixel-size-in-um": case_ingest_option("--pixel-size-nm", 0.00018),
+    "ingest-pixel-size-in-pm": case_ingest_init_option("--pixel-size-nm", 180),
     "ingest-fps-0": case_ingest_option("--fps", 0),
     "ingest-fps-inf": case_ingest_option("--fps", "inf"),
     "ingest-clevel-99": case_ingest_option("--clevel", 99),

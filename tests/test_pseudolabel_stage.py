@@ -166,3 +166,27 @@ def test_init_estimates_the_scale_before_any_chunk_is_ingested(tmp_path):
         init=True)
     assert MovieStore.open(early).meta["scale"]["source"] == "estimate"
     assert MovieStore.open(early).meta["params"] == MovieStore.open(late).meta["params"]
+
+
+@pytest.mark.parametrize("case", ["inverted", "noise", "constant"])
+def test_uncalibrated_movie_without_findable_particles_gets_empty_masks(case, tmp_path):
+    """Issue 11, bad input: blank frames and particles of the wrong polarity on a movie without
+    a pixel size: a warning and empty masks, never a crash."""
+    from etemseg.io.store import create_store
+
+    frames = np.stack([f for f, _ in simulate(SynthParams(frames=4, height=256, width=256,
+                                                          seed=3))]).astype(np.int64)
+    data = {"inverted": frames.max() + 50 - frames,
+            "noise": np.random.default_rng(0).poisson(200, frames.shape),
+            "constant": np.full(frames.shape, 100)}[case].astype(np.uint16)
+    src = tmp_path / "frames.zarr"
+    create_store(src, n_frames=4, frame_shape=(256, 256), dtype=np.uint16, chunk_frames=4,
+                 fps=400.0, pixel_size_nm=None)
+    MovieStore.open(src, "r+").array[:] = data
+    r = run_cli("pseudolabel", src, tmp_path / "pseudo.zarr")
+    assert r.returncode == 0, r.stderr
+    assert "WARNING" in r.stderr
+    if case == "inverted":
+        assert "pseudolabel.polarity" in r.stderr
+        assert MovieStore.open(tmp_path / "pseudo.zarr").meta["scale"]["polarity_mismatch"]
+    assert not zarr.open_array(tmp_path / "pseudo.zarr" / "0")[:].any()

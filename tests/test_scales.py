@@ -104,3 +104,51 @@ def test_scale_for_movie(caplog):
             scale_for_movie(bad, frames)
     with pytest.raises(ConfigError, match="expected_diameter_nm"):
         scale_for_movie(None, frames, expected_diameter_nm=0)
+
+
+# --- wrong polarity and implausible pixel sizes (issue 11: bad input) --------------------------
+
+
+@pytest.mark.parametrize("pixel_size_nm", [0.18, 0.36])
+def test_opposite_polarity_flags_inverted_frames_only(pixel_size_nm):
+    from etemseg.scales import opposite_polarity
+
+    frames, _ = sample(pixel_size_nm, 384, seeds=(3, 4))
+    frames = frames.astype(np.float64)
+    inverted = frames.max() + 50.0 - frames
+    assert opposite_polarity(frames, "dark", blob_scale(frames, "dark")) is None
+    other = opposite_polarity(inverted, "dark", blob_scale(inverted, "dark"))
+    assert other is not None and other.diameter_px > 5
+    assert opposite_polarity(inverted, "bright", blob_scale(inverted, "bright")) is None
+
+
+def test_scale_for_movie_with_wrong_polarity_warns_and_resolves_nothing(caplog):
+    frames, _ = sample(0.18, 384, seeds=(3, 4))
+    inverted = frames.max() + 50.0 - frames.astype(np.float64)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        info = scale_for_movie(None, inverted, polarity="dark")
+    assert info["source"] == "none" and info["effective_pixel_size_nm"] is None
+    assert info["polarity_mismatch"]["looks"] == "bright"
+    assert any("pseudolabel.polarity" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("value, hint", [(0.00018, "0.18 nm"), (180.0, "0.18 nm"),
+                                         (0.0, "> 0"), (float("nan"), "> 0")])
+def test_implausible_pixel_size_is_refused_naming_the_key(value, hint):
+    from etemseg.scales import check_pixel_size
+
+    with pytest.raises(ConfigError, match=r"^movies\.run7\.pixel_size_nm: ") as err:
+        check_pixel_size(value, "movies.run7.pixel_size_nm")
+    assert hint in str(err.value)
+    assert check_pixel_size(0.18, "k") == 0.18 and check_pixel_size(0.02, "k") == 0.02
+
+
+def test_config_refuses_implausible_pixel_sizes_of_movies():
+    from etemseg.config import check_config
+
+    for movie, key in (({"source": "x", "pixel_size_nm": 0.00018}, "movies.run7.pixel_size_nm"),
+                       ({"synthetic": {"pixel_size_nm": 180}},
+                        "movies.run7.synthetic.pixel_size_nm")):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            check_config({"movies": {"run7": movie}})
+    check_config({"movies": {"run7": {"source": "x", "pixel_size_nm": 0.18}}})

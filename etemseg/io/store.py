@@ -132,7 +132,10 @@ def auto_zarr_chunk_frames(chunk_frames: int, frame_shape: Sequence[int], itemsi
     return best
 
 
-def _ome_attrs(name: str, fps: float, pixel_size_nm: float | None) -> dict:
+def _ome_attrs(name: str, fps: float, pixel_size_nm: float | None,
+               image_label: dict | None = None) -> dict:
+    """OME-NGFF 0.5 ``ome`` attributes: one-level ``multiscales`` with axes t/y/x in s/nm
+    (``image-label`` too for a label image)."""
     px = float(pixel_size_nm) if pixel_size_nm else 1.0
     unit = "nanometer" if pixel_size_nm else None
     axes = [{"name": "t", "type": "time", "unit": "second"}]
@@ -141,7 +144,7 @@ def _ome_attrs(name: str, fps: float, pixel_size_nm: float | None) -> dict:
         if unit:
             entry["unit"] = unit
         axes.append(entry)
-    return {
+    ome = {
         "version": "0.5",
         "multiscales": [{
             "name": name,
@@ -152,6 +155,36 @@ def _ome_attrs(name: str, fps: float, pixel_size_nm: float | None) -> dict:
             }],
         }],
     }
+    if image_label is not None:
+        ome["image-label"] = image_label
+    return ome
+
+
+#: Display colours of a 0/1 mask as an OME-NGFF label image: background clear, particles gold.
+MASK_LABEL_COLORS = [{"label-value": 0, "rgba": [0, 0, 0, 0]},
+                     {"label-value": 1, "rgba": [255, 215, 0, 160]}]
+MASK_LABEL_PROPERTIES = [{"label-value": 0, "class": "background"},
+                         {"label-value": 1, "class": "particle"}]
+
+
+def image_label_attrs(path: str | Path, source: str | Path) -> dict:
+    """OME-NGFF 0.5 ``image-label`` metadata of a 0/1 mask store at ``path`` derived from the
+    image store ``source``: colours, classes and ``source.image``, the path of ``source``
+    relative to ``path`` (``../../frames.zarr`` for ``results/{movie}/{model}/mask.zarr``), so an
+    OME-Zarr reader that opens the mask also loads the frames beneath it (ome-zarr-py,
+    napari-ome-zarr). Temporary sibling names are resolved to their targets first."""
+    rel = os.path.relpath(os.path.abspath(display_path(source)),
+                          os.path.abspath(display_path(path)))
+    return {"colors": MASK_LABEL_COLORS, "properties": MASK_LABEL_PROPERTIES,
+            "source": {"image": Path(rel).as_posix()}}
+
+
+def _label_metadata(path: str | Path, dtype: np.dtype, image_label: dict | None) -> dict | None:
+    """``image_label``, checked to go with an integer dtype (a ConfigError otherwise)."""
+    if image_label is not None and not np.issubdtype(dtype, np.integer):
+        raise ConfigError(f"{display_path(path)}: an OME-NGFF label image needs an integer "
+                          f"dtype, not {dtype}")
+    return image_label
 
 
 def create_store(path: str | Path, *, n_frames: int, frame_shape: tuple[int, int], dtype,
@@ -159,7 +192,8 @@ def create_store(path: str | Path, *, n_frames: int, frame_shape: tuple[int, int
                  time_s: np.ndarray | None = None, frame_index: np.ndarray | None = None,
                  sources: Sequence[str] | None = None, source_pages: Sequence[int] | None = None,
                  codec: str = DEFAULT_CODEC, clevel: int = DEFAULT_CLEVEL,
-                 zarr_chunk_frames: int | None = None, attrs: dict | None = None) -> Path:
+                 zarr_chunk_frames: int | None = None, attrs: dict | None = None,
+                 image_label: dict | None = None) -> Path:
     """Create an empty movie store (metadata and axes only; chunks are written by jobs).
 
     The store is built in a temporary sibling and renamed into place, so an existing store is
@@ -190,6 +224,8 @@ def create_store(path: str | Path, *, n_frames: int, frame_shape: tuple[int, int
         Default: :func:`auto_zarr_chunk_frames`.
     attrs : dict, optional
         Extra entries for the ``etemseg`` attribute block.
+    image_label : dict, optional
+        OME-NGFF ``image-label`` metadata (:func:`image_label_attrs`; integer dtypes only).
     """
     path = Path(path)
     dtype = np.dtype(dtype)
@@ -218,7 +254,8 @@ def create_store(path: str | Path, *, n_frames: int, frame_shape: tuple[int, int
     meta.update(attrs or {})
     with atomic_path(path, directory=True) as tmp:
         group = zarr.open_group(tmp, mode="w", zarr_format=3)
-        group.attrs.update({"ome": _ome_attrs(display_path(path).stem, fps, pixel_size_nm),
+        group.attrs.update({"ome": _ome_attrs(display_path(path).stem, fps, pixel_size_nm,
+                                              _label_metadata(path, dtype, image_label)),
                             "etemseg": meta})
         group.create_array(ARRAY, shape=(n_frames, H, W), chunks=(zarr_chunk_frames, H, W),
                            dtype=dtype, compressors=compressors_for(codec, clevel),
@@ -226,12 +263,18 @@ def create_store(path: str | Path, *, n_frames: int, frame_shape: tuple[int, int
         group.create_array("time_s", data=np.asarray(time_s, dtype=np.float64))
         group.create_array("frame_index", data=np.asarray(frame_index, dtype=np.int64))
         if sources is not None:
-            arr = group.create_array("sources", shape=(n_frames,), dtype=str,
-                                     chunks=(max(1, min(n_frames, 65536)),))
-            arr[:] = np.asarray(list(sources), dtype=str)
-            group.create_array("source_pages", data=np.asarray(
-                source_pages if source_pages is not None else np.zeros(n_frames), dtype=np.int32))
+            _write_sources(group, n_frames, sources, source_pages)
     return path
+
+
+def _write_sources(group: zarr.Group, n_frames: int, sources: Sequence[str],
+                   source_pages: Sequence[int] | None) -> None:
+    """The ``sources`` (file of each frame) and ``source_pages`` arrays of a new store."""
+    arr = group.create_array("sources", shape=(n_frames,), dtype=str,
+                             chunks=(max(1, min(n_frames, 65536)),))
+    arr[:] = np.asarray(list(sources), dtype=str)
+    group.create_array("source_pages", data=np.asarray(
+        source_pages if source_pages is not None else np.zeros(n_frames), dtype=np.int32))
 
 
 @dataclass
@@ -441,21 +484,26 @@ class MovieStore:
         for b0, b1 in self.blocks(k):
             yield b0, self.read(b0, b1)
 
-    def like(self, path: str | Path, dtype, *, codec: str | None = None, attrs: dict | None = None,
-             ) -> "MovieStore":
+    def like(self, path: str | Path, dtype, *, codec: str | None = None,
+             clevel: int | None = None, attrs: dict | None = None,
+             label: bool = False) -> "MovieStore":
         """Create a store with this movie's shape, chunking, times and pixel size but another dtype.
 
         Used for derived products (pseudo-labels, probabilities, masks) so they align frame by
-        frame.
+        frame. ``codec``/``clevel`` default to this store's. ``label=True`` (0/1 masks) also
+        writes OME-NGFF ``image-label`` metadata whose source is this store
+        (:func:`image_label_attrs`).
         """
         create_store(path, n_frames=self.n_frames, frame_shape=self.frame_shape, dtype=dtype,
                      chunk_frames=self.chunk_frames, fps=self.fps,
                      pixel_size_nm=self.pixel_size_nm, time_s=self.time_s(),
                      frame_index=self.frame_index(),
                      codec=codec or self.meta.get("codec", DEFAULT_CODEC),
-                     clevel=self.meta.get("clevel", DEFAULT_CLEVEL),
+                     clevel=self.meta.get("clevel", DEFAULT_CLEVEL) if clevel is None
+                     else clevel,
                      zarr_chunk_frames=int(self.array.chunks[0]),
-                     attrs={"derived_from": str(self.path), **(attrs or {})})
+                     attrs={"derived_from": str(self.path), **(attrs or {})},
+                     image_label=image_label_attrs(path, self.path) if label else None)
         return MovieStore.open(path, mode="r+")
 
 
@@ -488,12 +536,84 @@ def fault_point(stage: str, k: int, blocks_written: int) -> None:
             os.kill(os.getpid(), signal.SIGKILL if action == "kill" else signal.SIGSTOP)
 
 
-def _read_ahead(blocks: Iterator[tuple[int, np.ndarray]]) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield the items of ``blocks``, reading the next one in a thread meanwhile (Zarr decoding
-    releases the GIL); at most two blocks in memory."""
+def read_chunk_ahead(store: MovieStore, k: int, depth: int = 1
+                     ) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield the ``(t0, frames)`` blocks of time chunk ``k`` in order, decoding up to ``depth``
+    blocks ahead in as many threads (Zarr decoding releases the GIL): at most ``depth + 1``
+    blocks in memory."""
+    from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
-    it = iter(blocks)
+    ranges = iter(store.blocks(k))
+    with ThreadPoolExecutor(max(1, depth), thread_name_prefix="etemseg-read") as pool:
+        queued: deque = deque()
+        for b0, b1 in ranges:
+            queued.append((b0, pool.submit(store.read, b0, b1)))
+            if len(queued) >= depth:
+                break
+        while queued:
+            b0, future = queued.popleft()
+            nxt = next(ranges, None)
+            if nxt is not None:
+                queued.append((nxt[0], pool.submit(store.read, *nxt)))
+            yield b0, future.result()
+
+
+class BlockWriter:
+    """Writes blocks of one store in up to ``depth`` threads (Zarr encoding releases the GIL),
+    each block its own Zarr chunk(s), so writes never overlap; at most ``depth`` in flight.
+
+    ``landed(n)`` is called with the number of blocks written so far each time the oldest write
+    has finished (for :func:`fault_point`). Use as a context manager: leaving it waits for every
+    write and raises the first error.
+    """
+
+    def __init__(self, array, depth: int = 1, landed=None, name: str = "etemseg-write"):
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.array, self.depth, self.landed = array, max(1, depth), landed
+        self.pool = ThreadPoolExecutor(self.depth, thread_name_prefix=name)
+        self.pending: deque = deque()
+        self.written = 0
+
+    def submit(self, b0: int, block: np.ndarray) -> None:
+        """Queue the write of ``block`` at frame ``b0``, first waiting while ``depth`` writes
+        are in flight."""
+        while len(self.pending) >= self.depth:
+            self._land_oldest()
+        self.pending.append(self.pool.submit(self.array.__setitem__,
+                                             slice(b0, b0 + len(block)), block))
+
+    def _land_oldest(self) -> None:
+        self.pending.popleft().result()
+        self.written += 1
+        if self.landed is not None:
+            self.landed(self.written)
+
+    def wait(self) -> None:
+        """Wait for every write in flight (raising the first error)."""
+        while self.pending:
+            self._land_oldest()
+
+    def __enter__(self) -> "BlockWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self.wait()
+        finally:
+            self.pool.shutdown(wait=True)
+
+
+def read_ahead(items: Iterator) -> Iterator:
+    """Yield the items of ``items``, computing the next one in a thread meanwhile (for readers
+    of Zarr blocks: decoding releases the GIL); at most two items in memory. ``items`` must not
+    yield None."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    it = iter(items)
     with ThreadPoolExecutor(1, thread_name_prefix="etemseg-read") as pool:
         nxt = pool.submit(next, it, None)
         while True:
@@ -505,21 +625,20 @@ def _read_ahead(blocks: Iterator[tuple[int, np.ndarray]]) -> Iterator[tuple[int,
 
 
 def map_chunk(src: MovieStore, dst: MovieStore, k: int, fn, *, progress: bool = False,
-              desc: str = "", stage: str | None = None, stream: bool = False) -> None:
+              desc: str = "", stage: str | None = None, stream: bool = False,
+              io_threads: int = 1) -> None:
     """Apply ``fn(frames, t0) -> frames`` to time chunk ``k`` of ``src``, writing ``dst``.
 
     ``stream=True``: ``fn(blocks)`` takes the iterator of ``(t0, frames)`` blocks and yields
     ``(t0, output)`` per block in order (for work pipelined across blocks, e.g. on a GPU).
 
     Streams one Zarr chunk of frames at a time, so memory stays bounded by a few blocks: the next
-    block is read and the previous one written (encoded) in threads while ``fn`` runs on this
-    one. ``dst`` must have the same shape and chunking (see :meth:`MovieStore.like`). ``stage``
-    names the job for :func:`fault_point` (called once a block has landed, before the next write
-    starts); default: the ``stage`` attribute of ``dst`` up to its first ``-`` (``pseudolabel``,
-    ``infer`` for ``infer-probability``).
+    ``io_threads`` blocks are read (decoded) and the previous ``io_threads`` written (encoded) in
+    threads while ``fn`` runs on this one. ``dst`` must have the same shape and chunking (see
+    :meth:`MovieStore.like`). ``stage`` names the job for :func:`fault_point` (called each time
+    a block has landed); default: the ``stage`` attribute of ``dst`` up to its first ``-``
+    (``pseudolabel``, ``infer`` for ``infer-probability``).
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     from tqdm.auto import tqdm
 
     if stage is None:
@@ -528,19 +647,11 @@ def map_chunk(src: MovieStore, dst: MovieStore, k: int, fn, *, progress: bool = 
         raise InputFileError(dst.path, f"shape/chunks {dst.array.shape}/{dst.array.chunks} do not "
                              f"match {src.path} {src.array.shape}/{src.array.chunks}")
     t0, t1 = src.chunk_bounds(k)
-    written = 0
     bar = tqdm(total=t1 - t0, desc=desc or f"chunk {k}", unit="frame", disable=not progress)
-    with bar, ThreadPoolExecutor(1, thread_name_prefix="etemseg-write") as writer:
-        pending = None
-        blocks = _read_ahead(src.read_chunk(k))
+    with bar, BlockWriter(dst.array, io_threads,
+                          landed=lambda n: fault_point(stage, k, n)) as writer:
+        blocks = read_chunk_ahead(src, k, io_threads)
         outputs = fn(blocks) if stream else ((b0, fn(block, b0)) for b0, block in blocks)
         for b0, out in outputs:
-            if pending is not None:
-                pending.result()
-                written += 1
-                fault_point(stage, k, written)
-            pending = writer.submit(dst.array.__setitem__, slice(b0, b0 + len(out)), out)
+            writer.submit(b0, out)
             bar.update(len(out))
-        if pending is not None:
-            pending.result()
-            fault_point(stage, k, written + 1)

@@ -21,7 +21,7 @@ from etemseg.nn.inference import MIN_SEPARATION, InferConfig, open_model, stream
 from etemseg.protocol import ChunkStage, Receipt
 from etemseg.nn.models import parse_arch
 from etemseg.morphology import remove_small_components
-from etemseg.io.store import MovieStore, map_chunk
+from etemseg.io.store import BlockWriter, MovieStore, map_chunk, read_chunk_ahead
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +74,12 @@ class _ChunkMasks:
     """The threshold levels, masks and coverage of one time chunk's frames, block by block.
 
     Masks of a block's frames are filtered in ``pool`` (the filter releases the GIL) and written
-    (encoded) by ``writer`` in the background while the next block is segmented; one block is in
-    flight at a time, so memory stays bounded.
+    (encoded) by ``writer`` in the background while the next blocks are segmented; the writer
+    bounds the blocks in flight, so memory stays bounded.
     """
 
     def __init__(self, store: MovieStore, cfg: InferConfig, pool: Executor,
-                 writer: Executor) -> None:
+                 writer: BlockWriter) -> None:
         self.store, self.cfg, self.pool, self.writer = store, cfg, pool, writer
         self.levels: dict[int, int] = {}          # frame -> threshold level
         self.coverage: dict[int, float] = {}      # frame -> mask fraction
@@ -87,7 +87,6 @@ class _ChunkMasks:
         self.blank: list[int] = []                # featureless frames
         self.chunk_hist = np.zeros(256, np.int64)  # levels of the frames with structure
         self._bad: dict[int, np.ndarray] = {}
-        self._write = None
 
     def flag_nonfinite(self, blocks: Iterable[tuple[int, np.ndarray]]
                        ) -> Iterator[tuple[int, np.ndarray]]:
@@ -138,15 +137,8 @@ class _ChunkMasks:
             lambda i: mask_from_levels(q[i], self.levels[b0 + i], self.cfg.min_area_px),
             range(len(q)))))
         for i, m in enumerate(masks):
-            self.coverage[b0 + i] = float(m.mean())
-        self.wait()                     # one block in flight: memory stays bounded
-        self._write = self.writer.submit(self.store.array.__setitem__, slice(b0, b0 + len(q)),
-                                         masks)
-
-    def wait(self) -> None:
-        """Wait for the mask write in flight (raising its error)."""
-        if self._write is not None:
-            self._write.result()
+            self.coverage[b0 + i] = float(np.count_nonzero(m)) / m.size
+        self.writer.submit(b0, masks)
 
 
 def _warn_empty(frames: MovieStore, k: int, chunk: _ChunkMasks, n_frames: int,
@@ -169,7 +161,10 @@ def infer_chunk(frames: MovieStore, prob_store: MovieStore, mask_store: MovieSto
     """Probabilities and masks of time chunk ``k``; returns the chunk's receipt.
 
     Streams one Zarr chunk of frames at a time through
-    :func:`etemseg.nn.inference.stream_levels`. ``otsu_chunk`` accumulates the chunk's histogram
+    :func:`etemseg.nn.inference.stream_levels`, with the host work off the critical path: up to
+    :data:`MAX_IO_BLOCKS` blocks of frames are decoded ahead and as many blocks of probabilities
+    and of masks encoded behind, each in its own thread, and the masks of a block are filtered in
+    ``torch.get_num_threads()`` threads. ``otsu_chunk`` accumulates the chunk's histogram
     while predicting, then thresholds the stored probabilities in a second pass.
 
     Frames with NaN/inf pixels and featureless frames (Otsu modes, see
@@ -183,8 +178,10 @@ def infer_chunk(frames: MovieStore, prob_store: MovieStore, mask_store: MovieSto
     arch = parse_arch(meta["name"])
     start = time.perf_counter()
     t0, t1 = frames.chunk_bounds(k)
-    with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool, \
-            ThreadPoolExecutor(1, thread_name_prefix="etemseg-masks") as writer:
+    threads = max(1, torch.get_num_threads())
+    io = min(threads, MAX_IO_BLOCKS)
+    with ThreadPoolExecutor(threads) as pool, \
+            BlockWriter(mask_store.array, io, name="etemseg-masks") as writer:
         chunk = _ChunkMasks(mask_store, cfg, pool, writer)
 
         def run(blocks):
@@ -196,12 +193,11 @@ def infer_chunk(frames: MovieStore, prob_store: MovieStore, mask_store: MovieSto
                 yield b0, q
 
         map_chunk(frames, prob_store, k, run, progress=progress, desc=f"infer chunk {k}",
-                  stream=True)
+                  stream=True, io_threads=io)
         if cfg.threshold == "otsu_chunk":
             chunk.use_chunk_level()
-            for b0, q in prob_store.read_chunk(k):
+            for b0, q in read_chunk_ahead(prob_store, k, io):
                 chunk.write(q, b0)
-        chunk.wait()
     _warn_empty(frames, k, chunk, t1 - t0, cfg)
     seconds = time.perf_counter() - start
     levels, coverage = chunk.levels, chunk.coverage
@@ -213,6 +209,32 @@ def infer_chunk(frames: MovieStore, prob_store: MovieStore, mask_store: MovieSto
             "nonfinite_frames": chunk.nonfinite, "blank_frames": len(chunk.blank),
             "elapsed_s": round(seconds, 3),
             "frames_per_s": round((t1 - t0) / seconds, 3), "device": str(device)}
+
+
+#: Most Zarr blocks decoded ahead, and written behind, per store (one thread each; at most
+#: ``torch.get_num_threads()``). At 1792x1920 one block of 8 frames is 55 MB of uint16 frames;
+#: one core decodes ~110 and encodes ~110 frames/s of probabilities (benchmarks/infer_host.py),
+#: so 400 frames/s on a GPU node needs about 4 of each.
+MAX_IO_BLOCKS = 8
+
+#: Codec and level of the probability and mask stores, whatever the frames use: plain Zstandard
+#: at level 1. On uint8 probabilities it encodes 3.5x faster than the frames' default (Blosc-Zstd
+#: level 3 with bit-shuffle, which suits uint16 counts, not uint8 levels) into 20 % fewer bytes;
+#: on masks 2.7x faster for 1.6x the bytes (~70 kB per 1792x1920 frame).
+#: ``python benchmarks/infer_host.py`` measures both.
+OUTPUT_CODEC = ("zstd", 1)
+
+
+def create_outputs(frames: MovieStore, prob: Path, mask: Path, attrs: dict
+                   ) -> tuple[MovieStore, MovieStore]:
+    """Create the (empty) probability and mask stores of ``frames`` (shape, chunking, times and
+    pixel size of the movie; :data:`OUTPUT_CODEC`); returns them opened for writing."""
+    codec, clevel = OUTPUT_CODEC
+    p = frames.like(prob, np.uint8, codec=codec, clevel=clevel, attrs={
+        **attrs, "stage": "infer-probability", "values": "particle probability = value / 255"})
+    m = frames.like(mask, np.uint8, codec=codec, clevel=clevel, label=True, attrs={
+        **attrs, "stage": "infer-mask", "values": "1 = particle, 0 = background"})
+    return p, m
 
 
 class InferStage(ChunkStage):
@@ -251,11 +273,7 @@ class InferStage(ChunkStage):
     def create(self, paths) -> None:
         frames = MovieStore.open(self.frames)
         attrs = {**self.attrs, "infer": dataclasses.asdict(resolve_min_area(self.cfg, frames))}
-        frames.like(paths[self.prob], np.uint8, attrs={
-            **attrs, "stage": "infer-probability",
-            "values": "particle probability = value / 255"})
-        frames.like(paths[self.mask], np.uint8, attrs={
-            **attrs, "stage": "infer-mask", "values": "1 = particle, 0 = background"})
+        create_outputs(frames, paths[self.prob], paths[self.mask], attrs)
 
     def n_chunks(self, paths) -> int:
         return MovieStore.open(self.frames).n_chunks

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from etemseg.errors import ConfigError, EtemsegError, InputFileError, is_int, is_number
 from etemseg.io.framedump import FrameSource, read_frame, scan_dump
 from etemseg.protocol import ChunkStage, Receipt, run
+from etemseg.scales import check_pixel_size
 from etemseg.io.store import (DEFAULT_CLEVEL, DEFAULT_CODEC, MovieStore, compressors_for,
                               create_store, display_path, fault_point)
 
@@ -71,9 +72,8 @@ def check_options(*, fps: float = 400.0, pixel_size_nm: float | None = None,
     """
     if not (is_number(fps) and fps > 0):
         raise ConfigError(f"fps: must be a finite number > 0 (frames/s), got {fps!r}")
-    if pixel_size_nm is not None and not (is_number(pixel_size_nm) and pixel_size_nm > 0):
-        raise ConfigError(f"pixel_size_nm: must be a finite number > 0 (nm/px), got "
-                          f"{pixel_size_nm!r}")
+    if pixel_size_nm is not None:
+        check_pixel_size(pixel_size_nm, "pixel_size_nm")
     if not (is_int(chunk_frames) and chunk_frames >= 1):
         raise ConfigError(f"chunk_frames: must be an integer >= 1, got {chunk_frames!r}")
     if zarr_chunk_frames is not None:
@@ -115,6 +115,13 @@ def init_store(src: str | Path, out: str | Path, *, fps: float = 400.0,
                         pixel_size_nm, calibrated)
     else:
         pixel_size_nm = index.pixel_size_nm
+        if pixel_size_nm is not None:
+            try:
+                check_pixel_size(pixel_size_nm, "pixel size")
+            except ConfigError as exc:
+                raise InputFileError(index.sources[0].path, f"calibration: {exc}; give the "
+                                     "right one with --pixel-size-nm (config: "
+                                     "movies.NAME.pixel_size_nm)") from None
         if pixel_size_nm is None:
             log.warning("%s: no pixel size calibration in %s and no override; sizes stay in px",
                         index.root, index.sources[0].path.name)
