@@ -64,7 +64,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
                                f'\'{{"frames": 8}}\', got a {type(extra).__name__}')
         values.update(extra)
     params = SynthParams.from_dict(values)
-    summary = write_synthetic_movie(args.out_dir, params, progress=not args.quiet)
+    summary = write_synthetic_movie(args.out_dir, params, progress=not args.quiet,
+                                    frame_format=args.format)
     print(json.dumps(summary, indent=1, default=str))
     return 0
 
@@ -90,8 +91,30 @@ def cmd_pseudolabel(args: argparse.Namespace) -> int:
     # a px option given alone replaces the preset's nm twin; nm options win over px ones
     params = params_from_preset(args.preset, _dataclass_values(args, PseudoLabelParams))
     stage = PseudolabelStage(args.frames, args.out, preset=args.preset, params=params,
-                             method=args.method, threads=args.threads, progress=not args.quiet)
+                             method=args.method, threads=args.threads, progress=not args.quiet,
+                             window_ms=args.window_ms)
     run(stage, init=args.init, chunk=args.chunk, receipt=args.receipt)
+    return 0
+
+
+def cmd_pseudolabel_preview(args: argparse.Namespace) -> int:
+    from etemseg.io.atomic import guard_file_output
+    from etemseg.stages.pseudolabel import (PRESETS, PseudoLabelParams, parse_vary,
+                                            preview)
+
+    if args.preset not in PRESETS:
+        raise EtemsegError(f"--preset: unknown preset {args.preset!r}; one of {', '.join(PRESETS)}")
+    guard_file_output(args.out, inputs=[args.source], suffix=".png")
+    try:
+        frames = [int(f) for f in args.frames.split(",")] if args.frames else None
+    except ValueError:
+        raise EtemsegError(f"--frames: expected frame indices such as 0,100, got "
+                           f"{args.frames!r}") from None
+    rows = preview(args.source, args.out, frames=frames, vary=parse_vary(args.vary),
+                   preset=args.preset, base=_dataclass_values(args, PseudoLabelParams),
+                   pixel_size_nm=args.pixel_size_nm, fps=args.fps, method=args.method)
+    for row in rows:
+        print(json.dumps({k: row[k] for k in ("frame", "choice", "particles", "coverage")}))
     return 0
 
 
@@ -337,6 +360,37 @@ def cmd_score_tracks(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_overlay_movie(args: argparse.Namespace) -> int:
+    from etemseg.analysis.overlay_movie import OverlayMovieParams, render_overlay_movie
+    from etemseg.io.atomic import guard_file_output
+
+    guard_file_output(args.out, suffix=".mp4", inputs=[
+        args.frames, args.masks, args.tracks / "trajectories.parquet",
+        args.tracks / "events.parquet"])
+    if args.threads < 1:
+        raise EtemsegError(f"--threads: must be >= 1, got {args.threads}")
+    params = OverlayMovieParams.from_dict(_dataclass_values(args, OverlayMovieParams))
+    summary = render_overlay_movie(args.frames, args.masks, args.tracks, args.out, params=params,
+                                   title=args.title, threads=args.threads,
+                                   progress=not args.quiet)
+    summary.pop("movie_frames")
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    from etemseg.analysis.napari_layers import launch, layer_data
+
+    layers = layer_data(args.results_dir, args.model or None)
+    if args.list:
+        for data, kwargs, kind in layers:
+            print(json.dumps({"name": kwargs["name"], "type": kind, "shape": list(data.shape),
+                              "scale": list(kwargs["scale"])}))
+        return 0
+    launch(layers, title=f"etemseg: {args.results_dir}")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from etemseg.io.store import MovieStore
 
@@ -353,6 +407,9 @@ def _args_synth(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("out_dir", type=Path)
     p.add_argument("--params-json", help="parameters as a JSON object (overrides the options)")
+    p.add_argument("--format", choices=("tiff", "dm4"), default="tiff",
+                   help="frame files: ImageJ TIFF (default) or K2-style DM4, as the camera "
+                        "writes them")
     _dataclass_arguments(p, SynthParams)
 
 
@@ -388,7 +445,33 @@ def _args_pseudolabel(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="default", help=f"one of {', '.join(PRESETS)}")
     p.add_argument("--method", choices=("fast", "reference"), default="fast")
     p.add_argument("--threads", type=int, default=1, help="frames labelled in parallel")
+    _window_argument(p, "label the temporal mean of the frames")
     _chunk_mode_arguments(p, "label")
+    _dataclass_arguments(p, PseudoLabelParams, unset_default=True)
+
+
+def _window_argument(p: argparse.ArgumentParser, what: str) -> None:
+    from etemseg.io.store import DEFAULT_WINDOW_MS
+
+    p.add_argument("--window-ms", type=float, default=DEFAULT_WINDOW_MS,
+                   help=f"{what} over a centred window of this many ms (rounded to an odd number "
+                        f"of frames; 0: single frames; default {DEFAULT_WINDOW_MS:g})")
+
+
+def _args_pseudolabel_preview(p: argparse.ArgumentParser) -> None:
+    from etemseg.stages.pseudolabel import PRESETS, PseudoLabelParams
+
+    p.add_argument("source", type=Path,
+                   help="frame dump folder (before ingest) or movie store (frames.zarr)")
+    p.add_argument("out", type=Path, help="PNG to write")
+    p.add_argument("--frames", help="frame indices, e.g. 0,100 (default first, middle, last)")
+    p.add_argument("--vary", action="append", default=[], metavar="NAME=V1,V2,...",
+                   help="a parameter and its values, e.g. sigma_nm=0.2,0.36,0.6 (repeatable: "
+                        "every combination is a column)")
+    p.add_argument("--preset", default="default", help=f"one of {', '.join(PRESETS)}")
+    p.add_argument("--method", choices=("fast", "reference"), default="fast")
+    p.add_argument("--fps", type=float, default=400.0, help="frames/s of a dump (default 400)")
+    p.add_argument("--pixel-size-nm", type=float, help="override the calibration, nm/px")
     _dataclass_arguments(p, PseudoLabelParams, unset_default=True)
 
 
@@ -498,6 +581,43 @@ def _args_score_tracks(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", type=Path, help="scores JSON")
 
 
+def _args_overlay_movie(p: argparse.ArgumentParser) -> None:
+    from etemseg.analysis.overlay_movie import OverlayMovieParams
+
+    p.add_argument("frames", type=Path, help="frame store, e.g. results/movie/frames.zarr")
+    p.add_argument("masks", type=Path, help="mask store, e.g. results/movie/model/mask.zarr")
+    p.add_argument("tracks", type=Path,
+                   help="folder with trajectories.parquet and events.parquet (etemseg track)")
+    p.add_argument("out", type=Path, help="MP4 to write, e.g. results/movie/model/overlay.mp4")
+    p.add_argument("--title", default="", help="text in the upper right corner")
+    p.add_argument("--threads", type=int, default=2, help="H.264 encoder threads (default 2)")
+    d = OverlayMovieParams()
+    p.add_argument("--every-ms", type=float, default=d.every_ms,
+                   help="movie time each output frame covers, ms (default: the smallest that "
+                        "fits the whole movie into --max-seconds)")
+    p.add_argument("--max-seconds", type=float, default=d.max_seconds,
+                   help=f"longest playback, s; a longer movie is cut (default {d.max_seconds:g})")
+    p.add_argument("--fps", type=float, default=d.fps,
+                   help=f"playback frame rate, frames/s (default {d.fps:g})")
+    p.add_argument("--max-width-px", type=int, default=d.max_width_px,
+                   help=f"shrink wider frames by an integer factor, px (default {d.max_width_px})")
+    p.add_argument("--line-px", type=int, default=d.line_px,
+                   help=f"contour width, output px (default {d.line_px})")
+    p.add_argument("--event-s", type=float, default=d.event_s,
+                   help=f"event markers stay this long, s of playback (default {d.event_s:g})")
+    p.add_argument("--crf", type=int, default=d.crf,
+                   help=f"H.264 quality, 0 lossless .. 51 worst (default {d.crf})")
+
+
+def _args_view(p: argparse.ArgumentParser) -> None:
+    p.add_argument("results_dir", type=Path,
+                   help="a movie's results folder (results/{movie}) or one of its mask stores")
+    p.add_argument("--model", action="append", default=[],
+                   help="model to show (repeatable; default every model with a mask.zarr)")
+    p.add_argument("--list", action="store_true",
+                   help="print the layers (name, type, shape, scale) instead of opening napari")
+
+
 def _args_info(p: argparse.ArgumentParser) -> None:
     p.add_argument("store", type=Path)
 
@@ -517,6 +637,14 @@ COMMANDS = {
                     "recipe (Gaussian, border reconstructions, Sobel, opening, Otsu); writes "
                     "OUT.zarr (uint8 0/1) with the same chunking. Options override the preset.",
                     _args_pseudolabel, cmd_pseudolabel),
+    "pseudolabel-preview": ("contours of several pseudolabel settings on a few frames, side by "
+                            "side",
+                            "Pseudo-label a few frames of a frame dump (before ingest) or a movie "
+                            "store with every combination of the --vary values and write a PNG "
+                            "grid (rows frames, columns settings) with the contours and each "
+                            "panel's particle count: choose a movie's settings before the "
+                            "workflow. Options fix the other parameters, over the preset.",
+                            _args_pseudolabel_preview, cmd_pseudolabel_preview),
     "score": ("score a mask store against ground-truth labels",
               "Pixel precision/recall/F1/IoU, particle detection F1 (matched by IoU) and "
               "equivalent-diameter error (px and nm) of PRED against TRUTH.",
@@ -552,6 +680,17 @@ COMMANDS = {
                   _args_sintering, cmd_sintering),
     "score-tracks": ("score segmentation, tracking, events and LSW rate against truth", None,
                      _args_score_tracks, cmd_score_tracks),
+    "overlay-movie": ("MP4 of the frames with contours coloured by track, events, time, scale",
+                      "Render an H.264 MP4 of a movie: frames with particle contours coloured by "
+                      "track id, coalescence (white ring) and vanish (red cross) markers, time "
+                      "stamp (s) and scale bar (nm). Each output frame covers --every-ms of "
+                      "movie time (default: the whole movie fits --max-seconds of playback at "
+                      "--fps); frames are read Zarr chunk by chunk (bounded memory).",
+                      _args_overlay_movie, cmd_overlay_movie),
+    "view": ("open frames, masks and tracks in napari (optional extra: etemseg[view])",
+             "Open a movie's frames (image), every model's masks (labels) and tracks in napari: "
+             "t in frames, y and x in nm. Needs napari (`pip install 'etemseg[view]'`); --list "
+             "prints the layers without it.", _args_view, cmd_view),
     "info": ("print a movie store's shape and metadata", None, _args_info, cmd_info),
 }
 

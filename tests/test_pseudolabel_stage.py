@@ -47,7 +47,10 @@ def test_per_chunk_equals_whole_and_direct(movie, tmp_path):
         assert r.returncode == 0, r.stderr
     a, b = zarr.open_array(whole / "0")[:], zarr.open_array(chunked / "0")[:]
     np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(a, pseudolabel_stack(frames.array[:], DEFAULT_018))
+    # the default temporal window: 12.5 ms at 400 frames/s = the mean of 5 frames
+    assert MovieStore.open(whole).meta["window_frames"] == 5
+    means = frames.read_mean(0, frames.n_frames, 5)
+    np.testing.assert_array_equal(a, pseudolabel_stack(means, DEFAULT_018))
     receipt = json.loads((tmp_path / "r2.json").read_text())
     assert receipt["frames"] == 2 and len(receipt["coverage"]) == 2
     assert receipt["params"] == DEFAULT_018.to_dict()
@@ -96,8 +99,9 @@ def test_chunks_use_the_params_recorded_at_init(movie, tmp_path, caplog):
         receipts = [run(other, chunk=k) for k in range(MovieStore.open(frames).n_chunks)]
     assert all(r.stats["params"] == DEFAULT_018.to_dict() for r in receipts)
     assert any("recorded" in r.getMessage() for r in caplog.records)
+    src = MovieStore.open(frames)
     np.testing.assert_array_equal(
-        MovieStore.open(out).array[:], pseudolabel_stack(MovieStore.open(frames).array[:],
+        MovieStore.open(out).array[:], pseudolabel_stack(src.read_mean(0, src.n_frames, 5),
                                                          DEFAULT_018))
 
 
@@ -190,3 +194,12 @@ def test_uncalibrated_movie_without_findable_particles_gets_empty_masks(case, tm
         assert "pseudolabel.polarity" in r.stderr
         assert MovieStore.open(tmp_path / "pseudo.zarr").meta["scale"]["polarity_mismatch"]
     assert not zarr.open_array(tmp_path / "pseudo.zarr" / "0")[:].any()
+
+
+def test_window_zero_labels_single_frames(movie, tmp_path):
+    frames = MovieStore.open(movie / "frames.zarr")
+    out = tmp_path / "single.zarr"
+    assert run_cli("pseudolabel", movie / "frames.zarr", out, "--window-ms", 0).returncode == 0
+    assert MovieStore.open(out).meta["window_frames"] == 1
+    np.testing.assert_array_equal(zarr.open_array(out / "0")[:],
+                                  pseudolabel_stack(frames.array[:], DEFAULT_018))

@@ -70,6 +70,21 @@ def small_run():
         ("seed", -1),
         ("frames", True),
         ("appear_radius_nm", 0.4),
+        ("dose", -5.0),
+        ("imaging", "phase-contrast"),
+        ("accelerating_voltage_kv", 0.0),
+        ("defocus_nm", float("nan")),
+        ("spherical_aberration_mm", "1.2"),
+        ("aperture_per_nm", 4.5),
+        ("aperture_per_nm", 0.0),
+        ("focal_spread_nm", -1.0),
+        ("convergence_mrad", -0.1),
+        ("mean_inner_potential_v", 0.0),
+        ("absorption_ratio", 1.0),
+        ("rotation_deg2_per_s", -1.0),
+        ("support_phase_rad", -0.1),
+        ("support_length_nm", 0.0),
+        ("mtf_sigma_px", -0.5),
     ],
 )
 def test_validate_names_bad_field(field, value):
@@ -334,7 +349,7 @@ def test_write_refuses_foreign_dir(tmp_path):
 
 
 def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
-    real = synth._run
+    real = synth.writers._run
 
     def broken(p):
         for i, item in enumerate(real(p)):
@@ -342,7 +357,214 @@ def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
                 raise RuntimeError("killed")
             yield item
 
-    monkeypatch.setattr(synth, "_run", broken)
+    monkeypatch.setattr(synth.writers, "_run", broken)
     with pytest.raises(RuntimeError):
         write_synthetic_movie(tmp_path / "movie", SMALL, progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------
+# realistic imaging (diffraction contrast, Fresnel fringes, support, MTF, low dose)
+
+REAL = dataclasses.replace(SMALL, imaging="realistic", pixel_size_nm=0.25)
+
+
+def _bright(p: SynthParams, **changes) -> SynthParams:
+    """A static, evenly lit, nearly noise-free variant (shot noise ~0.7 % per pixel)."""
+    return dataclasses.replace(p, gradient=0.0, dose=20000.0, **changes)
+
+
+def _particle_contrast(img: np.ndarray, lab: np.ndarray, parts: pd.DataFrame,
+                       min_radius_nm: float) -> pd.Series:
+    """1 - mean(particle) / median(background), per particle whose disc lies inside the frame."""
+    h, w = img.shape
+    bg = float(np.median(img[lab == 0]))
+    area = np.bincount(lab.ravel(), minlength=int(parts.particle.max()) + 1)
+    total = np.bincount(lab.ravel(), weights=img.ravel().astype(float), minlength=area.size)
+    rows = parts[(parts.radius_nm >= min_radius_nm) & (parts.y_px - parts.radius_px > 1)
+                 & (parts.y_px + parts.radius_px < h - 2) & (parts.x_px - parts.radius_px > 1)
+                 & (parts.x_px + parts.radius_px < w - 2)]
+    ids = rows.particle.to_numpy()
+    return pd.Series(1.0 - total[ids] / area[ids] / bg, index=ids)
+
+
+def _edge_profile(img: np.ndarray, lab: np.ndarray, parts: pd.DataFrame) -> np.ndarray:
+    """Azimuthal average of img / background - 1 against distance from the particle edge, px.
+
+    Bin ``b`` holds distances ``[b - 4, b - 3)`` px (bin 4: the first pixel outside the edge);
+    pixels of other particles are left out.
+    """
+    h, w = img.shape
+    bg = float(np.median(img[lab == 0]))
+    yy, xx = np.mgrid[:h, :w]
+    prof, count = np.zeros(16), np.zeros(16)
+    for row in parts.itertuples():
+        if row.radius_px < 5 or not (16 < row.y_px < h - 16 and 16 < row.x_px < w - 16):
+            continue
+        d = np.hypot(yy - row.y_px, xx - row.x_px) - row.radius_px
+        sel = (d > -4) & (d < 12) & ((lab == 0) | (lab == row.particle))
+        b = np.floor(d[sel] + 4).astype(int)
+        np.add.at(prof, b, img[sel] / bg - 1.0)
+        np.add.at(count, b, 1)
+    assert count[4:7].min() > 500
+    return prof / np.maximum(count, 1)
+
+
+def test_realistic_deterministic_and_seeded():
+    a = list(simulate(dataclasses.replace(REAL, frames=4)))
+    b = list(simulate(dataclasses.replace(REAL, frames=4)))
+    for (ai, al), (bi, bl) in zip(a, b):
+        assert ai.dtype == np.uint16 and ai.shape == (REAL.height, REAL.width)
+        np.testing.assert_array_equal(ai, bi)
+        np.testing.assert_array_equal(al, bl)
+    other = next(iter(simulate(dataclasses.replace(REAL, frames=1, seed=REAL.seed + 1))))
+    assert not np.array_equal(other[0], a[0][0])
+
+
+def test_labels_and_tables_identical_between_imaging_modes(small_run):
+    frames, parts, events = small_run
+    real = list(simulate(dataclasses.replace(SMALL, imaging="realistic")))
+    for (mi, ml), (ri, rl) in zip(frames, real):
+        np.testing.assert_array_equal(ml, rl)
+        assert not np.array_equal(mi, ri)
+    parts2, events2 = simulate_tracks(dataclasses.replace(SMALL, imaging="realistic"))
+    pd.testing.assert_frame_equal(parts, parts2)
+    pd.testing.assert_frame_equal(events, events2)
+
+
+def test_mass_thickness_ignores_realistic_fields(small_run):
+    frames, _, _ = small_run
+    p = dataclasses.replace(SMALL, defocus_nm=-900.0, mtf_sigma_px=2.0,
+                            support_phase_rad=1.0, rotation_deg2_per_s=1e4)
+    for (a, _), (b, _) in zip(frames, simulate(p)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_realistic_particles_dark_some_faint_none_invisible():
+    p = _bright(SynthParams(frames=1, height=384, width=384, pixel_size_nm=0.3,
+                            imaging="realistic", seed=2))
+    img, lab = next(iter(simulate(p)))
+    parts, _ = simulate_tracks(p)
+    con = _particle_contrast(img, lab, parts[parts.frame == 0], min_radius_nm=1.5)
+    assert len(con) >= 60
+    # diffraction contrast: a wide spread, many particles under half of the strong ones
+    lo, hi = np.percentile(con, [10, 90])
+    assert hi / lo > 1.8
+    faint = (con < 0.5 * hi).mean()
+    assert 0.25 <= faint <= 0.9, faint
+    # faint, not invisible: absorption and phase keep >= 8 % mean contrast over the disc
+    assert con.min() >= 0.08
+    # the cartoon gives every particle the same contrast
+    mt = dataclasses.replace(p, imaging="mass-thickness", texture=0.0)
+    img_mt, _ = next(iter(simulate(mt)))
+    con_mt = _particle_contrast(img_mt, lab, parts[parts.frame == 0], min_radius_nm=1.5)
+    lo_mt, hi_mt = np.percentile(con_mt, [10, 90])
+    assert hi_mt / lo_mt < 1.3
+
+
+def test_realistic_contrast_changes_as_crystals_rotate():
+    static = dict(frames=12, height=192, width=192, pixel_size_nm=0.3, imaging="realistic",
+                  ripening_rate=0.0, migration_nm2_per_s=0.0, appear_rate=0.0,
+                  drift_px_per_frame=(0.0, 0.0), seed=4)
+
+    def contrast_series(rotation: float) -> pd.DataFrame:
+        p = _bright(SynthParams(**static, rotation_deg2_per_s=rotation))
+        parts, _ = simulate_tracks(p)
+        return pd.DataFrame({f: _particle_contrast(img, lab, parts[parts.frame == f], 1.5)
+                             for f, (img, lab) in enumerate(simulate(p))})
+
+    still = contrast_series(0.0)
+    spinning = contrast_series(20000.0)
+    assert len(still) >= 15
+    assert still.std(axis=1).max() < 0.005       # shot noise only
+    change = (spinning.max(axis=1) - spinning.min(axis=1))
+    assert (change > 0.05).mean() > 0.3          # particles fade and recover
+
+
+def test_fresnel_fringe_follows_defocus():
+    base = _bright(SynthParams(frames=1, height=256, width=256, imaging="realistic", seed=2))
+    parts, _ = simulate_tracks(base)
+    parts = parts[parts.frame == 0]
+
+    def profile(**changes) -> np.ndarray:
+        img, lab = next(iter(simulate(dataclasses.replace(base, **changes))))
+        return _edge_profile(img, lab, parts)
+
+    under = profile()                                   # -300 nm, Cs 1.2 mm
+    over = profile(defocus_nm=300.0)
+    focus = profile(defocus_nm=0.0, spherical_aberration_mm=0.0)
+    assert under[5:7].max() > 0.06                      # bright ring just outside the edge
+    assert over[5:8].min() < -0.06                      # dark ring at overfocus
+    assert np.abs(focus[5:12]).max() < 0.02             # in focus, no aberration: no fringe
+    assert focus[0:3].mean() < -0.05                    # the particle itself still absorbs
+
+
+@pytest.mark.parametrize("dose", [20.0, 80.0])
+def test_realistic_dose_sets_poisson_noise(dose):
+    flat = SynthParams(frames=1, height=128, width=128, imaging="realistic", n_particles=0,
+                       appear_rate=0.0, gradient=0.0, support_phase_rad=0.0, dose=dose)
+    img, lab = next(iter(simulate(flat)))
+    assert not lab.any()
+    assert img.mean() == pytest.approx(dose, rel=0.02)
+    assert img.var() == pytest.approx(dose, rel=0.1)
+
+
+def test_realistic_default_dose_is_low():
+    p = SynthParams(imaging="realistic")
+    assert p.dose is None and p.dose_per_px == 40.0
+    assert SynthParams().dose_per_px == 200.0
+    flat = dataclasses.replace(p, frames=1, height=64, width=64, n_particles=0, appear_rate=0.0,
+                               gradient=0.0)
+    img, _ = next(iter(simulate(flat)))
+    assert img.mean() == pytest.approx(40.0, rel=0.05)
+
+
+def test_write_realistic_movie(tmp_path):
+    p = dataclasses.replace(REAL, frames=3)
+    summary = write_synthetic_movie(tmp_path / "movie", p, progress=False)
+    assert summary["imaging"] == "realistic" and summary["dose_per_px"] == 40.0
+    meta = json.loads((tmp_path / "movie" / "synth.json").read_text())
+    assert SynthParams.from_dict(meta["params"]) == p
+    img = tifffile.imread(tmp_path / "movie" / "frames" / k2_frame_name(2, p.fps))
+    np.testing.assert_array_equal(img, list(simulate(p))[2][0])
+
+
+def test_realistic_support_moves_with_the_stage():
+    p = SynthParams(frames=3, height=96, width=96, imaging="realistic", n_particles=0,
+                    appear_rate=0.0, gradient=0.0, dose=20000.0, support_phase_rad=0.3,
+                    drift_px_per_frame=(1.5, -1.5))
+    f0, f1, f2 = (img.astype(float) for img, _ in simulate(p))
+    a, b = f0[8:-12, 12:-8], f2[11:-9, 9:-11]    # frame 2 = frame 0 moved by (+3, -3) px
+    ky, kx = np.fft.fftfreq(96)[:, None], np.fft.fftfreq(96)[None, :]
+    f0_moved = np.fft.ifft2(np.fft.fft2(f0) * np.exp(-2j * np.pi * 1.5 * (ky - kx))).real
+
+    def corr(u: np.ndarray, v: np.ndarray) -> float:
+        return float(np.corrcoef(u.ravel(), v.ravel())[0, 1])
+
+    assert f0.std() / f0.mean() > 0.05                  # a visible texture
+    assert corr(a, b) > 0.95                            # the same texture, moved (sub-px steps)
+    assert corr(a, f2[8:-12, 12:-8]) < 0.5
+    assert corr(f0_moved[12:-12, 12:-12], f1[12:-12, 12:-12]) > 0.98   # sub-pixel steps
+
+
+def test_electron_optics_constants():
+    from etemseg.synth import optics
+
+    assert optics.wavelength_nm(300.0) == pytest.approx(1.9687e-3, rel=1e-3)
+    assert optics.wavelength_nm(200.0) == pytest.approx(2.5079e-3, rel=1e-3)
+    assert optics.interaction_constant(300.0) == pytest.approx(6.526e-3, rel=2e-3)
+    xi = optics.extinction_distances_nm(300.0)
+    assert xi[(1, 1, 1)] == pytest.approx(18.3 * 1.416, rel=0.01)
+    g, xis = optics.au_reflections_per_nm(300.0)
+    assert g.shape == (26, 3) and xis.shape == (26,)
+    np.testing.assert_allclose(np.sort(np.unique(np.round(np.linalg.norm(g, axis=1), 3))),
+                               [np.sqrt(3) / 0.40782, 2 / 0.40782, np.sqrt(8) / 0.40782],
+                               rtol=1e-3)
+    t = np.array([0.0, 5.0, xi[(1, 1, 1)] / 2])
+    np.testing.assert_allclose(optics.two_beam_intensity(t, 0.0, xi[(1, 1, 1)]),
+                               np.sin(np.pi * t / xi[(1, 1, 1)]) ** 2, atol=1e-12)
+    rot = optics.random_rotations(np.random.default_rng(0), 50)
+    np.testing.assert_allclose(rot @ rot.transpose(0, 2, 1), np.broadcast_to(np.eye(3), rot.shape),
+                               atol=1e-12)
+    s = optics.excitation_errors(np.eye(3)[None], g, 0.0)   # beam along [001]
+    np.testing.assert_allclose(s[0], -g[:, 2])

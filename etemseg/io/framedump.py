@@ -11,6 +11,12 @@ Missing frames are never hidden: :attr:`DumpIndex.time_s` is computed from the a
 index, so a dropped frame shows as a jump in time and later frames keep their true times, and
 the gaps are listed in :attr:`DumpIndex.gaps` and logged as a warning.
 
+DM3/DM4 frames are read by :class:`etemseg.io.dm4.DMFrameReader`: the tag tree of each distinct
+layout is parsed once, and every other file of that layout is read with one system call (its
+pixel block straight into the frame, its other bytes checked against the layout's); a file of
+any other layout is parsed afresh, and what that parser does not read (spectra, stacks, colour,
+complex, big-endian files) goes to rosettasciio.
+
 Every problem with an input file is raised as :class:`~etemseg.errors.InputFileError`, whose
 message starts with the offending path.
 """
@@ -34,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from etemseg.errors import ConfigError, InputFileError
+from etemseg.io.dm4 import DMFrameReader, parse_layout
 
 logger = logging.getLogger("etemseg.io.framedump")
 
@@ -414,13 +421,28 @@ def _dm_axes_scales(ds: dict) -> tuple[tuple | None, tuple | None]:
     return su(x), su(y)
 
 
-def _read_dm(path: Path) -> np.ndarray:
+def _read_dm_general(path: Path) -> tuple[np.ndarray, int | None]:
+    """A DM frame read by rosettasciio, and the byte offset of its pixel data (None if the
+    reader does not say)."""
     ds = _load_dm(path, lazy=False)
     _dm_signal_check(path, ds)
     arr = np.asarray(ds["data"])
     if isinstance(arr, np.memmap):
         arr = np.array(arr)
-    return arr
+    try:
+        offset = ds["original_metadata"]["ImageList"]["TagGroup0"]["ImageData"]["Data"]["offset"]
+    except (KeyError, TypeError):
+        offset = None
+    return arr, (int(offset) if isinstance(offset, (int, np.integer)) else None)
+
+
+#: DM frames: each distinct tag layout is parsed once, then files of that layout are read
+#: directly (:mod:`etemseg.io.dm4`); anything else (and big-endian files) by rosettasciio.
+_DM_READER = DMFrameReader(_read_dm_general)
+
+
+def _read_dm(path: Path) -> np.ndarray:
+    return _DM_READER.read(path)
 
 
 def _filetime_to_iso(value: Any) -> str | None:
@@ -861,8 +883,11 @@ def read_pixel_size_nm(path: str | Path) -> float | None:
     if not path.exists():
         raise InputFileError(path, "does not exist")
     if fam == "dm":
-        ds = _load_dm(path, lazy=True)
-        x, y = _dm_axes_scales(ds)
+        try:  # a plain 2-D image: calibration from the tag tree, without rosettasciio
+            x, y = parse_layout(path).axes
+        except (ValueError, InputFileError):
+            ds = _load_dm(path, lazy=True)
+            x, y = _dm_axes_scales(ds)
         return _pixel_size_from_scales(path, x, y)
     if fam == "tiff":
         return _tiff_pixel_size_nm(path)

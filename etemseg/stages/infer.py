@@ -21,7 +21,8 @@ from etemseg.nn.inference import MIN_SEPARATION, InferConfig, open_model, stream
 from etemseg.protocol import ChunkStage, Receipt
 from etemseg.nn.models import parse_arch
 from etemseg.morphology import remove_small_components
-from etemseg.io.store import BlockWriter, MovieStore, map_chunk, read_chunk_ahead
+from etemseg.io.store import (BlockWriter, MovieStore, frames_in_window, map_chunk,
+                              read_chunk_ahead)
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,13 @@ def _warn_empty(frames: MovieStore, k: int, chunk: _ChunkMasks, n_frames: int,
                     cfg.min_separation, _frame_ranges(chunk.blank))
 
 
+def input_window(meta: dict, frames: MovieStore) -> int:
+    """Frames averaged into each input frame: the model's temporal window (``window_ms`` of its
+    training, :mod:`etemseg.nn.training`) at the frame rate of ``frames``; 1 for models trained
+    on single frames."""
+    return frames_in_window(float(meta.get("window_ms") or 0.0), frames.fps)
+
+
 def infer_chunk(frames: MovieStore, prob_store: MovieStore, mask_store: MovieStore, k: int,
                 model, meta: dict, cfg: InferConfig, device, *, progress: bool = False) -> dict:
     """Probabilities and masks of time chunk ``k``; returns the chunk's receipt.
@@ -173,9 +181,13 @@ def infer_chunk(frames: MovieStore, prob_store: MovieStore, mask_store: MovieSto
 
     ``cfg.min_area_nm2`` is converted with the pixel size of ``frames`` (:func:`resolve_min_area`);
     the receipt records the px value applied (``min_area_px``) and ``min_area_nm2``.
+
+    A model trained on temporal means of the frames (its ``window_ms``) sees the same means here
+    (:func:`input_window`; ``window_frames`` in the receipt).
     """
     cfg = resolve_min_area(cfg, frames)
     arch = parse_arch(meta["name"])
+    window = input_window(meta, frames)
     start = time.perf_counter()
     t0, t1 = frames.chunk_bounds(k)
     threads = max(1, torch.get_num_threads())
@@ -193,7 +205,7 @@ def infer_chunk(frames: MovieStore, prob_store: MovieStore, mask_store: MovieSto
                 yield b0, q
 
         map_chunk(frames, prob_store, k, run, progress=progress, desc=f"infer chunk {k}",
-                  stream=True, io_threads=io)
+                  stream=True, io_threads=io, window=window)
         if cfg.threshold == "otsu_chunk":
             chunk.use_chunk_level()
             for b0, q in read_chunk_ahead(prob_store, k, io):
@@ -207,6 +219,7 @@ def infer_chunk(frames: MovieStore, prob_store: MovieStore, mask_store: MovieSto
             "thresholds": [round(levels[i] / 255.0, 4) for i in sorted(levels)],
             "coverage": [round(coverage[i], 5) for i in sorted(coverage)],
             "nonfinite_frames": chunk.nonfinite, "blank_frames": len(chunk.blank),
+            "window_frames": window,
             "elapsed_s": round(seconds, 3),
             "frames_per_s": round((t1 - t0) / seconds, 3), "device": str(device)}
 

@@ -16,7 +16,7 @@ import numba
 import numpy as np
 
 from etemseg.errors import ConfigError, EtemsegError, is_int, is_number
-from etemseg.io.store import MovieStore
+from etemseg.io.store import DEFAULT_WINDOW_MS, MovieStore, frames_in_window
 from etemseg.morphology import (
     FLOOD_KEY_MASK,
     fill_holes_inplace,
@@ -814,7 +814,8 @@ def _label_block(frames: np.ndarray, params: PseudoLabelParams, method: str,
 
 
 def label_chunk(src: Any, dst: Any, k: int, *, params: PseudoLabelParams | None = None,
-                method: str = "fast", threads: int = 1, progress: bool = False) -> dict[str, Any]:
+                method: str = "fast", threads: int = 1, progress: bool = False,
+                empty: bool = False, window: int = 1) -> dict[str, Any]:
     """Pseudo-label time chunk ``k`` of a movie store into a uint8 store of the same layout.
 
     Streams the chunk one Zarr block at a time (:func:`etemseg.io.store.map_chunk`); every frame's
@@ -832,6 +833,12 @@ def label_chunk(src: Any, dst: Any, k: int, *, params: PseudoLabelParams | None 
         Frames labelled in parallel threads (>= 1).
     progress : bool
         Show a progress bar.
+    empty : bool
+        Write empty masks without labelling (a movie whose particles were not found, see
+        :class:`PseudolabelStage`).
+    window : int
+        Label each frame's temporal mean over this many frames centred on it (odd; 1: the frame
+        itself; :meth:`etemseg.io.store.MovieStore.read_mean`).
 
     Returns
     -------
@@ -851,13 +858,14 @@ def label_chunk(src: Any, dst: Any, k: int, *, params: PseudoLabelParams | None 
     coverage: list[float] = []
 
     def fn(block: np.ndarray, b0: int) -> np.ndarray:
-        masks = _label_block(np.asarray(block), params, method, int(threads))
+        masks = (np.zeros(block.shape, np.uint8) if empty
+                 else _label_block(np.asarray(block), params, method, int(threads)))
         coverage.extend(float(np.count_nonzero(m)) / m.size for m in masks)
         return masks
 
     t_start = time.perf_counter()
     map_chunk(src, dst, int(k), fn, progress=progress, desc=f"pseudolabel chunk {k}",
-              stage="pseudolabel")
+              stage="pseudolabel", window=int(window))
     seconds = time.perf_counter() - t_start
     t0, t1 = src.chunk_bounds(int(k))
     n = t1 - t0
@@ -868,6 +876,7 @@ def label_chunk(src: Any, dst: Any, k: int, *, params: PseudoLabelParams | None 
         "seconds": seconds,
         "frames_per_s": n / seconds if seconds > 0 else float("inf"),
         "method": method, "threads": int(threads), "params": params.to_dict(),
+        "window_frames": int(window),
     }
 
 
@@ -960,17 +969,23 @@ class PseudolabelStage(ChunkStage):
     progress : bool
     expected_diameter_nm : float
         Particle diameter, nm, assumed for a movie without a pixel size.
+    window_ms : float
+        Label the temporal mean of the frames over a centred window of this many ms
+        (:func:`etemseg.io.store.frames_in_window` at the movie's frame rate, recorded at
+        creation as ``window_frames``); 0: each frame alone. Default
+        :data:`etemseg.io.store.DEFAULT_WINDOW_MS`.
     """
 
     name = "pseudolabel"
 
     def __init__(self, frames, out, *, preset: str, params: PseudoLabelParams,
                  method: str = "fast", threads: int = 1, progress: bool = False,
-                 expected_diameter_nm: float = 5.0):
+                 expected_diameter_nm: float = 5.0, window_ms: float = DEFAULT_WINDOW_MS):
         self.frames, self.out = Path(frames), Path(out)
         self.preset, self.params, self.method = preset, params, method
         self.threads, self.progress = threads, progress
         self.expected_diameter_nm = expected_diameter_nm
+        self.window_ms = window_ms
 
     def inputs(self) -> list[Path]:
         return [self.frames]
@@ -996,9 +1011,11 @@ class PseudolabelStage(ChunkStage):
         log.info("pseudolabel: lengths for %s: sigma %.4g px, opening radius %d px, min area %d "
                  "px, border pad %d px (%s)", self.frames, params.sigma, params.opening_radius,
                  params.min_area_px, params.border_pad_px, info["source"])
-        src.like(paths[self.out], np.uint8, attrs={
+        window = frames_in_window(self.window_ms, src.fps)
+        src.like(paths[self.out], np.uint8, label=True, attrs={
             "stage": "pseudolabel", "preset": self.preset, "params": params.to_dict(),
             "params_nm": self.params.to_dict(), "scale": info,
+            "window_ms": float(self.window_ms), "window_frames": window,
             "method": self.method, "values": "1 = particle, 0 = background"})
 
     def n_chunks(self, paths) -> int:
@@ -1019,7 +1036,209 @@ class PseudolabelStage(ChunkStage):
 
     def run_chunk(self, k: int, paths=None) -> Receipt:
         dst = MovieStore.open((paths or {}).get(self.out, self.out), mode="r+")
+        mismatch = (dst.meta.get("scale") or {}).get("polarity_mismatch")
+        if mismatch:
+            log.warning("pseudolabel: %s chunk %d: empty masks: the particles of this movie look "
+                        "%s, not %s (pseudolabel.polarity)", self.frames, k, mismatch["looks"],
+                        self.params.polarity)
         result = label_chunk(MovieStore.open(self.frames), dst, k,
                              params=self.recorded_params(dst), method=self.method,
-                             threads=self.threads, progress=self.progress)
+                             threads=self.threads, progress=self.progress,
+                             empty=bool(mismatch), window=int(dst.meta.get("window_frames", 1)))
         return Receipt.from_dict(result, stage=self.name, store=str(self.out))
+
+
+# --------------------------------------------------------------------------------------------
+# preview: a few frames x several parameter choices, side by side (`etemseg pseudolabel-preview`)
+# --------------------------------------------------------------------------------------------
+
+#: More panels than this make an unreadable sheet (a warning, not an error).
+PREVIEW_MAX_PANELS = 48
+
+
+def parse_vary(specs: list[str] | None) -> list[dict[str, Any]]:
+    """Parameter choices from ``--vary NAME=V1,V2,...`` options: every combination of the values
+    (the first option varies slowest); ``[{}]`` without options.
+
+    Values are converted to the field's type (numbers, ``true``/``false``, ``null`` for an nm
+    field).
+
+    Raises
+    ------
+    ConfigError
+        A malformed option, an unknown parameter or a value of the wrong type (naming ``--vary``).
+    """
+    import typing
+
+    hints = typing.get_type_hints(PseudoLabelParams)
+    axes: list[list[tuple[str, Any]]] = []
+    for spec in specs or []:
+        name, sep, values = spec.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or not values.strip():
+            raise ConfigError(f"--vary: expected NAME=V1,V2,..., got {spec!r}")
+        if name not in hints:
+            raise ConfigError(f"--vary: unknown parameter {name!r}; one of "
+                              f"{', '.join(f.name for f in fields(PseudoLabelParams))}")
+        kinds = [k for k in typing.get_args(hints[name]) if k is not type(None)] or [hints[name]]
+        axes.append([(name, _convert(name, v.strip(), kinds[0])) for v in values.split(",")])
+    return [dict(combo) for combo in itertools.product(*axes)] or [{}]
+
+
+def _convert(name: str, text: str, kind: type) -> Any:
+    if text.lower() in ("null", "none") and name in NM_TWINS:
+        return None
+    try:
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1", "yes")
+        return kind(text)
+    except ValueError:
+        raise ConfigError(f"--vary: {name}={text!r} is not a {kind.__name__}") from None
+
+
+def preview_frames(source: str | Path, frames: list[int] | None = None, *, fps: float = 400.0
+                   ) -> tuple[np.ndarray, list[int], float | None, str]:
+    """A few frames of a movie store or of a raw frame dump (before ingest).
+
+    Parameters
+    ----------
+    source : path
+        A movie store (``frames.zarr``) or a frame-dump folder (.dm4/.dm3/.tif/.npy).
+    frames : list of int, optional
+        Frame indices (time order, as after ingest); default first, middle and last.
+    fps : float
+        Frame rate of a dump, frames/s (for K2 names).
+
+    Returns
+    -------
+    frames : (n, H, W) float32
+    indices : list of int
+    pixel_size_nm : float or None
+        The store's or the first dump file's calibration.
+    name : str
+        The movie's name for titles.
+
+    Raises
+    ------
+    ConfigError
+        A frame index outside the movie.
+    InputFileError
+        An unreadable store, dump or frame.
+    """
+    from etemseg.io.framedump import read_frame, scan_dump
+
+    source = Path(source)
+    if (source / "zarr.json").is_file():
+        store = MovieStore.open(source)
+        n, ps, name = store.n_frames, store.pixel_size_nm, store.path.parent.name
+    else:
+        index = scan_dump(source, fps=fps)
+        n, ps, name = len(index), index.pixel_size_nm, source.name
+    picks = sorted({0, n // 2, n - 1}) if frames is None else [int(f) for f in frames]
+    bad = [f for f in picks if not 0 <= f < n]
+    if bad:
+        raise ConfigError(f"--frames: {bad[0]} is outside 0..{n - 1} ({source})")
+    if (source / "zarr.json").is_file():
+        data = store.take(picks)
+    else:
+        data = np.stack([read_frame(index.sources[f], expect_shape=index.shape) for f in picks])
+    return data.astype(np.float32), picks, ps, name
+
+
+def preview(source: str | Path, out: str | Path, *, frames: list[int] | None = None,
+            vary: list[dict[str, Any]] | None = None, preset: str = "default",
+            base: dict[str, Any] | None = None, pixel_size_nm: float | None = None,
+            fps: float = 400.0, method: str = "fast") -> list[dict[str, Any]]:
+    """Pseudo-label a few frames with several parameter choices and draw them side by side: a
+    PNG grid (rows frames, columns choices) with the contours and each panel's particle count, to
+    choose a movie's settings in minutes before launching the workflow.
+
+    Parameters
+    ----------
+    source : path
+        Movie store or raw frame dump (:func:`preview_frames`).
+    out : path
+        PNG to write (atomically, :func:`etemseg.plotting.save_figure`).
+    frames : list of int, optional
+        Frames to show; default first, middle and last.
+    vary : list of dict, optional
+        The choices (:func:`parse_vary`), each applied over ``preset`` and ``base``.
+    preset : str
+        Name in :data:`PRESETS`.
+    base : dict, optional
+        Parameters every choice shares (as the ``pseudolabel`` options).
+    pixel_size_nm : float, optional
+        Overrides the source's calibration, nm/px (as ``ingest --pixel-size-nm``).
+    fps : float
+        Frame rate of a dump, frames/s.
+    method : {"fast", "reference"}
+
+    Returns
+    -------
+    list of dict
+        One row per panel: ``frame``, ``choice`` (the varied values), ``params`` (px values
+        used), ``scale`` (how nm became px), ``particles`` (8-connected components),
+        ``coverage`` (mask fraction).
+    """
+    from scipy import ndimage
+
+    data, picks, ps, name = preview_frames(source, frames, fps=fps)
+    ps = pixel_size_nm or ps
+    choices = vary or [{}]
+    rows: list[dict[str, Any]] = []
+    masks = np.zeros((len(choices), *data.shape), np.uint8)
+    for j, choice in enumerate(choices):
+        given = params_from_preset(preset, {**(base or {}), **choice})
+        params, info = resolve_for_movie(given, ps, data)
+        masks[j] = pseudolabel_stack(data, params, method=method)
+        for i, f in enumerate(picks):
+            n = int(ndimage.label(masks[j, i], structure=np.ones((3, 3), bool))[1])
+            rows.append({"frame": f, "choice": choice, "params": params.to_dict(),
+                         "scale": info.get("source"), "particles": n,
+                         "coverage": float(masks[j, i].mean())})
+    if len(choices) * len(picks) > PREVIEW_MAX_PANELS:
+        log.warning("pseudolabel preview: %d panels; fewer frames or choices read better",
+                    len(choices) * len(picks))
+    _preview_figure(data, masks, picks, choices, rows, out, title=f"{name}: preset {preset}"
+                    + (f", {ps:g} nm/px" if ps else ", uncalibrated"))
+    return rows
+
+
+def _preview_figure(data: np.ndarray, masks: np.ndarray, picks: list[int],
+                    choices: list[dict[str, Any]], rows: list[dict[str, Any]], out, *,
+                    title: str) -> Path:
+    """The preview grid: rows frames, columns choices; contours in gold, count in each panel."""
+    import matplotlib.pyplot as plt
+
+    from etemseg.plotting import save_figure
+
+    nr, nc = len(picks), len(choices)
+    h, w = data.shape[1:]
+    size = 3.6
+    fig, axes = plt.subplots(nr, nc, figsize=(size * nc, size * nr * h / w + 0.6), dpi=110,
+                             squeeze=False)
+    for i, f in enumerate(picks):
+        lo, hi = np.percentile(data[i], [0.5, 99.5])
+        for j, choice in enumerate(choices):
+            ax, row = axes[i, j], rows[j * nr + i]
+            ax.imshow(data[i], cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1,
+                      interpolation="antialiased")
+            if masks[j, i].any():
+                ax.contour(masks[j, i], levels=[0.5], colors="#ffd700", linewidths=0.7)
+            ax.text(0.02, 0.98, f"{row['particles']} particles, {100 * row['coverage']:.1f} %",
+                    transform=ax.transAxes, va="top", color="white", fontsize=8,
+                    bbox={"facecolor": "black", "alpha": 0.6, "pad": 2, "lw": 0})
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                p = row["params"]
+                text = ", ".join(f"{k}={v}" for k, v in choice.items()) or "preset"
+                ax.set_title(f"{text}\n(σ {p['sigma']:.3g} px, opening {p['opening_radius']} px, "
+                             f"min {p['min_area_px']} px)", fontsize=8)
+            if j == 0:
+                ax.set_ylabel(f"frame {f}", fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, out)

@@ -1,0 +1,68 @@
+"""Temporal averaging of the input frames (issue 11, "use time"): the windowed reads of the
+movie store equal a direct centred mean, across Zarr blocks, time chunks and the movie's ends."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from etemseg.errors import ConfigError
+from etemseg.io.store import MovieStore, create_store, frames_in_window, read_chunk_ahead
+
+
+@pytest.fixture()
+def store(tmp_path):
+    frames = np.random.default_rng(0).integers(0, 60000, (21, 8, 9)).astype(np.uint16)
+    create_store(tmp_path / "f.zarr", n_frames=21, frame_shape=(8, 9), dtype=np.uint16,
+                 chunk_frames=8, fps=400.0, pixel_size_nm=0.2, zarr_chunk_frames=4)
+    MovieStore.open(tmp_path / "f.zarr", "r+").array[:] = frames
+    return MovieStore.open(tmp_path / "f.zarr"), frames
+
+
+def centred_mean(frames: np.ndarray, window: int) -> np.ndarray:
+    h = window // 2
+    return np.stack([frames[max(0, t - h):t + h + 1].astype(np.float64).mean(0)
+                     for t in range(len(frames))])
+
+
+@pytest.mark.parametrize("window", [3, 5, 9, 41])
+def test_windowed_chunks_equal_the_centred_mean(store, window):
+    s, frames = store
+    want = centred_mean(frames, window)
+    for depth in (1, 3):
+        got = np.concatenate([b for k in range(s.n_chunks)
+                              for _, b in read_chunk_ahead(s, k, depth, window)])
+        assert got.dtype == np.float32 and got.shape == frames.shape
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    np.testing.assert_allclose(s.read_mean(5, 13, window), want[5:13], rtol=1e-6)
+
+
+def test_window_one_is_the_raw_frames(store):
+    s, frames = store
+    got = np.concatenate([b for k in range(s.n_chunks) for _, b in s.read_chunk(k, 1)])
+    assert got.dtype == np.uint16
+    np.testing.assert_array_equal(got, frames)
+
+
+def test_window_in_ms_is_an_odd_number_of_frames():
+    assert [frames_in_window(ms, 400.0) for ms in (0, 2.5, 5, 7.5, 10, 12.5, 20)] == \
+        [1, 1, 3, 3, 5, 5, 9]
+    assert frames_in_window(12.5, 200.0) == 3 and frames_in_window(20, 40.0) == 1
+    assert frames_in_window(50, 40.0) == 3     # 2 frames: halfway, rounded up
+    with pytest.raises(ConfigError, match="window_ms"):
+        frames_in_window(-1, 400.0)
+
+
+def test_even_window_is_refused(store):
+    with pytest.raises(ConfigError, match="odd"):
+        store[0].read_mean(0, 4, 4)
+
+
+@pytest.mark.parametrize("window", [1, 3, 5])
+def test_take_with_a_window_in_any_order(store, window):
+    s, frames = store
+    idx = np.array([20, 3, 4, 5, 0, 11, 12, 4])
+    want = centred_mean(frames, window)[idx]
+    got = s.take(idx, window)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert s.take(np.array([], np.int64), window).shape == (0, 8, 9)
