@@ -16,6 +16,7 @@ pattern and a concrete path) and by the library and notebooks (with real names):
     results/{movie}/{model}/particles/chunk-{k}.parquet
     results/{movie}/{model}/{trajectories,events,frames}.parquet   tracking (one set)
     results/{movie}/{model}/{eval,sintering}/ ; track_scores.json
+    results/{movie}/{model}/sintering/{sizes,ripening,mobility,relaxation}.parquet, kinetics.png
     results/model_comparison.csv, model_threshold_sweep.png, model_contours.png
     logs/...                                        one log per job, mirroring the outputs
 
@@ -30,6 +31,9 @@ LOGS = "logs"
 #: The tables of one tracking run (written as one set, see
 #: :func:`etemseg.io.parquet.write_table_set`).
 TRACK_TABLES = ("trajectories", "events", "frames")
+#: The per-particle kinetics tables of one track set, in its sintering folder (one set, see
+#: :func:`etemseg.analysis.sintering.write_kinetics`).
+KINETICS_TABLES = ("sizes", "ripening", "mobility", "relaxation")
 
 
 def movie_dir(movie: str) -> str:
@@ -125,6 +129,21 @@ def eval_dir(movie: str, model: str) -> str:
 
 def sintering_dir(movie: str, model: str) -> str:
     return f"{product_dir(movie, model)}/sintering"
+
+
+def kinetics_table(movie: str, model: str, table: str) -> str:
+    """One of :data:`KINETICS_TABLES` of a movie and model (in its sintering folder)."""
+    return f"{sintering_dir(movie, model)}/{table}.parquet"
+
+
+def kinetics_png(movie: str, model: str) -> str:
+    """The kinetics figure (ripening rates, migration, relaxation) of a movie and model."""
+    return f"{sintering_dir(movie, model)}/kinetics.png"
+
+
+def overlay_movie(movie: str, model: str) -> str:
+    """The overlay MP4 of a movie and model (contours by track, events, time, scale bar)."""
+    return f"{product_dir(movie, model)}/overlay.mp4"
 
 
 def track_scores(movie: str, model: str) -> str:

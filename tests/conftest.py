@@ -43,3 +43,15 @@ def k2_dump(tmp_path, small_movie):
     """K2 dump of ``small_movie`` with absolute frames 390..430 except 401 (a gap across 1 s)."""
     indices = [i for i in range(390, 431) if i != 401]
     return write_k2_dump(tmp_path / "dump", small_movie, indices), indices
+
+
+@pytest.fixture(scope="session")
+def tiny_workflow(tmp_path_factory) -> Path:
+    """The tiny workflow (``TINY`` of tests/test_workflow.py) run once locally; its work directory.
+    Shared by the tests that look at a finished run (outputs, notebook, report)."""
+    from .test_workflow import TINY, snakemake, workdir_with
+
+    wd = workdir_with(tmp_path_factory.mktemp("tiny-workflow"), TINY)
+    r = snakemake(wd)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return wd

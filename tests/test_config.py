@@ -108,3 +108,10 @@ def test_check_config_names_the_key(config, words):
     assert words in str(err.value)
     check_config({"movies": {"a": {}}, "models": ["unet4-norm", "single-filter"],
                   "ingest": {"codec": "zstd", "clevel": 19}})
+
+
+def test_window_default_is_the_library_and_command_line_default():
+    from etemseg.io.store import DEFAULT_WINDOW_MS
+
+    assert SCHEMA["window_ms"]["default"] == DEFAULT_WINDOW_MS
+    assert cli_defaults("pseudolabel")["window_ms"] == DEFAULT_WINDOW_MS

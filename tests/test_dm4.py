@@ -408,3 +408,22 @@ def test_synth_writes_a_k2_dm4_dump_that_rosettasciio_reads_back(tmp_path):
         assert ds["data"].dtype == np.uint16
         np.testing.assert_array_equal(ds["data"], tifffile.imread(t))
         assert [(a["scale"], a["units"]) for a in ds["axes"]] == [(pytest.approx(0.18), "nm")] * 2
+
+
+@pytest.mark.parametrize("pixel_size_nm", [0.00018, 180.0])
+def test_implausible_file_calibration_is_refused_naming_the_file(tmp_path, pixel_size_nm, capsys):
+    """A dump calibrated in another unit (um, pm) is refused at ingest, naming the first file and
+    the override; with a plausible override it ingests."""
+    from etemseg.cli import main
+
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    for i in range(2):
+        write_dm4(dump / k2_frame_name(i, 400.0, suffix=".dm4"),
+                  np.full((16, 20), 100 + i, np.uint16), pixel_size_nm)
+    assert main(["--quiet", "ingest", str(dump), str(tmp_path / "f.zarr")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Frame_0000.dm4" in err[0] and "plausible" in err[0]
+    assert "--pixel-size-nm" in err[0] and not (tmp_path / "f.zarr").exists()
+    assert main(["--quiet", "ingest", str(dump), str(tmp_path / "f.zarr"),
+                 "--pixel-size-nm", "0.18"]) == 0

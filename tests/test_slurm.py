@@ -1,9 +1,12 @@
-"""The workflow on a real single-node SLURM (tests/slurm/slurm.sh) through profiles/slurm.
+"""The workflow on a real single-node SLURM (tests/slurm/slurm.sh), as a user with their site's
+generic SLURM profile runs it: `snakemake --profile slurm`.
 
-Every job goes through sbatch: the run uses `--profile profiles/slurm --profile profiles/slurm-ci`
-(the real profile, then the overlay for the test cluster). Needs root and the Debian packages
-munge slurmctld slurmd slurm-client plus `pip install snakemake-executor-plugin-slurm`; skipped
-without them, unless ETEMSEG_REQUIRE_SLURM=1 (CI) turns the skip into a failure.
+The site profile is installed in a temporary $HOME (~/.config/snakemake/slurm/config.yaml) and
+holds only what a site profile holds (executor, jobs, the cluster's quirks and limits, its GPU
+partition); the bundling, runtimes and GPU requests must come from the workflow itself and its
+workflow profile profiles/default, which Snakemake loads next to it. Needs root and the Debian
+packages munge slurmctld slurmd slurm-client plus `pip install snakemake-executor-plugin-slurm`;
+skipped without them, unless ETEMSEG_REQUIRE_SLURM=1 (CI) turns the skip into a failure.
 Run alone, with the numbers printed:  python -m pytest tests/test_slurm.py -q -s
 """
 
@@ -16,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,9 +33,30 @@ pytestmark = pytest.mark.slow   # whole-workflow runs: `pytest -m "not slow"` sk
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM_SH = REPO / "tests" / "slurm" / "slurm.sh"
-PROFILES = ["--profile", str(REPO / "profiles" / "slurm"),
-            "--profile", str(REPO / "profiles" / "slurm-ci")]
 RUN_TIMEOUT_S = 1500
+
+# A generic site profile of the single-node test cluster, as a site would write one: nothing in
+# it knows this workflow. Cluster-specific, and why:
+#   - accounting is off: job status from squeue (sacct has nothing), no account;
+#   - 2 CPUs and a few GB: `cores` caps every job's threads, `resources: mem_mb` caps every job's
+#     memory request (train asks 16000) -- caps, not a limit on jobs running side by side;
+#   - the GPU partition is `gpu` (set-resources), which the workflow profile must not clobber;
+#   - short waits (local disk, tiny jobs); successful jobs' SLURM logs kept for inspection.
+SITE_PROFILE = {
+    "executor": "slurm",
+    "jobs": 50,
+    "cores": 2,
+    "resources": {"mem_mb": 1000},
+    "set-resources": {"train": {"slurm_partition": "gpu"}},
+    "latency-wait": 5,
+    "slurm-no-account": True,
+    "slurm-status-command": "squeue",
+    "slurm-init-seconds-before-status-checks": 1,
+    "slurm-keep-successful-logs": True,
+    "slurm-logdir": "logs/slurm",
+    "max-status-checks-per-second": 10,
+}
+PROFILE = ["--profile", "slurm"]  # found by name in $HOME/.config/snakemake, as typed by a user
 
 # Same as TINY in tests/test_workflow.py (kept here so that test can change without making this
 # one slower: every extra model adds SLURM round trips).
@@ -86,6 +111,13 @@ def slurm():
     env = dict(os.environ)
     env["PATH"] = f"{cluster_dir / 'bin'}:{env.get('PATH', '')}:/usr/sbin:/sbin"
     env["SLURM_CONF"] = str(cluster_dir / "slurm.conf")
+    # the user's home with the site's generic SLURM profile and nothing else
+    home = cluster_dir / "home"
+    profile = home / ".config" / "snakemake" / "slurm" / "config.yaml"
+    profile.parent.mkdir(parents=True)
+    profile.write_text(yaml.safe_dump(SITE_PROFILE))
+    env["HOME"] = str(home)
+    env["XDG_CONFIG_HOME"] = str(home / ".config")
     try:
         start = subprocess.run(["bash", str(SLURM_SH), "start", str(cluster_dir)], env=env,
                                capture_output=True, text=True, timeout=180)
@@ -116,48 +148,100 @@ def workdir_with(path: Path, config: dict) -> Path:
     return path
 
 
-def slurm_jobs_of_run(log: str, env) -> dict[str, str]:
-    """SLURM job id -> state, from squeue (accounting is off; MinJobAge keeps finished jobs)."""
-    run_id = re.search(r"SLURM run ID: (\S+)", log).group(1)
-    out = subprocess.run(["squeue", "--noheader", "--states=all", "--name", run_id,
-                          "--format=%i|%T"], env=env, capture_output=True, text=True,
-                         timeout=60, check=True).stdout
-    return dict(line.split("|", 1) for line in out.split())
+class SlurmWatch:
+    """Every SLURM job seen while a run goes: its last state and its `scontrol show job`, taken
+    while SLURM still knows the job (without accounting, finished jobs are forgotten after
+    MinJobAge, and a slow run outlives its first jobs)."""
 
+    def __init__(self, env):
+        self.env, self.jobs = env, {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
 
-def scontrol_job(job_id: str, env) -> str:
-    return subprocess.run(["scontrol", "show", "job", job_id], env=env, capture_output=True,
-                          text=True, timeout=60, check=True).stdout
+    def _poll(self):
+        out = subprocess.run(["squeue", "--noheader", "--states=all", "--format=%i|%T"],
+                             env=self.env, capture_output=True, text=True, timeout=60).stdout
+        for line in out.split():
+            job, state = line.split("|", 1)
+            info = self.jobs.setdefault(job, {})
+            info["state"] = state
+            if "scontrol" not in info:
+                show = subprocess.run(["scontrol", "show", "job", job], env=self.env,
+                                      capture_output=True, text=True, timeout=60)
+                if show.returncode == 0:
+                    info["scontrol"] = show.stdout
+
+    def _loop(self):
+        while not self._stop.is_set():
+            try:
+                self._poll()
+            except (subprocess.SubprocessError, OSError):
+                pass
+            self._stop.wait(2)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self._poll()
+
+    def states(self, submitted) -> dict[str, str]:
+        """State of each submitted job (every one must have been seen)."""
+        missing = [job for job, _ in submitted if job not in self.jobs]
+        assert not missing, f"SLURM never showed jobs {missing}"
+        return {job: self.jobs[job]["state"] for job, _ in submitted}
 
 
 def read_array(store: Path) -> np.ndarray:
     return zarr.open_group(store, mode="r")["0"][:]
 
 
+def time_limit_min(scontrol: str) -> int:
+    """TimeLimit of a `scontrol show job` text, in minutes."""
+    days_time = re.search(r"TimeLimit=(\S+)", scontrol).group(1)
+    days, _, hms = days_time.rpartition("-")
+    h, m, s = (int(x) for x in hms.split(":"))
+    return (int(days or 0) * 24 + h) * 60 + m + (s > 0)
+
+
 def test_tiny_workflow_through_slurm_equals_local_run(tmp_path, slurm):
     wd = workdir_with(tmp_path / "slurm", TINY).resolve()
-    r = run_snakemake(wd, *PROFILES, env=slurm.env)
+    with SlurmWatch(slurm.env) as watch:
+        r = run_snakemake(wd, *PROFILE, env=slurm.env)
     assert r.returncode == 0, r.log[-6000:]
+    assert "workflow specific profile" in r.log  # profiles/default was loaded next to the site's
 
     # every job of the workflow ran through sbatch, in fewer SLURM jobs than Snakemake jobs
     submitted = SUBMITTED.findall(r.log)
     stats = job_stats(r.log)
     n_jobs = sum(stats.values()) - stats.get("all", 0)  # `all` has no command: not submitted
-    states = slurm_jobs_of_run(r.log, slurm.env)
-    assert submitted and sorted(states) == sorted(job for job, _ in submitted), (submitted, states)
-    assert set(states.values()) == {"COMPLETED"}, states
+    states = watch.states(submitted)
+    assert submitted and set(states.values()) == {"COMPLETED"}, states
     assert stats["ingest_chunk"] == 3 and stats["train"] == 1, stats
-    assert len(submitted) < n_jobs
     assert "100%) done" in r.log
     by_kind = {}
     for job, log_path in submitted:
         kind = Path(log_path).parent.relative_to(wd / "logs" / "slurm").parts[0]
-        by_kind.setdefault(kind, []).append(job)
-    assert len(by_kind["group_chunks_ingest_chunk_pseudolabel_chunk"]) == 2  # 3 chunks, 2 per job
-    # training went to the gpu partition with one (fake) GPU
+        by_kind.setdefault(kind.split("_")[0] + "_" + kind.split("_")[1]
+                           if kind.startswith("group_") else kind, []).append(job)
+    # the workflow's bundles (rules' `group:`, sizes from profiles/default), not the site's:
+    # synth + ingest_init + pseudolabel_init in one job, the 3 chunks x (ingest + pseudolabel) in
+    # one job (up to 10 chunks per job), the 3 QA overlays + the score in one job
+    assert len(by_kind["group_prep"]) == 1, by_kind
+    assert len(by_kind["group_chunks"]) == 1, by_kind
+    assert len(by_kind["group_qa"]) == 1, by_kind
+    assert len(submitted) == n_jobs - (3 - 1) - (6 - 1) - (4 - 1), (len(submitted), n_jobs)
+    # a bundle's jobs run one after another, so it asks for the sum of the rules' runtimes
+    (chunks_job,) = by_kind["group_chunks"]
+    assert time_limit_min(watch.jobs[chunks_job]["scontrol"]) == 3 * 5 + 3 * 10
+    # training: the rule's GPU request and runtime, on the site's GPU partition
     (train_job,) = by_kind["rule_train"]
-    train = scontrol_job(train_job, slurm.env)
+    train = watch.jobs[train_job]["scontrol"]
     assert "Partition=gpu" in train and "gpu:1" in train, train
+    assert time_limit_min(train) == 240
 
     # outputs equal a local run's bit for bit
     local_wd = workdir_with(tmp_path / "local", TINY)
@@ -178,8 +262,9 @@ def test_tiny_workflow_through_slurm_equals_local_run(tmp_path, slurm):
 def test_failed_job_is_retried_and_reported_with_its_logs(tmp_path, slurm):
     wd = (tmp_path / "retry").resolve()
     wd.mkdir()
-    r = run_snakemake(wd, *PROFILES, "--retries", "1", "--keep-going", env=slurm.env,
-                      snakefile=REPO / "tests" / "slurm" / "retry.smk")
+    with SlurmWatch(slurm.env) as watch:
+        r = run_snakemake(wd, *PROFILE, "--retries", "1", "--keep-going", env=slurm.env,
+                          snakefile=REPO / "tests" / "slurm" / "retry.smk")
     assert r.returncode != 0, r.log[-6000:]
     submitted = SUBMITTED.findall(r.log)
     rules = [Path(log_path).parent.name for _, log_path in submitted]
@@ -194,7 +279,30 @@ def test_failed_job_is_retried_and_reported_with_its_logs(tmp_path, slurm):
     assert re.search(r"log: logs/broken\.log, \S+/logs/slurm/rule_broken/\d+\.log",
                      r.log), r.log[-4000:]
     assert "broken: deliberate failure" in r.log
-    states = slurm_jobs_of_run(r.log, slurm.env)
+    states = watch.states(submitted)
     assert sorted(states.values()) == ["COMPLETED", "FAILED", "FAILED", "FAILED"], states
     print(f"\nSLURM failure/retry run: {r.wall_s:.0f} s wall, {len(submitted)} SLURM jobs "
           f"({', '.join(f'{j}={s}' for j, s in sorted(states.items()))})")
+
+
+def test_generic_profile_plans_the_bundles_of_profiles_slurm(tmp_path):
+    """Dry runs (no cluster needed): a site's generic profile found by name plans the same SLURM
+    jobs (bundles included) as profiles/slurm, because both get them from the workflow."""
+    if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
+        pytest.skip("snakemake-executor-plugin-slurm not installed")
+    home = tmp_path / "home"
+    profile = home / ".config" / "snakemake" / "slurm" / "config.yaml"
+    profile.parent.mkdir(parents=True)
+    profile.write_text(yaml.safe_dump({"executor": "slurm", "jobs": 50}))
+    env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config")}
+    plans = {}
+    for name, args in {"generic": PROFILE, "example": ["--profile", str(REPO / "profiles/slurm")]
+                       }.items():
+        r = run_snakemake(workdir_with(tmp_path / name, TINY).resolve(), *args, "-n", env=env)
+        assert r.returncode == 0, r.log[-3000:]
+        groups = sorted(re.findall(r"\] Group job (\S+) \(", r.log))
+        ungrouped = sorted(rule for rule in re.findall(r"^rule (\w+):$", r.log, re.M)
+                           if rule != "all")
+        plans[name] = groups, ungrouped
+    assert plans["generic"][0] == ["chunks", "prep", "qa"], plans
+    assert plans["generic"] == plans["example"], plans

@@ -66,3 +66,25 @@ def test_take_with_a_window_in_any_order(store, window):
     got = s.take(idx, window)
     np.testing.assert_allclose(got, want, rtol=1e-6)
     assert s.take(np.array([], np.int64), window).shape == (0, 8, 9)
+
+
+def test_window_reads_missing_neighbour_chunks_from_the_dump(tmp_path):
+    """A pseudo-label chunk job does not wait for its neighbours' ingest: frames of a time chunk
+    not yet ingested come from the frame dump, with the pixels ingest will write."""
+    from etemseg.stages.ingest import ingest_chunk, init_store
+    from etemseg.synth import SynthParams, write_synthetic_movie
+
+    write_synthetic_movie(tmp_path / "synth", SynthParams(frames=12, height=32, width=40, seed=2),
+                          progress=False)
+    full = init_store(tmp_path / "synth/frames", tmp_path / "full.zarr", chunk_frames=4,
+                      zarr_chunk_frames=2)
+    for k in range(3):
+        ingest_chunk(full, k)
+    part = init_store(tmp_path / "synth/frames", tmp_path / "part.zarr", chunk_frames=4,
+                      zarr_chunk_frames=2)
+    ingest_chunk(part, 1)                        # chunks 0 and 2 not ingested yet
+    want = MovieStore.open(tmp_path / "full.zarr").read_mean(4, 8, 5)
+    got = np.concatenate([b for _, b in MovieStore.open(tmp_path / "part.zarr").read_chunk(1, 5)])
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(Exception, match="missing"):    # its own frames must be there
+        MovieStore.open(tmp_path / "part.zarr").read_mean(0, 4, 5)

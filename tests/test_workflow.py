@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -76,10 +77,8 @@ def test_demo_config_is_valid_and_plans_three_ingest_chunks(tmp_path):
 
 
 @pytest.mark.slow
-def test_tiny_run_then_nothing_to_do(tmp_path):
-    wd = workdir_with(tmp_path, TINY)
-    r = snakemake(wd)
-    assert r.returncode == 0, r.stderr[-3000:]
+def test_tiny_run_then_nothing_to_do(tiny_workflow):
+    wd = tiny_workflow
     store = zarr.open_group(wd / "results" / "tiny" / "frames.zarr")
     frames = store["0"][:]
     assert frames.shape == (10, 64, 96) and frames.dtype == np.uint16
@@ -150,3 +149,49 @@ def test_synth_schema_matches_simulator_parameters():
     schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
     synth = schema["properties"]["movies"]["additionalProperties"]["properties"]["synthetic"]
     assert set(synth["properties"]) == {f.name for f in dataclasses.fields(SynthParams)}
+
+
+def test_configfile_runs_exactly_its_movies(tmp_path):
+    """`--configfile my.yaml` replaces the demo movie of config/config.yaml; other settings stay."""
+    from .conftest import write_k2_dump
+
+    frames = np.random.default_rng(0).poisson(1000, size=(6, 40, 48)).astype(np.uint16)
+    dump = write_k2_dump(tmp_path / "k2 dump", frames, range(6))
+    wd = workdir_with(tmp_path / "wd", yaml.safe_load((REPO / "config/config.yaml").read_text()))
+    mine = tmp_path / "my.yaml"
+    mine.write_text(yaml.safe_dump({"movies": {"run7": {"source": str(dump), "chunk_frames": 3}}}))
+    r = snakemake(wd, "-n", "--quiet", "rules", "--configfile", str(mine))
+    assert r.returncode == 0, r.stderr[-3000:]
+    stats = {rule: int(n) for rule, n in
+             (line.split() for line in r.stdout.splitlines() if re.fullmatch(r"\w+\s+\d+", line))}
+    assert "synth" not in stats and stats["ingest_chunk"] == 2, stats   # no demo, 6 frames / 3
+    assert stats["train"] == len(yaml.safe_load((REPO / "config/config.yaml").read_text())
+                                 ["models"]), stats                   # the models of config.yaml
+    # no movies on the command line: the demo
+    r = snakemake(wd, "-n", "--quiet", "rules")
+    assert r.returncode == 0 and re.search(r"^synth\s+1$", r.stdout, re.M), r.stderr[-3000:]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no movies", "movies: no movies configured"),
+    ("empty folder", "movies.run7.source: {empty}: no frame files found"),
+    ("missing folder", "movies.run7.source: {empty}/nope: frame folder does not exist"),
+    ("unknown movie", "results/run8/frames.zarr/zarr.json: 'run8' is not a movie of this config"),
+])
+def test_bad_movie_input_is_one_line_naming_the_key(tmp_path, case, message):
+    empty = tmp_path / "empty dump"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no frames here")
+    config = {"movies": {"run7": {"source": str(empty)}}}
+    args = []
+    if case == "no movies":
+        config = {"models": []}
+    elif case == "missing folder":
+        config["movies"]["run7"]["source"] = str(empty / "nope")
+    elif case == "unknown movie":
+        config = {"movies": {"m": {"synthetic": {"frames": 4}}}}
+        args = ["results/run8/frames.zarr/zarr.json"]
+    r = snakemake(workdir_with(tmp_path / "wd", config), "-n", *args)
+    assert r.returncode != 0
+    lines = (r.stdout + r.stderr).splitlines()
+    assert any(message.format(empty=empty) in line for line in lines), lines[-12:]

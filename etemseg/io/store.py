@@ -108,6 +108,35 @@ def compressors_for(codec: str, clevel: int = DEFAULT_CLEVEL) -> list:
 DEFAULT_WINDOW_MS = 12.5
 
 
+def store_dtype(source_dtype) -> np.dtype:
+    """Pixel type of the store for a source pixel type: float32 for floats, else uint16."""
+    source_dtype = np.dtype(source_dtype)
+    if source_dtype.kind == "f":
+        return np.dtype(np.float32)
+    if source_dtype.kind in "ui":
+        return np.dtype(np.uint16)
+    raise ConfigError(f"unsupported source pixel type {source_dtype}")
+
+
+def to_store_dtype(frame: np.ndarray, dtype: np.dtype, path: Path) -> np.ndarray:
+    """Convert one frame to the store's pixel type, refusing values that do not fit.
+
+    Integer frames must lie in [0, 65535] (K2 counting frames do); anything else is an error naming
+    ``path`` rather than a silent wrap-around.
+    """
+    if dtype.kind == "f":
+        if frame.dtype.kind != "f":
+            raise InputFileError(path, f"integer frame ({frame.dtype}) in a movie of float frames")
+        return frame.astype(np.float32, copy=False)
+    if frame.dtype.kind not in "ui":
+        raise InputFileError(path, f"{frame.dtype} frame in a movie of integer frames")
+    if frame.dtype.itemsize > 2 or frame.dtype.kind == "i":
+        lo, hi = int(frame.min()), int(frame.max())
+        if lo < 0 or hi > 65535:
+            raise InputFileError(path, f"pixel values {lo}..{hi} do not fit uint16 (0..65535)")
+    return frame.astype(np.uint16, copy=False)
+
+
 def frames_in_window(window_ms: float, fps: float) -> int:
     """The odd number of frames of a centred temporal window of ``window_ms`` ms at ``fps``
     frames/s: ``window_ms * fps / 1000`` rounded to the nearest odd integer (>= 1)."""
@@ -444,7 +473,8 @@ class MovieStore:
         h = window // 2
         t0, t1 = max(0, int(t0)), min(self.n_frames, int(t1))
         a, b = max(0, t0 - h), min(self.n_frames, t1 + h)
-        raw = self.read(a, b).astype(np.float32)
+        raw = np.concatenate([self._halo(a, t0), self.read(t0, t1), self._halo(t1, b)]
+                             ).astype(np.float32)
         csum = np.zeros(raw.shape[1:], np.float32)
         out = np.empty((t1 - t0, *raw.shape[1:]), np.float32)
         lo = hi = a          # raw frames [lo, hi) are in csum
@@ -457,6 +487,43 @@ class MovieStore:
                 csum -= raw[lo - a]
                 lo += 1
             np.divide(csum, np.float32(hi - lo), out=out[t - t0])
+        return out
+
+    def _halo(self, a: int, b: int) -> np.ndarray:
+        """Frames ``[a, b)`` next to the ones a windowed read was asked for: from the store where
+        their Zarr chunks are written, else from the frame dump the store records (the same
+        pixels ingest writes there), so that a chunk job does not wait for its neighbours'
+        ingest."""
+        if b <= a:
+            return self.array[a:a]
+        step = int(self.array.chunks[0])
+        parts = []
+        for c in range(a // step, (b - 1) // step + 1):
+            lo, hi = max(a, c * step), min(b, (c + 1) * step)
+            if self._present(c) or "sources" not in self.group or "source" not in self.meta:
+                parts.append(self.read(lo, hi))
+            else:
+                parts.append(self.source_frames(lo, hi))
+        return np.concatenate(parts)
+
+    def _present(self, c: int) -> bool:
+        arr = self.array
+        return all((self.path / ARRAY / arr.metadata.encode_chunk_key((c, *rest))).is_file()
+                   for rest in itertools.product(*(range(n) for n in arr.cdata_shape[1:])))
+
+    def source_frames(self, t0: int, t1: int) -> np.ndarray:
+        """Frames ``[t0, t1)`` read from the frame dump the store was ingested from (recorded
+        ``source`` folder, ``sources`` and ``source_pages``), in the store's pixel type."""
+        from etemseg.io.framedump import FrameSource, read_frame
+
+        root = Path(self.meta["source"])
+        names, pages = self.group["sources"][t0:t1], self.group["source_pages"][t0:t1]
+        index = self.frame_index()[t0:t1]
+        out = np.empty((t1 - t0, *self.frame_shape), self.array.dtype)
+        for i, (name, page, idx) in enumerate(zip(names, pages, index)):
+            src = FrameSource(path=root / str(name), page=int(page), index=int(idx))
+            out[i] = to_store_dtype(read_frame(src, expect_shape=self.frame_shape),
+                                    self.array.dtype, src.path)
         return out
 
     def take(self, frames: Sequence[int] | np.ndarray, window: int = 1) -> np.ndarray:

@@ -23,41 +23,14 @@ from etemseg.errors import ConfigError, EtemsegError, InputFileError, is_int, is
 from etemseg.io.framedump import FrameSource, read_frame, scan_dump
 from etemseg.protocol import ChunkStage, Receipt, run
 from etemseg.scales import check_pixel_size
+from etemseg.io.store import store_dtype, to_store_dtype  # noqa: F401  (their home is io)
 from etemseg.io.store import (DEFAULT_CLEVEL, DEFAULT_CODEC, MovieStore, compressors_for,
                               create_store, display_path, fault_point)
 
 log = logging.getLogger(__name__)
 
-UINT16_MAX = np.iinfo(np.uint16).max
 
 
-def store_dtype(source_dtype) -> np.dtype:
-    """Pixel type of the store for a source pixel type: float32 for floats, else uint16."""
-    source_dtype = np.dtype(source_dtype)
-    if source_dtype.kind == "f":
-        return np.dtype(np.float32)
-    if source_dtype.kind in "ui":
-        return np.dtype(np.uint16)
-    raise ConfigError(f"unsupported source pixel type {source_dtype}")
-
-
-def to_store_dtype(frame: np.ndarray, dtype: np.dtype, path: Path) -> np.ndarray:
-    """Convert one frame to the store's pixel type, refusing values that do not fit.
-
-    Integer frames must lie in [0, 65535] (K2 counting frames do); anything else is an error naming
-    ``path`` rather than a silent wrap-around.
-    """
-    if dtype.kind == "f":
-        if frame.dtype.kind != "f":
-            raise InputFileError(path, f"integer frame ({frame.dtype}) in a movie of float frames")
-        return frame.astype(np.float32, copy=False)
-    if frame.dtype.kind not in "ui":
-        raise InputFileError(path, f"{frame.dtype} frame in a movie of integer frames")
-    if frame.dtype.itemsize > 2 or frame.dtype.kind == "i":
-        lo, hi = int(frame.min()), int(frame.max())
-        if lo < 0 or hi > UINT16_MAX:
-            raise InputFileError(path, f"pixel values {lo}..{hi} do not fit uint16 (0..65535)")
-    return frame.astype(np.uint16, copy=False)
 
 
 def check_options(*, fps: float = 400.0, pixel_size_nm: float | None = None,

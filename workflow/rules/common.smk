@@ -1,15 +1,27 @@
 # Config validation, per-movie settings, chunk lists and input functions.
+import copy
 import json
-import math
+import re
 from pathlib import Path
 
 from snakemake.utils import validate
 
 from etemseg import layout
 from etemseg.config import check_config
+from etemseg.errors import ConfigError, EtemsegError
 from etemseg.io.framedump import count_frames, write_source_manifest
 from etemseg.io.store import n_chunks as _n_chunks
 
+# `--configfile my.yaml` (or `--config movies=...`) runs exactly the movies it lists: the Snakefile's
+# config/config.yaml gives every other setting, but its demo movie is not merged into the user's
+# movies. The demo runs only when the command line names no movies.
+if "movies" in workflow.config_settings.overwrite_config:
+    config["movies"] = copy.deepcopy(workflow.config_settings.overwrite_config["movies"])
+if not config.get("movies"):
+    raise ConfigError(
+        "movies: no movies configured; list at least one under `movies:` in config/config.yaml "
+        "or in the file given with --configfile (see README, 'Your own movie in three steps')"
+    )
 validate(config, schema="../schemas/config.schema.yaml")
 check_config(config)  # cross-checks the schema cannot express: model names, train.movies, clevel
 
@@ -33,6 +45,27 @@ wildcard_constraints:
     model=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
 
 
+# Bundling small jobs on a cluster (rules' `group:`; bundle sizes in profiles/default, the
+# workflow profile Snakemake loads next to any --profile). Inside one cluster job the grouped
+# jobs run one after another: each asks for one `group_slots` and a cluster job holds one, so a
+# bundle asks for the largest CPU/memory request of its jobs and the SUM of their runtimes.
+# The scope `local` keeps the slot from limiting how many cluster jobs run at once. The limit is
+# set only when jobs are submitted (`--jobs`/`jobs:` given to a cluster executor: Snakemake's
+# `nodes`), so a local run has none and runs grouped rules side by side as --cores allows; a
+# site profile's own `resources:` stay as they are.
+resource_scopes:
+    group_slots="local",
+
+
+if workflow.resource_settings.nodes is not None:
+    workflow.global_resources.setdefault("group_slots", 1)
+
+
+def rule_runtime(minutes):
+    """`runtime` resource of a rule, in minutes, doubled on each retry (`--retries`)."""
+    return lambda wildcards, attempt: minutes * attempt
+
+
 def movie_cfg(movie):
     return MOVIES[movie]
 
@@ -54,25 +87,85 @@ def movie_source(movie):
     return m["source"]
 
 
+def _scan_source(movie):
+    """Frames of a real movie's dump, and (planning only) its refreshed source manifest.
+
+    The manifest is written only when the frames changed, so its mtime moves exactly then: a
+    `notes.txt` or `Thumbs.db` added to the dump reruns nothing; an added, removed or rewritten
+    frame reruns the movie from ingest on. Jobs on a cluster parse this file again but never
+    rewrite the manifest (only the planning process does)."""
+    src = movie_cfg(movie)["source"]
+    try:
+        n = count_frames(src, fps=movie_fps(movie))
+        if workflow.is_main_process:
+            write_source_manifest(src, layout.source_manifest(movie))
+    except ConfigError as exc:  # a bad setting of the movie, e.g. "fps: ..."
+        raise ConfigError(f"movies.{movie}.{exc}") from None
+    except EtemsegError as exc:  # the folder or a file in it: the message starts with the path
+        raise ConfigError(f"movies.{movie}.source: {exc}") from None
+    return n
+
+
+def _stored_n_frames(movie):
+    """Frames of a movie's ingested store, or None before ingest."""
+    try:
+        meta = json.loads(Path(layout.store_meta(layout.frames_store(movie))).read_text())
+        return int(meta["attributes"]["etemseg"]["n_frames"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+_N_FRAMES = {}  # movie -> number of frames: each dump is listed once per run, not per lookup
+
+
 def movie_n_frames(movie):
-    """Frames in a movie, known at DAG-build time (config for synthetic, a name scan otherwise)."""
-    m = movie_cfg(movie)
-    if "synthetic" in m:
-        return int(m["synthetic"].get("frames", 48))
-    return count_frames(m["source"], fps=movie_fps(movie))
+    """Frames in a movie, known at DAG-build time: from the config for a synthetic movie, else a
+    name scan of the dump while planning. A cluster job (which parses this file again) takes the
+    count from the ingested store when there is one, so thousands of jobs do not each list a
+    240,000-file folder on a shared file system."""
+    if movie not in _N_FRAMES:
+        m = movie_cfg(movie)
+        stored = None if workflow.is_main_process else _stored_n_frames(movie)
+        if "synthetic" in m:
+            _N_FRAMES[movie] = int(m["synthetic"].get("frames", 48))
+        elif stored is not None:
+            _N_FRAMES[movie] = stored
+        else:
+            _N_FRAMES[movie] = _scan_source(movie)
+    return _N_FRAMES[movie]
 
 
 def movie_chunks(movie):
     return list(range(_n_chunks(movie_n_frames(movie), movie_chunk_frames(movie))))
 
 
-# Refreshed once per run, while the workflow is parsed (before Snakemake looks at any file):
-# written only when the frames changed, so its mtime moves exactly then. A `notes.txt` or
-# `Thumbs.db` added to the dump reruns nothing; an added, removed or rewritten frame reruns the
-# movie from ingest on.
-for _movie, _cfg in MOVIES.items():
-    if "synthetic" not in _cfg:
-        write_source_manifest(_cfg["source"], layout.source_manifest(_movie))
+# Every dump is scanned (and its manifest refreshed) while the workflow is planned, before
+# Snakemake looks at any file; a missing or empty folder stops the plan naming the movie's key.
+if workflow.is_main_process:
+    for _movie in MOVIES:
+        movie_n_frames(_movie)
+
+
+def _not_a_movie(wildcards):
+    raise ConfigError(
+        f"{layout.RESULTS}/{wildcards.name}/{wildcards.path}: {wildcards.name!r} is not a movie "
+        f"of this config (movies: {', '.join(sorted(MOVIES))})"
+    )
+
+
+# A target under results/ whose movie is not configured (a typo on the command line) stops the
+# plan naming the movie, instead of Snakemake's "no rule to produce ...".
+rule unknown_movie:
+    input:
+        _not_a_movie,
+    output:
+        f"{layout.RESULTS}/{{name}}/{{path}}",
+    wildcard_constraints:
+        name="(?!(?:{})/)[^/]+".format("|".join(re.escape(m) for m in MOVIES)),
+        path=".+",
+    localrule: True
+    shell:
+        "exit 1"
 
 
 def ingest_source_input(wildcards):
@@ -89,7 +182,11 @@ def chunk_receipts(stage, movie):
 def pseudolabel_options(wildcards):
     """CLI options of `etemseg pseudolabel` for a movie: the preset, then `pseudolabel.params`,
     then the movie's own `movies.NAME.pseudolabel` overrides."""
-    opts = [f"--preset {PSEUDOLABEL['preset']}", f"--method {PSEUDOLABEL['method']}"]
+    opts = [
+        f"--preset {PSEUDOLABEL['preset']}",
+        f"--method {PSEUDOLABEL['method']}",
+        f"--window-ms {config['window_ms']}",
+    ]
     params = {**PSEUDOLABEL["params"], **movie_cfg(wildcards.movie).get("pseudolabel", {})}
     return " ".join(opts + _cli_options(params))
 
@@ -189,6 +286,7 @@ def all_targets():
             targets += [
                 layout.eval_dir(movie, model),
                 f"{layout.sintering_dir(movie, model)}/sintering.png",
+                layout.overlay_movie(movie, model),
             ]
             if "synthetic" in movie_cfg(movie):
                 targets.append(layout.track_scores(movie, model))

@@ -21,6 +21,9 @@ rule evaluate:
         layout.log("{movie}", "{model}", "evaluate"),
     conda:
         "../../envs/cpu.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=rule_runtime(30),
     params:
         movie_dir=lambda w: layout.movie_dir(w.movie),
     shell:
@@ -54,6 +57,9 @@ rule model_comparison:
         layout.log("model_comparison"),
     conda:
         "../../envs/cpu.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=rule_runtime(30),
     params:
         movie_dir=lambda w: layout.movie_dir(sorted(MOVIES)[0]),
     shell:

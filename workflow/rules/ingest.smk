@@ -24,9 +24,15 @@ rule ingest_init:
         layout.store_meta(layout.frames_store("{movie}")),
     log:
         layout.log("{movie}", "ingest_init"),
+    group:
+        "prep"
     conda:
         "../../envs/cpu.yaml"
     threads: 1
+    resources:
+        group_slots=1,
+        mem_mb=2000,
+        runtime=rule_runtime(30),
     params:
         src=lambda w: movie_source(w.movie),
         store=lambda w: layout.frames_store(w.movie),
@@ -43,11 +49,15 @@ rule ingest_chunk:
         layout.receipt("ingest", "{movie}", "{k}"),
     log:
         layout.log("{movie}", "ingest", "chunk-{k}"),
+    group:
+        "chunks"
     conda:
         "../../envs/cpu.yaml"
     threads: 1
     resources:
+        group_slots=1,
         mem_mb=1000,
+        runtime=rule_runtime(5),
     params:
         src=lambda w: movie_source(w.movie),
         store=lambda w: layout.frames_store(w.movie),

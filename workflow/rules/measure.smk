@@ -14,6 +14,7 @@ rule measure_chunk:
     threads: 1
     resources:
         mem_mb=2000,
+        runtime=rule_runtime(5),
     params:
         frames=lambda w: layout.frames_store(w.movie),
         masks=lambda w: layout.mask_store(w.movie, w.model),

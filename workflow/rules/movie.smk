@@ -10,7 +10,7 @@ rule overlay_movie:
         rules.track.output,
     output:
         report(
-            f"{layout.product_dir('{movie}', '{model}')}/overlay.mp4",
+            layout.overlay_movie("{movie}", "{model}"),
             caption="../report/overlay_movie.rst",
             category="Sintering",
             subcategory="{movie}",
@@ -23,6 +23,7 @@ rule overlay_movie:
     threads: 2
     resources:
         mem_mb=2000,
+        runtime=rule_runtime(30),
     params:
         frames=lambda w: layout.frames_store(w.movie),
         masks=lambda w: layout.mask_store(w.movie, w.model),

@@ -8,9 +8,15 @@ rule pseudolabel_init:
         layout.store_meta(layout.pseudo_store("{movie}")),
     log:
         layout.log("{movie}", "pseudolabel_init"),
+    group:
+        "prep"
     conda:
         "../../envs/cpu.yaml"
     threads: 1
+    resources:
+        group_slots=1,
+        mem_mb=2000,
+        runtime=rule_runtime(30),
     params:
         frames=lambda w: layout.frames_store(w.movie),
         store=lambda w: layout.pseudo_store(w.movie),
@@ -28,11 +34,15 @@ rule pseudolabel_chunk:
         layout.receipt("pseudolabel", "{movie}", "{k}"),
     log:
         layout.log("{movie}", "pseudolabel", "chunk-{k}"),
+    group:
+        "chunks"
     conda:
         "../../envs/cpu.yaml"
     threads: PSEUDOLABEL["threads"]
     resources:
+        group_slots=1,
         mem_mb=2000,
+        runtime=rule_runtime(10),
     params:
         frames=lambda w: layout.frames_store(w.movie),
         store=lambda w: layout.pseudo_store(w.movie),
@@ -55,8 +65,14 @@ rule pseudolabel_qa:
         ),
     log:
         layout.log("{movie}", "qa", "pseudo-frame-{t}"),
+    group:
+        "qa"
     conda:
         "../../envs/cpu.yaml"
+    resources:
+        group_slots=1,
+        mem_mb=2000,
+        runtime=rule_runtime(30),
     params:
         frames=lambda w: layout.frames_store(w.movie),
         pseudo=lambda w: layout.pseudo_store(w.movie),
@@ -83,8 +99,14 @@ rule pseudolabel_score:
         ),
     log:
         layout.log("{movie}", "pseudolabel_score"),
+    group:
+        "qa"
     conda:
         "../../envs/cpu.yaml"
+    resources:
+        group_slots=1,
+        mem_mb=2000,
+        runtime=rule_runtime(30),
     params:
         pseudo=lambda w: layout.pseudo_store(w.movie),
         labels=lambda w: f"{layout.truth_dir(w.movie)}/labels.zarr",

@@ -7,9 +7,15 @@ rule synth:
         layout.synth_marker("{movie}"),
     log:
         layout.log("{movie}", "synth"),
+    group:
+        "prep"
     conda:
         "../../envs/cpu.yaml"
     threads: 1
+    resources:
+        group_slots=1,
+        mem_mb=2000,
+        runtime=rule_runtime(30),
     params:
         out=lambda w: layout.synth_dir(w.movie),
         synthetic=lambda w: json.dumps(

@@ -13,6 +13,7 @@ rule track:
         "../../envs/cpu.yaml"
     resources:
         mem_mb=8000,
+        runtime=rule_runtime(30),
     params:
         frames=lambda w: layout.frames_store(w.movie),
         masks=lambda w: layout.mask_store(w.movie, w.model),
@@ -41,6 +42,9 @@ rule sintering:
         layout.log("{movie}", "{model}", "sintering"),
     conda:
         "../../envs/cpu.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=rule_runtime(30),
     params:
         frames=lambda w: layout.frames_store(w.movie),
         tracks=lambda w: layout.product_dir(w.movie, w.model),
@@ -66,6 +70,9 @@ rule score_tracks:
         layout.log("{movie}", "{model}", "score_tracks"),
     conda:
         "../../envs/cpu.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=rule_runtime(30),
     params:
         tracks=lambda w: layout.product_dir(w.movie, w.model),
         masks=lambda w: layout.mask_store(w.movie, w.model),

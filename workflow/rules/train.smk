@@ -21,7 +21,7 @@ rule train:
     resources:
         gpu=TRAIN_GPUS,
         mem_mb=16000,
-        runtime=240,
+        runtime=rule_runtime(240),
     params:
         pairs=train_pairs,
         out=lambda w: layout.model_dir(w.model),
