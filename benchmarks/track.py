@@ -160,10 +160,11 @@ def score_events(case: dict, traj: pd.DataFrame, events: pd.DataFrame) -> dict:
     tmap = dict(zip(zip(traj.frame.tolist(), traj.particle.tolist()),
                     key.loc[list(zip(traj.frame, traj.label))].tolist()))
     oc = events[events.kind == "coalescence"]
-    ours = set()
+    lastf = traj.groupby("particle").frame.max()  # a parent's last row (a swallowed particle
+    ours = set()                                   # may have been missing just before)
     for e in oc.itertuples():
         f = int(e.frame)
-        ours.add((f, tuple(sorted(tmap[(f - 1, int(q))] for q in e.parents)),
+        ours.add((f, tuple(sorted(tmap[(int(lastf[int(q)]), int(q))] for q in e.parents)),
                   tmap[(f, int(e.child))]))
     res = {}
     for name, interior in (("interior", True), ("all", False)):
@@ -176,7 +177,9 @@ def score_events(case: dict, traj: pd.DataFrame, events: pd.DataFrame) -> dict:
     border = set(zip(det.frame[det.touches_border].tolist(),
                      det.truth[det.touches_border].tolist()))
     te = case["truth_events"]
-    ours_v = {(int(e.frame), tmap[(int(e.frame) - 1, int(e.parents[0]))])
+    # a vanish's frame is its estimated extinction; compare where the particle was last seen
+    ours_v = {(int(lastf[int(e.parents[0])]) + 1,
+               tmap[(int(lastf[int(e.parents[0])]), int(e.parents[0]))])
               for e in events[events.kind == "vanish"].itertuples()}
     ours_a = {(int(e.frame), tmap[(int(e.frame), int(e.child))])
               for e in events[events.kind == "appear"].itertuples()}

@@ -298,7 +298,9 @@ def cmd_track(args: argparse.Namespace) -> int:
     traj, events, frames_t = track_movie(args.frames, args.masks, args.particles,
                                          movie=args.movie, model=args.model,
                                          overlap=not args.centroid_only,
-                                         max_disp_nm=args.max_disp_nm, memory=args.memory)
+                                         max_disp_nm=args.max_disp_nm, memory=args.memory,
+                                         gap_ms=args.gap_ms, persist_ms=args.persist_ms,
+                                         confirm_ms=args.confirm_ms)
     meta = {"movie": args.movie, "model": args.model,
             "pixel_size_nm": MovieStore.open(args.frames).pixel_size_nm,
             "linking": "centroid" if args.centroid_only else "mask overlap"}
@@ -315,18 +317,22 @@ def cmd_track(args: argparse.Namespace) -> int:
 def cmd_sintering(args: argparse.Namespace) -> int:
     from etemseg.io.atomic import atomic_path, guard_output, holds_only, write_json
     from etemseg.io.parquet import TRACK_TABLES, read_table_set
-    from etemseg.analysis.sintering import plot_sintering, sintering_report
+    from etemseg.analysis.sintering import (kinetics_tables, plot_kinetics, plot_sintering,
+                                            sintering_report, write_kinetics)
     from etemseg.io.store import MovieStore
+    from etemseg.layout import KINETICS_TABLES
 
     guard_output(args.out, inputs=[args.frames, *(args.tracks / f"{name}.parquet"
                                                   for name in TRACK_TABLES)],
                  own=holds_only("series.csv", "size_distributions.csv", "summary.json",
-                                "sintering.png"), what="sintering folder")
+                                "sintering.png", "kinetics.png",
+                                *(f"{t}.parquet" for t in KINETICS_TABLES)),
+                 what="sintering folder")
     frames = MovieStore.open(args.frames)
     if not frames.pixel_size_nm:
         raise EtemsegError(f"{args.frames}: no pixel size; sintering analysis needs nm")
-    summary, series, psd = sintering_report(read_table_set(args.tracks),
-                                            frame_shape=frames.frame_shape,
+    tables = read_table_set(args.tracks)
+    summary, series, psd = sintering_report(tables, frame_shape=frames.frame_shape,
                                             pixel_size_nm=frames.pixel_size_nm)
     args.out.mkdir(parents=True, exist_ok=True)
     with atomic_path(args.out / "series.csv") as tmp:
@@ -334,8 +340,11 @@ def cmd_sintering(args: argparse.Namespace) -> int:
     with atomic_path(args.out / "size_distributions.csv") as tmp:
         psd.to_csv(tmp, index=False)
     write_json(summary, args.out / "summary.json")
-    plot_sintering(series, psd, summary, args.out / "sintering.png",
-                   title=f"{summary['movie']} / {summary['model']}")
+    title = f"{summary['movie']} / {summary['model']}"
+    plot_sintering(series, psd, summary, args.out / "sintering.png", title=title)
+    kin = kinetics_tables(tables)
+    write_kinetics(args.out, kin, metadata={"movie": summary["movie"], "model": summary["model"]})
+    plot_kinetics(kin, args.out / "kinetics.png", title=title)
     print(json.dumps(summary, indent=1, default=str))
     return 0
 
@@ -343,9 +352,11 @@ def cmd_sintering(args: argparse.Namespace) -> int:
 def cmd_score_tracks(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from etemseg.analysis.scoring import score_stores, score_tracks_against_truth
+    from etemseg.analysis.scoring import (EVENT_TOLERANCE_S, score_stores,
+                                          score_tracks_against_truth)
     from etemseg.io.atomic import guard_file_output, write_json
     from etemseg.io.parquet import read_table_set
+    from etemseg.io.store import MovieStore
 
     guard_file_output(args.out, suffix=".json", inputs=[
         args.tracks / "trajectories.parquet", args.tracks / "events.parquet", args.masks,
@@ -353,7 +364,9 @@ def cmd_score_tracks(args: argparse.Namespace) -> int:
     tracks = read_table_set(args.tracks, ("trajectories", "events"))
     scores = score_tracks_against_truth(tracks["trajectories"], tracks["events"],
                                         pd.read_parquet(args.truth / "particles.parquet"),
-                                        pd.read_parquet(args.truth / "events.parquet"))
+                                        pd.read_parquet(args.truth / "events.parquet"),
+                                        frame_shape=MovieStore.open(args.masks).frame_shape,
+                                        tol_s=EVENT_TOLERANCE_S)
     scores["segmentation"] = score_stores(args.masks, args.truth / "labels.zarr")
     write_json(scores, args.out)
     print(json.dumps(scores, indent=1, default=str))
@@ -554,6 +567,8 @@ def _args_compare(p: argparse.ArgumentParser) -> None:
 
 
 def _args_track(p: argparse.ArgumentParser) -> None:
+    from etemseg.tracking.params import LinkParams
+
     p.add_argument("frames", type=Path, help="frame store (times, pixel size)")
     p.add_argument("masks", type=Path, help="mask store (label images for overlap linking)")
     p.add_argument("particles", type=Path, help="folder of chunk-{k}.parquet detection tables")
@@ -564,8 +579,14 @@ def _args_track(p: argparse.ArgumentParser) -> None:
                    help="link by centroids, not mask overlap")
     p.add_argument("--max-disp-nm", type=float, default=1.0,
                    help="largest displacement between consecutive frames, nm (after drift)")
-    p.add_argument("--memory", type=int, default=3,
+    p.add_argument("--memory", type=int, default=LinkParams.memory,
                    help="frames a particle may go missing and keep its id (default 3)")
+    p.add_argument("--gap-ms", type=float, default=LinkParams.gap_ms,
+                   help="longest time a particle may stay undetected and keep its id, ms")
+    p.add_argument("--persist-ms", type=float, default=LinkParams.persist_ms,
+                   help="a merged body must persist this long to be a coalescence, ms")
+    p.add_argument("--confirm-ms", type=float, default=LinkParams.confirm_ms,
+                   help="a new trajectory must last this long to report events, ms")
 
 
 def _args_sintering(p: argparse.ArgumentParser) -> None:

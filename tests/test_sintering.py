@@ -58,3 +58,11 @@ def test_too_short_movie_gives_nan_not_crash():
     traj, frames_t = lsw_movie(frames=1)
     summary, series, psd = analyse(traj, frames_t, pd.DataFrame(columns=["kind"]), area_um2=1)
     assert np.isnan(summary["lsw_fit"]["K_nm3_per_s"])
+
+
+def test_units_of_rate_columns_come_from_the_longest_suffix():
+    from etemseg.io.parquet import unit_of
+
+    assert [unit_of(c) for c in ("k_nm3_per_s", "d_nm2_per_s", "rate_per_s",
+                                 "density_per_s_per_um2", "radius_nm", "time_s", "label")] == \
+        ["nm^3/s", "nm^2/s", "1/s", "1/(s*um^2)", "nm", "s", None]

@@ -304,10 +304,12 @@ def test_large_drift_shifts_label_images():
 def test_memory_bridges_a_flicker(mode):
     frames = [[(20, 30, 6), STATIC]] * 4 + [[STATIC]] + [[(20, 30.3, 6), STATIC]] * 4
     labs, det = movie(frames)
-    traj, events, _ = run(mode, labs, det, memory=0)
+    traj, events, _ = run(mode, labs, det, memory=0, gap_ms=0)
     assert sorted(events.kind) == ["appear", "vanish"]
     assert traj.particle.nunique() == 3
-    traj, events, fr = run(mode, labs, det, memory=1)
+    traj, events, _ = run(mode, labs, det, memory=0, gap_ms=2.5)  # 1 frame at 400 fps
+    assert len(events) == 0 and traj.particle.nunique() == 2
+    traj, events, fr = run(mode, labs, det, memory=1, gap_ms=0)
     assert len(events) == 0 and traj.particle.nunique() == 2
     assert traj[traj.particle == pid(traj, 0, 20, 30)].frame.tolist() == [0, 1, 2, 3, 5, 6, 7, 8]
     assert fr["count"].tolist() == [2, 2, 2, 2, 1, 2, 2, 2, 2]
@@ -345,8 +347,15 @@ def test_chunked_detections_link_identically(mode):
     chunk_a = pd.concat(parts[:10], ignore_index=True)
     chunk_b = pd.concat(parts[10:], ignore_index=True)
     chunked = pd.concat([chunk_b, chunk_a], ignore_index=True)  # any order
-    t1, e1, f1 = run(mode, labs, whole, memory=0)
-    t2, e2, f2 = run(mode, labs, chunked, memory=0)
+    off = {"memory": 0, "gap_ms": 0, "persist_ms": 0, "confirm_ms": 0}  # frame pairs only
+    t1, e1, f1 = run(mode, labs, whole, **off)
+    t2, e2, f2 = run(mode, labs, chunked, **off)
+    # with the default windows the same, chunked or not; the 5 ms gap is bridged
+    t3, e3, _ = run(mode, labs, whole)
+    t4, e4, _ = run(mode, labs, chunked)
+    pd.testing.assert_frame_equal(t3, t4)
+    pd.testing.assert_frame_equal(e3, e4)
+    assert (e3.frame == 14).sum() == 0 and (e3.frame == 16).sum() == 0
     pd.testing.assert_frame_equal(t1, t2)
     pd.testing.assert_frame_equal(e1, e2)
     pd.testing.assert_frame_equal(f1, f2)

@@ -13,6 +13,10 @@ import numpy as np
 import pandas as pd
 from skimage.measure import label as cc_label
 
+#: Time within which a reported event matches a true one, s (``etemseg score-tracks``): 25 ms,
+#: 10 frames at 400 frames/s, the events' own persistence window (``track.persist_ms``).
+EVENT_TOLERANCE_S = 0.025
+
 
 def pixel_counts(pred: np.ndarray, truth: np.ndarray) -> dict:
     """True/false positive and false negative pixel counts of boolean masks of equal shape."""
@@ -215,11 +219,12 @@ def raster_relabel(truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def match_events(measured: pd.DataFrame, truth: pd.DataFrame, *, kind: str,
-                 frame_tol: int = 2, dist_nm: float = 3.0) -> dict:
+                 frame_tol: int = 2, dist_nm: float = 3.0, tol_s: float | None = None) -> dict:
     """Precision and recall of measured events of one ``kind`` against truth events.
 
-    Events match one-to-one when their frames differ by at most ``frame_tol`` and their
-    positions by at most ``dist_nm``.
+    Events match one-to-one when their frames differ by at most ``frame_tol`` (or, with
+    ``tol_s``, their ``time_s`` by at most ``tol_s`` seconds) and their positions by at most
+    ``dist_nm``; each truth event takes the closest unused measured event in time.
     """
     from scipy.spatial import cKDTree
 
@@ -228,27 +233,51 @@ def match_events(measured: pd.DataFrame, truth: pd.DataFrame, *, kind: str,
     used, found = set(), 0
     if len(m) and len(t):
         tree = cKDTree(m[["x_nm", "y_nm"]].to_numpy())
+        key, tol = ("frame", frame_tol) if tol_s is None else ("time_s", tol_s)
+        mk = m[key].to_numpy(float)
         for _, ev in t.iterrows():
-            for j in sorted(tree.query_ball_point([ev["x_nm"], ev["y_nm"]], dist_nm)):
-                if j not in used and abs(int(m.loc[j, "frame"]) - int(ev["frame"])) <= frame_tol:
-                    used.add(j)
-                    found += 1
-                    break
+            near = [j for j in tree.query_ball_point([ev["x_nm"], ev["y_nm"]], dist_nm)
+                    if j not in used and abs(mk[j] - float(ev[key])) <= tol + 1e-9]
+            if near:
+                used.add(min(near, key=lambda j: (abs(mk[j] - float(ev[key])), j)))
+                found += 1
     n_m, n_t = len(m), len(t)
     return {"kind": kind, "truth": n_t, "measured": n_m, "matched": found,
             "recall": found / n_t if n_t else float("nan"),
             "precision": found / n_m if n_m else float("nan")}
 
 
+def observed_events(truth_events: pd.DataFrame, matches: pd.DataFrame) -> pd.DataFrame:
+    """The truth events a detector could have seen: a vanish whose particle, a coalescence two of
+    whose parents and whose child, were matched to a detection at least once (``matches``:
+    :func:`match_to_truth`).  Other kinds are kept as they are."""
+    seen = set(matches["truth"].astype(np.int64).tolist()) if len(matches) else set()
+    if not len(truth_events):
+        return truth_events
+
+    def ok(ev) -> bool:
+        parents = [int(q) for q in ev["parents"]] if "parents" in ev else []
+        if ev["kind"] == "vanish":
+            return any(q in seen for q in parents)
+        if ev["kind"] == "coalescence":
+            return sum(q in seen for q in parents) >= 2 and int(ev["child"]) in seen
+        return True
+
+    return truth_events[[ok(ev) for _, ev in truth_events.iterrows()]]
+
+
 def score_tracking(trajectories: pd.DataFrame, events: pd.DataFrame,
                    truth_particles: pd.DataFrame, truth_events: pd.DataFrame, *,
-                   follow_fraction: float = 0.9, frame_tol: int = 2) -> dict:
+                   follow_fraction: float = 0.9, frame_tol: int = 2,
+                   tol_s: float | None = None, observed_only: bool = True) -> dict:
     """Tracking quality against the simulator's truth.
 
     Returns identity switches (a truth particle's matched track id changing while it lives),
     the fraction of truth trajectories followed by one track for at least ``follow_fraction`` of
-    their life in view, and precision/recall of coalescence and vanish events. Only truth
-    particles and events inside the field of view (``in_frame``) count.
+    their life in view, and precision/recall of coalescence and vanish events (matched within
+    ``frame_tol`` frames, or ``tol_s`` seconds when given; see :func:`match_events`). Only truth
+    particles and events inside the field of view (``in_frame``) count, and with
+    ``observed_only`` only events of particles the masks showed (:func:`observed_events`).
     """
     truth = truth_particles
     if "in_frame" in truth:
@@ -257,6 +286,8 @@ def score_tracking(trajectories: pd.DataFrame, events: pd.DataFrame,
     if "in_frame" in tev:
         tev = tev[tev["in_frame"].astype(bool)]
     matches = match_to_truth(trajectories, truth).sort_values(["truth", "frame"])
+    if observed_only:
+        tev = observed_events(tev, matches)
     switches = int((matches.groupby("truth")["track"].diff().fillna(0) != 0).sum())
     life = truth.groupby("particle").size()
     dominant = matches.groupby(["truth", "track"]).size().groupby("truth").max()
@@ -268,28 +299,47 @@ def score_tracking(trajectories: pd.DataFrame, events: pd.DataFrame,
         "identity_switches": switches,
         "matched_detections": int(len(matches)),
         "truth_detections": int(len(truth)),
-        "coalescence": match_events(events, tev, kind="coalescence", frame_tol=frame_tol),
-        "vanish": match_events(events, tev, kind="vanish", frame_tol=frame_tol),
+        "coalescence": match_events(events, tev, kind="coalescence", frame_tol=frame_tol,
+                                    tol_s=tol_s),
+        "vanish": match_events(events, tev, kind="vanish", frame_tol=frame_tol, tol_s=tol_s),
     }
 
 
 def score_tracks_against_truth(trajectories: pd.DataFrame, events: pd.DataFrame,
-                               truth_particles: pd.DataFrame, truth_events: pd.DataFrame
-                               ) -> dict:
+                               truth_particles: pd.DataFrame, truth_events: pd.DataFrame, *,
+                               tol_s: float | None = None,
+                               frame_shape: tuple[int, int] | None = None) -> dict:
     """Tracking, events and the LSW ripening rate of a track set against the simulator's truth.
 
-    The measured rate uses particles that do not touch the border; the true rate the particles
-    inside the field of view (truth ``radius_nm``). Returns ``{"tracking": ..., "lsw":
-    {"measured": fit, "truth": fit}}`` (see :func:`score_tracking`,
-    :func:`etemseg.analysis.sintering.fit_lsw_rate`).
+    The measured rate is :func:`etemseg.analysis.sintering.fit_lsw_tracked` of the trajectories
+    and events (tracked particles away from the border, gaps and fade-outs bridged); ``naive``
+    the per-frame mean radius of every detection not touching the border (the fit before
+    tracking).  The true rate is :func:`etemseg.analysis.sintering.fit_lsw_rate` of the truth
+    radii of the same population: with ``frame_shape`` ``(H, W)`` px the truth particles whose
+    disc does not reach the edge pixels (a particle cut by the frame edge cannot be sized, so no
+    method measures it); ``truth_in_frame`` every particle with a pixel in view.  ``tol_s``: event
+    time tolerance, s (None: 2 frames).  Returns ``{"tracking": ..., "lsw": {"measured",
+    "naive", "truth", "truth_in_frame"}}`` (see :func:`score_tracking`).
     """
-    from etemseg.analysis.sintering import fit_lsw_rate, radius_series
+    from etemseg.analysis.sintering import fit_lsw_rate, fit_lsw_tracked, radius_series
 
     truth_in = (truth_particles[truth_particles["in_frame"].astype(bool)]
                 if "in_frame" in truth_particles else truth_particles)
-    truth_series = radius_series(truth_in.assign(eq_diameter_nm=2 * truth_in["radius_nm"]))
+
+    def truth_fit(t: pd.DataFrame) -> dict:
+        return fit_lsw_rate(radius_series(t.assign(eq_diameter_nm=2 * t["radius_nm"])))
+
+    lsw = {"truth_in_frame": truth_fit(truth_in)}
+    if frame_shape is not None:
+        h, w = frame_shape
+        x, y, r = (truth_in[c].to_numpy(float) for c in ("x_px", "y_px", "radius_px"))
+        inner = (x - r > 0.5) & (y - r > 0.5) & (x + r < w - 1.5) & (y + r < h - 1.5)
+        lsw["truth"] = truth_fit(truth_in[inner])
+    else:
+        lsw["truth"] = lsw["truth_in_frame"]
     measured = (trajectories[~trajectories["touches_border"].astype(bool)]
                 if "touches_border" in trajectories else trajectories)
-    return {"tracking": score_tracking(trajectories, events, truth_particles, truth_events),
-            "lsw": {"measured": fit_lsw_rate(radius_series(measured)),
-                    "truth": fit_lsw_rate(truth_series)}}
+    lsw.update(measured=fit_lsw_tracked(trajectories, events),
+               naive=fit_lsw_rate(radius_series(measured)))
+    return {"tracking": score_tracking(trajectories, events, truth_particles, truth_events,
+                                       tol_s=tol_s), "lsw": lsw}

@@ -22,10 +22,10 @@ from etemseg.io.atomic import atomic_path
 from etemseg.layout import TRACK_TABLES  # the tables `etemseg track` writes as one set
 
 #: Column-name suffix -> unit, longest suffix first.
-SUFFIX_UNITS = (
-    ("_per_s_per_um2", "1/(s*um^2)"), ("_per_um2", "1/um^2"), ("_per_s", "1/s"),
-    ("_nm3_per_s", "nm^3/s"), ("_nm2", "nm^2"), ("_nm3", "nm^3"), ("_nm", "nm"),
-    ("_px", "px"), ("_s", "s"), ("_rad", "rad"), ("_um2", "um^2"),
+SUFFIX_UNITS = (   # longest first: the first suffix that matches wins
+    ("_per_s_per_um2", "1/(s*um^2)"), ("_nm3_per_s", "nm^3/s"), ("_nm2_per_s", "nm^2/s"),
+    ("_per_um2", "1/um^2"), ("_per_s", "1/s"), ("_nm2", "nm^2"), ("_nm3", "nm^3"),
+    ("_nm", "nm"), ("_px", "px"), ("_s", "s"), ("_rad", "rad"), ("_um2", "um^2"),
 )
 
 

@@ -11,6 +11,8 @@ coalescence, split, vanish / exit, appear / enter.  Layers, each importing only 
 * :mod:`~etemseg.tracking.drift` -- stage drift estimation (:func:`estimate_drift`);
 * :mod:`~etemseg.tracking.overlap` -- mask-overlap kernels (numba) and equivalent-disc overlaps;
 * :mod:`~etemseg.tracking.summary` -- the trajectories, events and frames tables;
+* :mod:`~etemseg.tracking.temporal` -- events that hold over time (windows in ms: gap closing,
+  transient merges, hysteresis, delayed absorption, extinction time, confidence);
 * :mod:`~etemseg.tracking.link` -- the linker (:func:`link`, :func:`link_movie`).
 """
 

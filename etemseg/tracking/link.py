@@ -22,6 +22,7 @@ from etemseg.tracking.overlap import Edges, OverlapTable, disc_edges, label_edge
 from etemseg.tracking.params import LinkParams
 from etemseg.tracking.summary import (EVENTS_SCHEMA, events_table, frames_table,
                                       trajectories_table)
+from etemseg.tracking.temporal import consolidate, windows_in_frames
 
 __all__ = ["link", "link_movie"]
 
@@ -42,7 +43,8 @@ def link(detections: pd.DataFrame, *, overlaps: OverlapTable | None = None,
          pixel_size_nm: float | None = None, max_disp_nm: float = LinkParams.max_disp_nm,
          min_overlap: float = LinkParams.min_overlap,
          min_absorbed_volume: float = LinkParams.min_absorbed_volume,
-         memory: int = LinkParams.memory,
+         memory: int = LinkParams.memory, gap_ms: float = LinkParams.gap_ms,
+         persist_ms: float = LinkParams.persist_ms, confirm_ms: float = LinkParams.confirm_ms,
          frame_shape: tuple[int, int] | None = None, all_frames: Iterable[int] | None = None,
          drift: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Link per-frame detections into trajectories, with coalescence / vanish / appear events.
@@ -58,8 +60,10 @@ def link(detections: pd.DataFrame, *, overlaps: OverlapTable | None = None,
         for the masks).
     pixel_size_nm : float, optional
         Inferred from ``x_nm / x_px`` when both are present.
-    max_disp_nm, min_overlap, min_absorbed_volume, memory
-        See :class:`~etemseg.tracking.LinkParams`.
+    max_disp_nm, min_overlap, min_absorbed_volume, memory, gap_ms, persist_ms, confirm_ms
+        See :class:`~etemseg.tracking.LinkParams` (the windows in ms are converted to frames
+        with the movie's frame period, from ``time_s`` of the detections; 400 frames/s when
+        unknown).
     frame_shape : (int, int), optional
         ``(H, W)``; only used to decide ``touches_border`` when that column is missing.
     all_frames : array of int, optional
@@ -89,7 +93,8 @@ def link(detections: pd.DataFrame, *, overlaps: OverlapTable | None = None,
         A bad parameter.
     """
     params = LinkParams(max_disp_nm=max_disp_nm, min_overlap=min_overlap,
-                        min_absorbed_volume=min_absorbed_volume, memory=memory)
+                        min_absorbed_volume=min_absorbed_volume, memory=memory, gap_ms=gap_ms,
+                        persist_ms=persist_ms, confirm_ms=confirm_ms)
     det, seq, drift_df, times = _prepare(detections, pixel_size_nm, frame_shape, all_frames,
                                          params, drift, None, None)
     cum = drift_df[["dy_px", "dx_px"]].to_numpy(float)
@@ -105,7 +110,9 @@ def link_movie(detections: pd.DataFrame,
                fps: float | None = None, max_disp_nm: float = LinkParams.max_disp_nm,
                min_overlap: float = LinkParams.min_overlap,
                min_absorbed_volume: float = LinkParams.min_absorbed_volume,
-               memory: int = LinkParams.memory
+               memory: int = LinkParams.memory, gap_ms: float = LinkParams.gap_ms,
+               persist_ms: float = LinkParams.persist_ms,
+               confirm_ms: float = LinkParams.confirm_ms
                ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Link a whole movie, streaming frame pairs, and summarise every frame.
 
@@ -132,7 +139,7 @@ def link_movie(detections: pd.DataFrame,
         Time of each frame of ``all_frames``; else ``frame / fps``; else from the detections
         (linear fit over frames without detections).
     fps : float, optional
-    max_disp_nm, min_overlap, min_absorbed_volume, memory
+    max_disp_nm, min_overlap, min_absorbed_volume, memory, gap_ms, persist_ms, confirm_ms
         See :class:`~etemseg.tracking.LinkParams`.
 
     Returns
@@ -146,7 +153,8 @@ def link_movie(detections: pd.DataFrame,
     if label_source is None and frame_shape is None:
         raise EtemsegError("link_movie: frame_shape is needed without label images")
     params = LinkParams(max_disp_nm=max_disp_nm, min_overlap=min_overlap,
-                        min_absorbed_volume=min_absorbed_volume, memory=memory)
+                        min_absorbed_volume=min_absorbed_volume, memory=memory, gap_ms=gap_ms,
+                        persist_ms=persist_ms, confirm_ms=confirm_ms)
     det, seq, drift_df, times = _prepare(detections, pixel_size_nm, frame_shape, all_frames,
                                          params, None, time_s, fps)
     cum = drift_df[["dy_px", "dx_px"]].to_numpy(float)
@@ -263,7 +271,9 @@ def _link_all(det: Detections, seq: np.ndarray, cum: np.ndarray, times: np.ndarr
             lost = np.setdiff1d(lost, ba)
             born = np.setdiff1d(born, bb)
     ids = _trajectory_ids(len(det.frame), cont_a, cont_b)
-    return ids, _events(det, mv, seq, times, ids, lost, born, groups)
+    events = _events(det, mv, seq, times, ids, lost, born, groups)
+    win = windows_in_frames(times, p.gap_ms, p.persist_ms, p.confirm_ms)
+    return consolidate(det, mv.kseq, cum, ids, events, win, mv.maxd, times)
 
 
 def _gated_edges(det: Detections, mv: _Moves, p: LinkParams, edges: Edges | None

@@ -26,14 +26,27 @@ class LinkParams:
         hold to be counted as a coalescence parent instead of a vanish.  Default 0.03 (about a
         third of the merged diameter; smaller ones drown in the noise of the merged volume).
     memory : int
-        Present frames a particle may be missing and keep its id (0 = no bridging).  Default 3,
-        the workflow's (bridges particles flickering at the detection limit).
+        Present frames a particle may be missing and keep its id in the frame-pair linker
+        (0 = no bridging).  Default 3.  Superseded by ``gap_ms`` (physical time, a diffusive
+        gate, volume continuity), which bridges longer gaps on top; kept for compatibility.
+    gap_ms : float
+        Longest time a particle may stay undetected (below the detection limit) and keep its id,
+        ms; a vanish is only reported when it stays gone longer.  0 = off.  Default 50.
+    persist_ms : float
+        How long a merged body must persist (not split again) to be a coalescence, and a split's
+        pieces to stay apart to be a split, ms.  0 = off.  Default 25.
+    confirm_ms : float
+        How long a new trajectory must last to be confirmed (hysteresis in time): shorter ones
+        report no appear / vanish and are no coalescence parents, ms.  0 = off.  Default 10.
     """
 
     max_disp_nm: float = 1.0
     min_overlap: float = 0.2
     min_absorbed_volume: float = 0.03
     memory: int = 3
+    gap_ms: float = 50.0
+    persist_ms: float = 25.0
+    confirm_ms: float = 10.0
 
     def validate(self) -> None:
         """Raise :class:`~etemseg.errors.ConfigError` naming the first bad field."""
@@ -49,3 +62,7 @@ class LinkParams:
             raise bad("min_absorbed_volume", "must be in [0, 1]")
         if not is_int(self.memory) or self.memory < 0:
             raise bad("memory", "must be an integer >= 0")
+        for name in ("gap_ms", "persist_ms", "confirm_ms"):
+            v = getattr(self, name)
+            if not is_number(v) or v < 0:
+                raise bad(name, "must be a finite number >= 0 (ms)")

@@ -44,6 +44,7 @@ EVENTS_SCHEMA = pa.schema(
         ("y_px", pa.float64()),
         ("eq_diameter_nm", pa.float64()),
         ("volume_ratio", pa.float64()),
+        ("confidence", pa.float64()),
     ]
 )
 
@@ -104,6 +105,8 @@ def events_table(cols: dict[str, list[Any]], ps: float) -> pd.DataFrame:
         "y_px": np.asarray(cols["y_px"], float),
         "eq_diameter_nm": np.asarray(cols["eq_diameter_nm"], float),
         "volume_ratio": np.asarray(cols["volume_ratio"], float),
+        "confidence": (np.asarray(cols["confidence"], float)
+                       if len(cols.get("confidence", ())) == n else np.ones(n)),
     })
     if n:
         rank = {k: i for i, k in enumerate(EVENT_KINDS)}

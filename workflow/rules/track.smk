@@ -30,6 +30,7 @@ rule sintering:
     input:
         rules.track.output,
     output:
+        **{t: layout.kinetics_table("{movie}", "{model}", t) for t in layout.KINETICS_TABLES},
         figure=report(
             f"{layout.sintering_dir('{movie}', '{model}')}/sintering.png",
             caption="../report/sintering.rst",
@@ -38,6 +39,13 @@ rule sintering:
             labels={"movie": "{movie}", "model": "{model}"},
         ),
         summary=f"{layout.sintering_dir('{movie}', '{model}')}/summary.json",
+        kinetics=report(
+            layout.kinetics_png("{movie}", "{model}"),
+            caption="../report/kinetics.rst",
+            category="Sintering",
+            subcategory="{movie}",
+            labels={"movie": "{movie}", "model": "{model}", "figure": "kinetics"},
+        ),
     log:
         layout.log("{movie}", "{model}", "sintering"),
     conda:
