@@ -38,7 +38,8 @@ def settings_blocks():
     from etemseg.synth import SynthParams
 
     return [
-        (("train", "settings"), TrainConfig, {"model"}),   # the model is the rule's wildcard
+        # the model is the rule's wildcard; the window is the config's top-level window_ms
+        (("train", "settings"), TrainConfig, {"model", "window_ms"}),
         (("infer", "settings"), InferConfig, set()),
         (("pseudolabel", "params"), PseudoLabelParams, set()),
         (("movies", "additionalProperties", "synthetic"), SynthParams, set()),
@@ -118,3 +119,6 @@ def test_window_default_is_the_library_and_command_line_default():
 
     assert SCHEMA["window_ms"]["default"] == DEFAULT_WINDOW_MS
     assert cli_defaults("pseudolabel")["window_ms"] == DEFAULT_WINDOW_MS
+    from etemseg.nn.training import TrainConfig
+
+    assert TrainConfig().window_ms == DEFAULT_WINDOW_MS   # `etemseg train` leaves it unset

@@ -33,7 +33,7 @@ pytestmark = pytest.mark.slow   # whole-workflow runs: `pytest -m "not slow"` sk
 UPSTREAM = {"synth", "ingest_init", "ingest_chunk"}
 PSEUDO = {"pseudolabel_init", "pseudolabel_chunk", "pseudolabel_qa", "pseudolabel_score"}
 PER_MODEL = {"infer_init", "infer_chunk", "measure_chunk", "evaluate", "track", "sintering",
-             "score_tracks"}
+             "score_tracks", "overlay_movie"}
 # model_comparison reads the evaluation of every movie x model: the one cross-movie job.
 AGGREGATE = {"model_comparison"}
 AGGREGATE_FILES = {"results/model_comparison.csv", "results/model_threshold_sweep.png",

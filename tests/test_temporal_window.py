@@ -88,3 +88,33 @@ def test_window_reads_missing_neighbour_chunks_from_the_dump(tmp_path):
     np.testing.assert_array_equal(got, want)
     with pytest.raises(Exception, match="missing"):    # its own frames must be there
         MovieStore.open(tmp_path / "part.zarr").read_mean(0, 4, 5)
+
+
+def test_training_reads_means_and_inference_follows_the_model(tmp_path):
+    """The CNN sees what it was trained on: the training data's window is recorded and
+    ``etemseg infer`` feeds the same means (single frames to models trained without one)."""
+    from etemseg.nn.checkpoint import normalise_frames
+    from etemseg.nn.training import TrainConfig, load_training_data
+    from etemseg.protocol import run
+    from etemseg.stages.infer import input_window
+    from etemseg.stages.ingest import ingest
+    from etemseg.stages.pseudolabel import PRESETS, PseudolabelStage
+    from etemseg.synth import SynthParams, write_synthetic_movie
+
+    write_synthetic_movie(tmp_path / "synth", SynthParams(frames=8, height=48, width=64, seed=4),
+                          progress=False)
+    frames = ingest(tmp_path / "synth/frames", tmp_path / "f.zarr", chunk_frames=4,
+                    progress=False)
+    run(PseudolabelStage(tmp_path / "f.zarr", tmp_path / "p.zarr", preset="default",
+                         params=PRESETS["default"]))
+    pair = [(tmp_path / "f.zarr", tmp_path / "p.zarr")]
+    data = load_training_data(pair, TrainConfig(split="random"))
+    assert data.window_ms == 12.5
+    np.testing.assert_allclose(data.images.astype(np.float32),
+                               normalise_frames(frames.take(np.arange(8), 5)).astype(np.float16)
+                               .astype(np.float32))
+    single = load_training_data(pair, TrainConfig(split="random", window_ms=0))
+    assert single.window_ms == 0 and not np.array_equal(single.images, data.images)
+    assert input_window({"data": {"window_ms": 12.5}}, frames) == 5
+    assert input_window({"data": {"window_ms": 0.0}}, frames) == 1
+    assert input_window({"data": {}}, frames) == 1           # models from before the window

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from etemseg.errors import ConfigError, InputFileError, is_number
 from etemseg.io.atomic import atomic_path
-from etemseg.io.store import MovieStore
+from etemseg.io.store import DEFAULT_WINDOW_MS, MovieStore, frames_in_window
 from etemseg.nn.checkpoint import (MODEL_FORMAT, NORMALISATION, model_file_bytes, normalise_frames,
                                    one_line, versions)
 from etemseg.nn.device import pick_device
@@ -48,6 +48,20 @@ from etemseg.nn.models import (build_model, canonical_name, count_parameters, pa
                                size_multiple)
 
 log = logging.getLogger(__name__)
+
+
+#: Values of ``TrainConfig.loss``.
+LOSSES = ("ce", "ce_dice", "bootstrap")
+#: Values of ``TrainConfig.relabel``.
+RELABEL_MODES = ("union", "model")
+#: Label value left out of the loss (``TrainConfig.ignore_margin_px``).
+IGNORE = 255
+#: Weight of the given label in the ``bootstrap`` loss (Reed et al. 2015, hard bootstrapping).
+BOOTSTRAP_BETA = 0.8
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -96,6 +110,27 @@ class TrainConfig:
         Cap on validation frames scored each epoch.
     keep_best : bool
         Save the weights of the epoch with the best validation F1 (else those of the last epoch).
+    loss : str
+        ``ce`` (cross-entropy, paper), ``ce_dice`` (cross-entropy plus the soft Dice loss of the
+        particle class) or ``bootstrap`` (hard bootstrapping, Reed et al. 2015: the target is
+        ``BOOTSTRAP_BETA`` the label and the rest the model's own prediction), see
+        :func:`segmentation_loss`.
+    ignore_margin_px : int
+        Pixels at most this far (Euclidean, px) from a label boundary, on either side, are left
+        out of the loss and the validation scores (:func:`uncertain_band`); 0: none.
+    self_training_rounds : int
+        Rounds of self-training after the first training: each relabels every frame with the
+        best model so far (:func:`relabel`), then trains a fresh model for ``epochs`` epochs on
+        the new labels. 0 (default): train once on the given labels.
+    relabel : str
+        New labels of a self-training round: ``union`` (the given labels or the model's mask)
+        or ``model`` (the model's mask alone).
+    window_ms : float
+        :func:`load_training_data` reads temporal means of the frames over a centred window of
+        this many ms (:meth:`etemseg.io.store.MovieStore.read_mean`, as the pseudo-labels');
+        the model records the window of its data (``data.window_ms``) and ``etemseg infer``
+        feeds it the same means. 0: single frames. The workflow sets it from the config's
+        top-level ``window_ms``.
     """
 
     model: str = "unet4-norm"
@@ -116,6 +151,16 @@ class TrainConfig:
     device: str = "auto"
     max_val_frames: int = 64
     keep_best: bool = True
+    loss: str = "ce"
+    ignore_margin_px: int = 0
+    self_training_rounds: int = 0
+    relabel: str = "union"
+    window_ms: float = DEFAULT_WINDOW_MS
+
+    @property
+    def total_epochs(self) -> int:
+        """Epochs of the whole run: ``epochs`` per round, first training included."""
+        return self.epochs * (self.self_training_rounds + 1)
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first invalid field."""
@@ -131,6 +176,12 @@ class TrainConfig:
             "particle_weight": self.particle_weight is None or self.particle_weight >= 0,
             "zoom": self.zoom >= 1, "device": self.device in ("auto", "cpu", "cuda"),
             "max_val_frames": self.max_val_frames >= 1,
+            "loss": self.loss in LOSSES,
+            "ignore_margin_px": _is_int(self.ignore_margin_px) and self.ignore_margin_px >= 0,
+            "self_training_rounds": (_is_int(self.self_training_rounds)
+                                     and self.self_training_rounds >= 0),
+            "relabel": self.relabel in RELABEL_MODES,
+            "window_ms": is_number(self.window_ms) and self.window_ms >= 0,
         }
         for name, ok in checks.items():
             if not ok:
@@ -165,6 +216,9 @@ class TrainingData:
     sources: list[str] = field(default_factory=list)
     #: pixel size (nm/px) of each training movie, None where uncalibrated (empty: unknown)
     pixel_sizes_nm: list = field(default_factory=list)
+    #: temporal window of the images, ms (:attr:`TrainConfig.window_ms` when read by
+    #: :func:`load_training_data`; 0: single frames)
+    window_ms: float = 0.0
 
 
 def select_frames(n_frames: int, stride: int = 1, max_frames: int | None = None) -> np.ndarray:
@@ -242,9 +296,10 @@ def load_training_data(pairs: Sequence[tuple[str | Path, str | Path]], cfg: Trai
                                  f"the other training movies' {shape}; crop or resize first")
         shape = frames.frame_shape
         idx = select_frames(frames.n_frames, stride, max_frames)
+        window = frames_in_window(cfg.window_ms, frames.fps)
         for b in range(0, len(idx), 64):  # float16 halves the memory of the training set
             images.append(normalise_frames(
-                frames.take(idx[b:b + 64])).astype(np.float16))
+                frames.take(idx[b:b + 64], window)).astype(np.float16))
         labels.append(pseudo.take(idx))
         if labels[-1].max(initial=0) > 1:
             raise InputFileError(labels_path, f"--pair PSEUDO: values up to {labels[-1].max()}; "
@@ -253,7 +308,8 @@ def load_training_data(pairs: Sequence[tuple[str | Path, str | Path]], cfg: Trai
         pixel_sizes.append(frames.pixel_size_nm)
     images_a, labels_a = np.concatenate(images), np.concatenate(labels)
     train, val = split_frames(len(images_a), cfg)
-    return TrainingData(images_a, labels_a, train, val, sources, pixel_sizes)
+    return TrainingData(images_a, labels_a, train, val, sources, pixel_sizes,
+                        window_ms=float(cfg.window_ms))
 
 
 # --------------------------------------------------------------------------------------------
@@ -366,6 +422,125 @@ def device_tensors(data: TrainingData, device: torch.device
         return images, labels
 
 
+# --------------------------------------------------------------------------------------------
+# noisy labels: uncertain band, robust losses, relabelling
+# --------------------------------------------------------------------------------------------
+
+def uncertain_band(labels: np.ndarray, margin_px: int) -> np.ndarray:
+    """Pixels at most ``margin_px`` (Euclidean, px) from the boundary of the 0/1 ``labels``.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        (N, H, W) or (H, W) 0/1 labels.
+    margin_px : int
+        Band half-width, px; 0 gives an empty band.
+
+    Returns
+    -------
+    numpy.ndarray
+        bool, the shape of ``labels``: a particle pixel whose nearest background pixel lies
+        within ``margin_px``, or a background pixel whose nearest particle pixel does. A frame
+        without particles (or without background) has no boundary and no band.
+    """
+    from scipy import ndimage
+
+    labels = np.asarray(labels)
+    band = np.zeros(labels.shape, bool)
+    if margin_px <= 0:
+        return band
+    for i, lab in enumerate(labels.reshape(-1, *labels.shape[-2:])):
+        fg = lab > 0
+        if fg.all() or not fg.any():
+            continue
+        inside = ndimage.distance_transform_edt(fg) <= margin_px
+        outside = ndimage.distance_transform_edt(~fg) <= margin_px
+        band.reshape(-1, *labels.shape[-2:])[i] = np.where(fg, inside, outside)
+    return band
+
+
+def loss_targets(labels: np.ndarray, cfg: TrainConfig) -> np.ndarray:
+    """The labels the loss sees: ``labels`` (0/1 uint8) with the :func:`uncertain_band` of
+    ``cfg.ignore_margin_px`` set to :data:`IGNORE` (a new array; ``labels`` when no band)."""
+    if cfg.ignore_margin_px <= 0:
+        return labels
+    out = labels.copy()
+    out[uncertain_band(labels, cfg.ignore_margin_px)] = IGNORE
+    return out
+
+
+def segmentation_loss(logits: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
+                      weight: torch.Tensor | None = None) -> torch.Tensor:
+    """The training loss of logits (B, 2, H, W) float32 against labels (B, H, W) int64.
+
+    Pixels labelled :data:`IGNORE` count in no term. ``cfg.loss``: ``ce`` the (weighted)
+    cross-entropy; ``bootstrap`` the cross-entropy against ``BOOTSTRAP_BETA`` of the label plus
+    ``1 - BOOTSTRAP_BETA`` of the model's own (argmax, no gradient) prediction; ``ce_dice`` the
+    cross-entropy plus ``1 - soft Dice`` of the particle class over the batch.
+    """
+    ce = F.cross_entropy(logits, y, weight=weight, ignore_index=IGNORE)
+    if cfg.loss == "ce":
+        return ce
+    valid = y != IGNORE
+    if cfg.loss == "bootstrap":
+        own = logits.detach().argmax(1)
+        own_ce = F.cross_entropy(logits, torch.where(valid, own, IGNORE), weight=weight,
+                                 ignore_index=IGNORE)
+        return BOOTSTRAP_BETA * ce + (1 - BOOTSTRAP_BETA) * own_ce
+    p = torch.softmax(logits, 1)[:, 1] * valid
+    t = (y == 1).float()
+    dice = (2 * (p * t).sum() + 1) / (p.sum() + t.sum() + 1)
+    return ce + (1 - dice)
+
+
+def masks_from_probabilities(prob: np.ndarray) -> np.ndarray:
+    """Masks (N, H, W) uint8 of particle probabilities (N, H, W) as ``etemseg infer`` makes them
+    with its default settings (:class:`~etemseg.nn.inference.InferConfig`): each frame's Otsu
+    threshold of its uint8 probability levels (an empty mask where the frame has no
+    particle/background structure), then components under ``min_area_px`` removed."""
+    from etemseg.levels import EMPTY_LEVEL, level_histogram, otsu_split, quantise
+    from etemseg.morphology import remove_small_components
+    from etemseg.nn.inference import InferConfig
+
+    icfg = InferConfig()
+    out = np.zeros(prob.shape, np.uint8)
+    for i, qi in enumerate(quantise(prob)):
+        level, separation = otsu_split(level_histogram(qi))
+        if separation < icfg.min_separation:
+            level = EMPTY_LEVEL
+        out[i] = remove_small_components(qi > level, icfg.min_area_px)
+    return out
+
+
+@torch.no_grad()
+def predict_masks(model: torch.nn.Module, images: np.ndarray, device: torch.device, *,
+                  batch: int = 4) -> np.ndarray:
+    """Masks (N, H, W) uint8 of normalised ``images`` (N, H, W) by ``model``, thresholded as
+    ``etemseg infer`` does by default (:func:`masks_from_probabilities`)."""
+    was_training = model.training
+    model.eval()
+    prob = np.zeros(images.shape, np.float32)
+    for b in range(0, len(images), batch):
+        x = torch.from_numpy(images[b:b + batch].astype(np.float32))[:, None].to(device)
+        prob[b:b + batch] = torch.softmax(model(x).float(), 1)[:, 1].cpu().numpy()
+    model.train(was_training)
+    return masks_from_probabilities(prob)
+
+
+def relabel(model: torch.nn.Module, data: TrainingData, cfg: TrainConfig,
+            device: torch.device) -> np.ndarray:
+    """New 0/1 labels (N, H, W) uint8 of every frame of ``data`` for a self-training round.
+
+    The model's masks (:func:`predict_masks`); with ``cfg.relabel == "union"`` or-ed with the
+    given labels ``data.labels`` (pseudo-labels rarely mark background as particle, they miss
+    faint particles).
+    """
+    masks = predict_masks(model, data.images, device)
+    if cfg.relabel == "union":
+        masks |= data.labels.astype(np.uint8)
+    return masks
+
+
 def class_weights(data: TrainingData, cfg: TrainConfig) -> torch.Tensor | None:
     """Cross-entropy class weights: None (paper), or [1, w] with w given or balanced (w=0)."""
     if cfg.particle_weight is None:
@@ -379,7 +554,10 @@ def class_weights(data: TrainingData, cfg: TrainConfig) -> torch.Tensor | None:
 
 @torch.no_grad()
 def validation_scores(model, data: TrainingData, cfg: TrainConfig, device, weight) -> dict:
-    """Loss and pixel precision/recall/F1 (particle probability > 0.5) on full validation frames."""
+    """Loss and pixel precision/recall/F1 (particle probability > 0.5) on full validation frames.
+
+    ``data.labels`` are the loss's labels (:func:`loss_targets`): pixels labelled :data:`IGNORE`
+    count in neither the loss nor the scores."""
     model.eval()
     val = data.val[:cfg.max_val_frames]
     tp = fp = fn = 0
@@ -388,7 +566,7 @@ def validation_scores(model, data: TrainingData, cfg: TrainConfig, device, weigh
         x = torch.from_numpy(data.images[i].astype(np.float32))[None, None].to(device)
         y = torch.from_numpy(data.labels[i].astype(np.int64))[None].to(device)
         logits = model(x).float()
-        loss += float(F.cross_entropy(logits, y, weight=weight))
+        loss += float(segmentation_loss(logits, y, cfg, weight))
         pred = logits.argmax(1)
         tp += int(((pred == 1) & (y == 1)).sum())
         fp += int(((pred == 1) & (y == 0)).sum())
@@ -448,6 +626,19 @@ def fingerprint(data: TrainingData, cfg: TrainConfig) -> dict:
             "label_fraction": float(data.labels.mean()), "split": digest.hexdigest()}
 
 
+def pack_labels(labels: np.ndarray) -> dict:
+    """0/1 labels (N, H, W) as a bit-packed tensor and their shape (for a checkpoint)."""
+    return {"bits": torch.from_numpy(np.packbits(labels.astype(bool).ravel())),
+            "shape": list(labels.shape)}
+
+
+def unpack_labels(packed: dict) -> np.ndarray:
+    """The uint8 labels of :func:`pack_labels`."""
+    shape = tuple(int(n) for n in packed["shape"])
+    bits = np.unpackbits(packed["bits"].numpy(), count=int(np.prod(shape)))
+    return bits.reshape(shape).astype(np.uint8)
+
+
 @dataclass
 class TrainingRun:
     """The state of one training run: what a checkpoint holds and a resumed run restores.
@@ -470,6 +661,11 @@ class TrainingRun:
     epochs_done: int = 0
     final: dict | None = None
     model_file: torch.Tensor | None = None
+    #: self-training: rounds of relabelling done, the current round's labels (None: the given
+    #: labels), and the particle fraction of each round's labels
+    round: int = 0
+    labels: np.ndarray | None = None
+    label_fractions: list = field(default_factory=list)
 
     @classmethod
     def new(cls, data: TrainingData, cfg: TrainConfig, device: torch.device) -> TrainingRun:
@@ -493,7 +689,9 @@ class TrainingRun:
                 "optimizer": self.opt.state_dict(), "scaler": self.scaler.state_dict(),
                 "history": self.history, "best": self.best, "epochs_done": self.epochs_done,
                 "rng": rng_state(self.device), "final": self.final,
-                "model_file": self.model_file}
+                "model_file": self.model_file, "round": self.round,
+                "labels": None if self.labels is None else pack_labels(self.labels),
+                "label_fractions": self.label_fractions}
 
     def restore(self, ckpt: dict) -> None:
         """Go on from ``ckpt`` (a :meth:`checkpoint` of a run with the same fingerprint)."""
@@ -504,6 +702,10 @@ class TrainingRun:
         self.history, self.best = list(ckpt["history"]), dict(ckpt["best"])
         self.epochs_done = int(ckpt["epochs_done"])
         self.final, self.model_file = ckpt["final"], ckpt["model_file"]
+        self.round = int(ckpt.get("round", 0))
+        packed = ckpt.get("labels")
+        self.labels = None if packed is None else unpack_labels(packed)
+        self.label_fractions = list(ckpt.get("label_fractions", []))
 
     def record(self, row: dict) -> None:
         """Add an epoch's metrics; keep its weights when its validation F1 is the best so far."""
@@ -567,17 +769,21 @@ def model_meta(run: TrainingRun, data: TrainingData, cfg: TrainConfig, started: 
         "data": {"n_frames": len(data.images), "n_train": len(data.train),
                  "n_val": len(data.val), "frame_shape": list(data.images.shape[1:]),
                  "pixel_sizes_nm": list(data.pixel_sizes_nm),
+                 "window_ms": float(data.window_ms),
                  "label_fraction": float(data.labels.mean()),
                  # "store:frame" of every training / validation frame (evaluation uses val)
                  "train_sources": [data.sources[i] for i in data.train] if data.sources else [],
                  "val_sources": [data.sources[i] for i in data.val] if data.sources else []},
         "history": history,
-        "saved_epoch": run.best["epoch"] if cfg.keep_best else cfg.epochs,
+        "saved_epoch": run.best["epoch"] if cfg.keep_best else cfg.total_epochs,
         "val_f1": run.best["f1"] if cfg.keep_best else history[-1]["val_f1"],
         "training_time_s": round(sum(h["epoch_s"] for h in history), 3),
         "wall_time_s_this_run": round(time.perf_counter() - started, 3),
         "device": str(run.device),
         "versions": versions(),
+        **({"self_training": {"rounds": cfg.self_training_rounds, "relabel": cfg.relabel,
+                              "label_fractions": list(run.label_fractions)}}
+           if cfg.self_training_rounds else {}),
     }
 
 
@@ -622,18 +828,29 @@ class Trainer:
         self.device = pick_device(cfg.device)
         self.run = open_run(data, cfg, self.device, self.checkpoint_path)
         self.tensors: tuple[torch.Tensor, torch.Tensor] | None = None
+        #: ``data`` with the labels the loss sees (this round's, uncertain band ignored)
+        self.train_data = data
         self.started = time.perf_counter()
 
     def fit(self) -> TrainingRun:
-        """Train the epochs left; return the finished run (nothing to train: as restored)."""
+        """Train the epochs left; return the finished run (nothing to train: as restored).
+
+        With ``cfg.self_training_rounds``, every ``cfg.epochs`` epochs :meth:`start_round`
+        relabels the frames and starts a fresh model on the new labels.
+        """
         run, cfg = self.run, self.cfg
         self.started = time.perf_counter()
-        if run.epochs_done < cfg.epochs:
-            self.tensors = device_tensors(self.data, self.device)
-        for epoch in range(run.epochs_done, cfg.epochs):
+        total = cfg.total_epochs
+        if run.epochs_done < total:
+            if not run.label_fractions:
+                run.label_fractions = [float(self.data.labels.mean())]
+            self.use_labels(run.labels if run.labels is not None else self.data.labels)
+        for epoch in range(run.epochs_done, total):
+            if epoch // cfg.epochs > run.round:
+                self.start_round(epoch // cfg.epochs)
             row = self.train_epoch(epoch)
             run.record(row)
-            if run.epochs_done == cfg.epochs:
+            if run.epochs_done == total:
                 run.finish(self.model_meta())
             self.save_checkpoint()
             self.on_epoch_end(row)
@@ -641,6 +858,32 @@ class Trainer:
             run.finish(self.model_meta())
         self.on_train_end()
         return run
+
+    def use_labels(self, labels: np.ndarray) -> None:
+        """Train and validate on ``labels`` (0/1, the shape of ``data.labels``) from now on, the
+        uncertain band of ``cfg.ignore_margin_px`` left out (:func:`loss_targets`)."""
+        self.train_data = dataclasses.replace(self.data, labels=loss_targets(labels, self.cfg))
+        self.tensors = device_tensors(self.train_data, self.device)
+
+    def start_round(self, r: int) -> None:
+        """Self-training round ``r`` (1-based): relabel every frame with the best weights of the
+        last round (:func:`relabel`), then a fresh model (initial weights seeded by
+        ``(cfg.seed, r)``), optimiser and best-epoch record."""
+        run, cfg = self.run, self.cfg
+        if cfg.keep_best and run.best["state"] is not None:
+            run.model.load_state_dict(run.best["state"])
+        labels = relabel(run.model, self.data, cfg, self.device)
+        torch.manual_seed(cfg.seed * 1_000_003 + r)
+        run.model.load_state_dict(build_model(parse_arch(cfg.model)).state_dict())
+        run.opt = torch.optim.Adam(run.model.parameters(), lr=cfg.lr)
+        run.best = {"f1": -1.0, "epoch": run.epochs_done, "state": None}
+        run.round, run.labels = r, labels
+        run.label_fractions.append(float(labels.mean()))
+        changed = float((labels != self.data.labels).mean())
+        log.info("self-training round %d: relabelled, particle fraction %.4f (given labels "
+                 "%.4f), %.2f %% of pixels changed", r, run.label_fractions[-1],
+                 run.label_fractions[0], 100 * changed)
+        self.use_labels(labels)
 
     def train_epoch(self, epoch: int) -> dict:
         """Train one epoch (0-based ``epoch``); return its row of metrics (validation included).
@@ -654,20 +897,23 @@ class Trainer:
         self.run.model.train()
         t0 = time.perf_counter()
         total = 0.0
-        bar = tqdm(range(steps), desc=f"{cfg.model} epoch {epoch + 1}/{cfg.epochs}",
+        bar = tqdm(range(steps), desc=f"{cfg.model} epoch {epoch + 1}/{cfg.total_epochs}",
                    unit="batch", disable=not self.progress, leave=False)
         for _ in bar:
-            step_loss = self.train_step(*sample_batch(self.data, cfg, gen, tensors=self.tensors))
+            step_loss = self.train_step(*sample_batch(self.train_data, cfg, gen,
+                                                      tensors=self.tensors))
             total += step_loss
             bar.set_postfix(loss=f"{step_loss:.4f}")
         seconds = time.perf_counter() - t0
-        row = {"epoch": epoch + 1, "train_loss": total / steps, **self.validate(),
+        row = {"epoch": epoch + 1,
+               **({"round": epoch // cfg.epochs} if cfg.self_training_rounds else {}),
+               "train_loss": total / steps, **self.validate(),
                "epoch_s": round(seconds, 3),
                "images_per_s": round(steps * cfg.batch_size / seconds, 3)}
         if device.type == "cuda":
             row["peak_gpu_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         log.info("epoch %d/%d: train loss %.4f, val loss %.4f, val F1 %.4f (%.1f s)", epoch + 1,
-                 cfg.epochs, row["train_loss"], row["val_loss"], row["val_f1"], seconds)
+                 cfg.total_epochs, row["train_loss"], row["val_loss"], row["val_f1"], seconds)
         return row
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -675,7 +921,7 @@ class Trainer:
         run, device = self.run, self.device
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with torch.autocast(device_type=device.type, dtype=run.amp_dtype, enabled=run.use_amp):
-            loss = F.cross_entropy(run.model(x).float(), y, weight=run.weight)
+            loss = segmentation_loss(run.model(x).float(), y, self.cfg, run.weight)
         run.opt.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
         run.scaler.step(run.opt)
@@ -684,7 +930,7 @@ class Trainer:
 
     def validate(self) -> dict:
         """Validation metrics of the current weights (:func:`validation_scores`)."""
-        return validation_scores(self.run.model, self.data, self.cfg, self.device,
+        return validation_scores(self.run.model, self.train_data, self.cfg, self.device,
                                  self.run.weight)
 
     def model_meta(self) -> dict:

@@ -158,10 +158,10 @@ def _warn_empty(frames: MovieStore, k: int, chunk: _ChunkMasks, n_frames: int,
 
 
 def input_window(meta: dict, frames: MovieStore) -> int:
-    """Frames averaged into each input frame: the model's temporal window (``window_ms`` of its
-    training, :mod:`etemseg.nn.training`) at the frame rate of ``frames``; 1 for models trained
-    on single frames."""
-    return frames_in_window(float(meta.get("window_ms") or 0.0), frames.fps)
+    """Frames averaged into each input frame: the temporal window of the model's training data
+    (its ``data.window_ms``, :mod:`etemseg.nn.training`) at the frame rate of ``frames``; 1 for
+    models trained on single frames."""
+    return frames_in_window(float((meta.get("data") or {}).get("window_ms") or 0.0), frames.fps)
 
 
 def infer_chunk(frames: MovieStore, prob_store: MovieStore, mask_store: MovieStore, k: int,

@@ -231,7 +231,7 @@ def _cli_options(values):
 
 
 def train_options(wildcards):
-    opts = [f"--frame-stride {TRAIN['frame_stride']}"]
+    opts = [f"--frame-stride {TRAIN['frame_stride']}", f"--window-ms {config['window_ms']}"]
     if TRAIN["max_frames"]:
         opts.append(f"--max-frames {TRAIN['max_frames']}")
     return " ".join(opts + _cli_options(TRAIN["settings"]))
