@@ -227,8 +227,10 @@ def test_plot_functions_write_pngs(tmp_path):
 # end to end on tiny stores
 # --------------------------------------------------------------------------------------------
 
+# window_ms 0: the frames below are independent pictures, not a movie (and the probabilities are
+# computed from single frames)
 FAST = {"epochs": 3, "batch_size": 4, "lr": 3e-3, "crop_px": 32, "samples_per_epoch": 16,
-        "device": "cpu", "seed": 1, "split": "random", "max_val_frames": 4}
+        "device": "cpu", "seed": 1, "split": "random", "max_val_frames": 4, "window_ms": 0}
 
 
 @pytest.fixture(scope="module")
