@@ -128,7 +128,7 @@ def timed(fn, repeat: int) -> tuple[float, float]:
 
 
 def bench_job(tmp: Path, frames_store: MovieStore, levels: np.ndarray, codec: str, mode: str,
-              repeat: int) -> dict:
+              repeat: int, window_ms: float = 0.0) -> dict:
     cfg = InferConfig(threshold=mode, min_area_px=20, device="cpu")
     infer_stage.stream_levels = fake_stream_levels(levels, 0)
     n = frames_store.n_frames
@@ -136,10 +136,11 @@ def bench_job(tmp: Path, frames_store: MovieStore, levels: np.ndarray, codec: st
     def run():
         prob, mask = infer_stage.create_outputs(frames_store, tmp / "prob.zarr",
                                                 tmp / "mask.zarr", {})
-        infer_stage.infer_chunk(frames_store, prob, mask, 0, None, {"name": "unet4-norm"}, cfg,
-                                torch.device("cpu"))
+        meta = {"name": "unet4-norm", "data": {"window_ms": window_ms}}
+        infer_stage.infer_chunk(frames_store, prob, mask, 0, None, meta, cfg, torch.device("cpu"))
     seconds, cpu = timed(run, repeat)
-    return {"row": "job", "mode": mode, "codec": f"frames {codec}", "frames": n,
+    return {"row": f"job, window {window_ms:g} ms", "mode": mode, "codec": f"frames {codec}",
+            "frames": n,
             "seconds": round(seconds, 3),
             "frames_per_s": round(n / seconds, 2), "frames_per_cpu_s": round(n / cpu, 2)}
 
@@ -193,6 +194,8 @@ def main(argv=None) -> int:
                    help="CODEC:LEVEL candidates for the probability and mask stores")
     p.add_argument("--modes", nargs="+", default=["otsu_frame", "fixed", "otsu_chunk"])
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--window-ms", type=float, nargs="+", default=[0.0, 12.5],
+                   help="temporal windows of the model's input (12.5 ms: 5 frames at 400/s)")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--json", type=Path, default=ROOT / "benchmarks/out/infer_host.json")
     args = p.parse_args(argv)
@@ -207,21 +210,23 @@ def main(argv=None) -> int:
         for codec in args.frames_codecs:
             store = make_frames_store(tmp / f"frames-{codec}.zarr", frames, codec,
                                       args.pixel_size_nm, args.zarr_chunk_frames)
-            for mode in args.modes:
-                rows.append(bench_job(tmp, store, levels, codec, mode, args.repeat))
+            for window_ms in args.window_ms:
+                for mode in args.modes:
+                    rows.append(bench_job(tmp, store, levels, codec, mode, args.repeat,
+                                          window_ms))
             rows.append(bench_decode(store, codec, args.repeat))
         for spec in args.output_codecs:
             codec, _, clevel = spec.partition(":")
             rows.extend(bench_outputs(tmp, store, levels, codec, int(clevel or 1), args.repeat))
     print(f"\ninfer_chunk host side, {h}x{w}, {args.frames} frames, {args.threads} thread(s)")
-    print(f"{'row':24s} {'mode':11s} {'codec':11s} {'s':>8s} {'frames/s':>9s} "
+    print(f"{'row':26s} {'mode':11s} {'codec':11s} {'s':>8s} {'frames/s':>9s} "
           f"{'frames/CPU-s':>12s} {'B/frame':>9s}")
     for r in rows:
         s = "" if r["seconds"] is None else f"{r['seconds']:8.3f}"
         f = "" if r["frames_per_s"] is None else f"{r['frames_per_s']:9.1f}"
         c = "" if r["frames_per_cpu_s"] is None else f"{r['frames_per_cpu_s']:12.1f}"
         b = f"{r['bytes_per_frame']:9d}" if "bytes_per_frame" in r else ""
-        print(f"{r['row']:24s} {r['mode']:11s} {r['codec']:11s} {s:>8s} {f:>9s} {c:>12s} {b:>9s}")
+        print(f"{r['row']:26s} {r['mode']:11s} {r['codec']:11s} {s:>8s} {f:>9s} {c:>12s} {b:>9s}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

@@ -137,6 +137,27 @@ def to_store_dtype(frame: np.ndarray, dtype: np.dtype, path: Path) -> np.ndarray
     return frame.astype(np.uint16, copy=False)
 
 
+def window_means(raw: np.ndarray, a: int, t0: int, t1: int, window: int) -> np.ndarray:
+    """Means (float32) of frames ``[t0, t1)`` over centred windows of ``window`` frames, from
+    ``raw``, the frames ``[a, a + len(raw))``, which must hold every frame of those windows that
+    exists (windows are cut where ``raw`` ends: at the movie's ends). Running sums: integer
+    counts (uint16) are summed exactly (float32 holds integers up to 2**24)."""
+    h, b = window // 2, a + len(raw)
+    csum = np.zeros(raw.shape[1:], np.float32)
+    out = np.empty((t1 - t0, *raw.shape[1:]), np.float32)
+    lo = hi = max(a, t0 - h)          # raw frames [lo, hi) are in csum
+    for t in range(t0, t1):
+        want_lo, want_hi = max(a, t - h), min(b, t + h + 1)
+        while hi < want_hi:
+            csum += raw[hi - a]
+            hi += 1
+        while lo < want_lo:
+            csum -= raw[lo - a]
+            lo += 1
+        np.divide(csum, np.float32(hi - lo), out=out[t - t0])
+    return out
+
+
 def frames_in_window(window_ms: float, fps: float) -> int:
     """The odd number of frames of a centred temporal window of ``window_ms`` ms at ``fps``
     frames/s: ``window_ms * fps / 1000`` rounded to the nearest odd integer (>= 1)."""
@@ -473,21 +494,8 @@ class MovieStore:
         h = window // 2
         t0, t1 = max(0, int(t0)), min(self.n_frames, int(t1))
         a, b = max(0, t0 - h), min(self.n_frames, t1 + h)
-        raw = np.concatenate([self._halo(a, t0), self.read(t0, t1), self._halo(t1, b)]
-                             ).astype(np.float32)
-        csum = np.zeros(raw.shape[1:], np.float32)
-        out = np.empty((t1 - t0, *raw.shape[1:]), np.float32)
-        lo = hi = a          # raw frames [lo, hi) are in csum
-        for t in range(t0, t1):
-            want_lo, want_hi = max(a, t - h), min(b, t + h + 1)
-            while hi < want_hi:
-                csum += raw[hi - a]
-                hi += 1
-            while lo < want_lo:
-                csum -= raw[lo - a]
-                lo += 1
-            np.divide(csum, np.float32(hi - lo), out=out[t - t0])
-        return out
+        raw = np.concatenate([self._halo(a, t0), self.read(t0, t1), self._halo(t1, b)])
+        return window_means(raw, a, t0, t1, window)
 
     def _halo(self, a: int, b: int) -> np.ndarray:
         """Frames ``[a, b)`` next to the ones a windowed read was asked for: from the store where
@@ -506,10 +514,14 @@ class MovieStore:
                 parts.append(self.source_frames(lo, hi))
         return np.concatenate(parts)
 
-    def _present(self, c: int) -> bool:
+    def _chunk_keys(self, c: int) -> list[str]:
+        """Keys (relative to the store) of the chunk files of movie chunk row ``c``."""
         arr = self.array
-        return all((self.path / ARRAY / arr.metadata.encode_chunk_key((c, *rest))).is_file()
-                   for rest in itertools.product(*(range(n) for n in arr.cdata_shape[1:])))
+        return [f"{ARRAY}/{arr.metadata.encode_chunk_key((c, *rest))}"
+                for rest in itertools.product(*(range(n) for n in arr.cdata_shape[1:]))]
+
+    def _present(self, c: int) -> bool:
+        return all((self.path / key).is_file() for key in self._chunk_keys(c))
 
     def source_frames(self, t0: int, t1: int) -> np.ndarray:
         """Frames ``[t0, t1)`` read from the frame dump the store was ingested from (recorded
@@ -559,10 +571,9 @@ class MovieStore:
     def _check_present(self, c: int) -> None:
         """Handle a missing chunk file of movie chunk row ``c`` (see :meth:`read`)."""
         arr, step = self.array, int(self.array.chunks[0])
-        for rest in itertools.product(*(range(n) for n in arr.cdata_shape[1:])):
-            key = arr.metadata.encode_chunk_key((c, *rest))
-            if not (self.path / ARRAY / key).is_file():
-                self._missing_chunk(f"{ARRAY}/{key}", c * step, min(arr.shape[0], (c + 1) * step))
+        for key in self._chunk_keys(c):
+            if not (self.path / key).is_file():
+                self._missing_chunk(key, c * step, min(arr.shape[0], (c + 1) * step))
 
     def _damaged(self, arr: zarr.Array, name: str, c: int, exc: BaseException) -> InputFileError:
         """The error for a chunk of row ``c`` that does not decode, naming the first bad chunk."""
@@ -606,9 +617,9 @@ class MovieStore:
 
     def read_chunk(self, k: int, window: int = 1) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(t0, frames)`` blocks of time chunk ``k`` in order, one Zarr chunk at a time
-        (``window`` > 1: temporal means, :meth:`read_mean`)."""
-        for b0, b1 in self.blocks(k):
-            yield b0, self.read_mean(b0, b1, window)
+        (``window`` > 1: temporal means as :meth:`read_mean`, each block decoded once)."""
+        raw = ((b0, self.read(b0, b1)) for b0, b1 in self.blocks(k))
+        yield from (raw if int(window) <= 1 else _windowed(self, k, raw, int(window)))
 
     def like(self, path: str | Path, dtype, *, codec: str | None = None,
              clevel: int | None = None, attrs: dict | None = None,
@@ -667,23 +678,54 @@ def read_chunk_ahead(store: MovieStore, k: int, depth: int = 1, window: int = 1
     """Yield the ``(t0, frames)`` blocks of time chunk ``k`` in order, decoding up to ``depth``
     blocks ahead in as many threads (Zarr decoding releases the GIL): at most ``depth + 1``
     blocks in memory. ``window`` > 1: each frame the temporal mean of ``window`` frames
-    (:meth:`MovieStore.read_mean`)."""
+    (as :meth:`MovieStore.read_mean`), every Zarr block decoded once (:func:`_windowed`)."""
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
     ranges = iter(store.blocks(k))
-    with ThreadPoolExecutor(max(1, depth), thread_name_prefix="etemseg-read") as pool:
-        queued: deque = deque()
-        for b0, b1 in ranges:
-            queued.append((b0, pool.submit(store.read_mean, b0, b1, window)))
-            if len(queued) >= depth:
-                break
-        while queued:
-            b0, future = queued.popleft()
-            nxt = next(ranges, None)
-            if nxt is not None:
-                queued.append((nxt[0], pool.submit(store.read_mean, *nxt, window)))
-            yield b0, future.result()
+
+    def raw_blocks():
+        with ThreadPoolExecutor(max(1, depth), thread_name_prefix="etemseg-read") as pool:
+            queued: deque = deque()
+            for b0, b1 in ranges:
+                queued.append((b0, pool.submit(store.read, b0, b1)))
+                if len(queued) >= depth:
+                    break
+            while queued:
+                b0, future = queued.popleft()
+                nxt = next(ranges, None)
+                if nxt is not None:
+                    queued.append((nxt[0], pool.submit(store.read, *nxt)))
+                yield b0, future.result()
+
+    if int(window) <= 1:
+        yield from raw_blocks()
+    else:
+        yield from read_ahead(_windowed(store, k, raw_blocks(), int(window)))
+
+
+def _windowed(store: MovieStore, k: int, blocks: Iterator[tuple[int, np.ndarray]], window: int
+              ) -> Iterator[tuple[int, np.ndarray]]:
+    """The raw ``blocks`` of time chunk ``k`` as temporal means: a rolling buffer keeps the
+    ``window // 2`` frames each block's means need from its neighbours (those outside the
+    chunk from :meth:`MovieStore._halo`), so no block is decoded twice."""
+    h = window // 2
+    t0, t1 = store.chunk_bounds(k)
+    start, end = max(0, t0 - h), min(store.n_frames, t1 + h)
+    buf, buf_start = store._halo(start, t0), start
+    pending: list[tuple[int, int]] = []
+    for b0, block in itertools.chain(blocks, [(t1, None)]):
+        if block is None:                   # after the last block: the frames past the chunk
+            block = store._halo(t1, end)
+        else:
+            pending.append((b0, b0 + len(block)))
+        buf = np.concatenate([buf, block])
+        buf_end = buf_start + len(buf)
+        while pending and min(end, pending[0][1] + h) <= buf_end:
+            p0, p1 = pending.pop(0)
+            yield p0, window_means(buf, buf_start, p0, p1, window)
+            keep = max(start, (pending[0][0] if pending else p1) - h)
+            buf, buf_start = buf[keep - buf_start:], keep
 
 
 class BlockWriter:

@@ -928,18 +928,11 @@ SCALE_FRAMES = 8
 
 def _first_frames(src: MovieStore, t0: int, t1: int) -> np.ndarray:
     """Frames ``[t0, t1)`` of a movie for the scale estimate: from the dump files the store
-    records (so ``--init`` needs no ingested chunk: in the workflow it runs beside the ingest
-    chunk jobs), else from the store itself."""
-    from etemseg.io.framedump import FrameSource, read_frame
-
+    records (:meth:`MovieStore.source_frames`, so ``--init`` needs no ingested chunk: in the
+    workflow it runs beside the ingest chunk jobs), else from the store itself."""
     if "source" in src.meta and "sources" in src.group:
-        root = Path(src.meta["source"])
-        names, pages = src.group["sources"][t0:t1], src.group["source_pages"][t0:t1]
-        index = src.frame_index()[t0:t1]
         try:
-            return np.stack([read_frame(FrameSource(path=root / str(n), page=int(p),
-                                                    index=int(i)), expect_shape=src.frame_shape)
-                             for n, p, i in zip(names, pages, index)]).astype(np.float32)
+            return src.source_frames(t0, t1).astype(np.float32)
         except (OSError, EtemsegError) as exc:
             log.info("%s: dump files not readable for the scale estimate (%s); using the store",
                      src.path, exc)
