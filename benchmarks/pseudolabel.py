@@ -112,7 +112,7 @@ def stage_split(img: np.ndarray, params, repeats: int = 2) -> dict[str, float]:
         if params.fill_holes:
             em.fill_holes_inplace(mask, ws.stack)
         if params.min_area_px > 1:
-            em.remove_small_inplace(mask, params.min_area_px, ws.stack)
+            em.remove_small_inplace(mask, params.min_area_px)
         t["postprocess"] = time.perf_counter() - t8
         for k, v in t.items():
             best[k] = min(best.get(k, np.inf), v * 1e3)

@@ -22,7 +22,7 @@ The numba kernels that the fast recipe calls on its reused work arrays are publi
 (:func:`gaussian_into`, :func:`flood_keys_from_float`, :func:`flood_keys_reflood`,
 :func:`priority_flood`, :func:`rescale_inplace`, :func:`image_minmax`, :func:`otsu_threshold`,
 :func:`li_threshold`, :func:`threshold_into`, :func:`fill_holes_inplace`,
-:func:`remove_small_inplace`); they write into caller-provided arrays and check nothing.
+:func:`remove_small_inplace`, :func:`above_level_filtered`); they write into caller-provided arrays and check nothing.
 
 Flood keys: an ``(H, W)`` image is flooded as a flat ``((H + 2) * (W + 2),)`` int32 key array with
 a 1-px ring of visited pixels; a key is a grey level in ``[0, levels)``, bit 30 marks a visited
@@ -893,47 +893,93 @@ def fill_holes_inplace(mask, stack):  # pragma: no cover - numba
 
 
 @numba.njit(cache=True, nogil=True)
-def remove_small_inplace(mask, min_area, stack):  # pragma: no cover - numba
-    """Remove 8-connected components of a uint8 0/1 mask with fewer than ``min_area`` pixels.
+def _find_root(parent, r):  # pragma: no cover - numba
+    """Union-find root of run ``r``, halving the path on the way."""
+    while parent[r] != r:
+        parent[r] = parent[parent[r]]
+        r = parent[r]
+    return r
 
-    Depth-first search per component collecting its pixels in ``stack`` ((H*W,) int32); kept
-    components are marked 2 on the way and reset to 1 at the end.  Returns ``mask``.
+
+@numba.njit(cache=True, nogil=True)
+def component_runs(img, level):  # pragma: no cover - numba
+    """The 8-connected components of ``img > level`` as horizontal runs.
+
+    One raster scan finds the runs of foreground pixels of each row and joins (union-find) every
+    run to the runs of the row above that touch it, diagonals included; no per-pixel search, so
+    the cost is one read of the image plus a little per run.  Returns ``(row, start, stop,
+    area)``: run ``r`` covers ``img[row[r], start[r]:stop[r]]`` and its component has ``area[r]``
+    pixels.
     """
-    h, w = mask.shape
-    for i0 in range(h):
-        for j0 in range(w):
-            if mask[i0, j0] != 1:
-                continue
-            mask[i0, j0] = 3
-            stack[0] = i0 * w + j0
-            size = 1
-            k = 0
-            while k < size:
-                p = stack[k]
-                k += 1
-                i = p // w
-                j = p - i * w
-                for di in range(-1, 2):
-                    ii = i + di
-                    if ii < 0 or ii >= h:
-                        continue
-                    for dj in range(-1, 2):
-                        jj = j + dj
-                        if jj < 0 or jj >= w:
-                            continue
-                        if mask[ii, jj] == 1:
-                            mask[ii, jj] = 3
-                            stack[size] = ii * w + jj
-                            size += 1
-            val = np.uint8(0) if size < min_area else np.uint8(2)
-            for k in range(size):
-                p = stack[k]
-                i = p // w
-                mask[i, p - i * w] = val
+    h, w = img.shape
+    cap = h * ((w + 1) // 2) + 1               # most runs an image can hold (pages untouched)
+    row = np.empty(cap, np.int32)
+    start = np.empty(cap, np.int32)
+    stop = np.empty(cap, np.int32)
+    parent = np.empty(cap, np.int32)
+    n = 0
+    above0 = above1 = 0                        # runs of the row above: [above0, above1)
     for i in range(h):
-        row = mask[i]
-        for j in range(w):
-            row[j] = np.uint8(row[j] != 0)
+        line = img[i]
+        first = n
+        p = above0
+        j = 0
+        while j < w:
+            if line[j] <= level:
+                j += 1
+                continue
+            s = j
+            while j < w and line[j] > level:
+                j += 1
+            row[n], start[n], stop[n], parent[n] = i, s, j, n
+            while p < above1 and stop[p] < s:  # ends left of column s - 1: no contact
+                p += 1
+            k = p
+            while k < above1 and start[k] <= j:   # overlaps columns [s - 1, j] (8-connected)
+                a = _find_root(parent, k)
+                b = _find_root(parent, n)
+                if a < b:
+                    parent[b] = a
+                elif b < a:
+                    parent[a] = b
+                k += 1
+            n += 1
+        above0, above1 = first, n
+    total = np.zeros(n, np.int64)
+    for r in range(n):
+        total[_find_root(parent, r)] += stop[r] - start[r]
+    area = np.empty(n, np.int64)
+    for r in range(n):
+        area[r] = total[parent[r]]
+    return row[:n], start[:n], stop[:n], area
+
+
+@numba.njit(cache=True, nogil=True)
+def above_level_filtered(img, level, min_area, out):  # pragma: no cover - numba
+    """Write ``img > level`` without its 8-connected components of fewer than ``min_area``
+    pixels into ``out`` (uint8, same shape, all zero on entry) as 0/1; returns the number of
+    pixels set.  Threshold and filter in one pass over ``img`` (:func:`component_runs`)."""
+    row, start, stop, area = component_runs(img, level)
+    kept = 0
+    for r in range(len(row)):
+        if area[r] >= min_area:
+            line = out[row[r]]
+            for j in range(start[r], stop[r]):
+                line[j] = 1
+            kept += stop[r] - start[r]
+    return kept
+
+
+@numba.njit(cache=True, nogil=True)
+def remove_small_inplace(mask, min_area):  # pragma: no cover - numba
+    """Remove the 8-connected components of a uint8 0/1 ``mask`` with fewer than ``min_area``
+    pixels, in place (:func:`component_runs`).  Returns ``mask``."""
+    row, start, stop, area = component_runs(mask, 0)
+    for r in range(len(row)):
+        if area[r] < min_area:
+            line = mask[row[r]]
+            for j in range(start[r], stop[r]):
+                line[j] = 0
     return mask
 
 
@@ -956,8 +1002,8 @@ def remove_small_components(mask: np.ndarray, min_area_px: int) -> np.ndarray:
     numpy.ndarray
         ``(H, W)`` uint8 0/1 mask, a new array.
     """
-    out = np.array(mask, dtype=np.uint8, order="C")   # a copy: the input is left alone
-    np.minimum(out, 1, out=out)
-    if min_area_px > 1:
-        remove_small_inplace(out, int(min_area_px), np.empty(out.size, np.int32))
+    mask = np.asarray(mask)
+    fg = mask if mask.dtype == np.bool_ else mask != 0
+    out = np.zeros(fg.shape, np.uint8)
+    above_level_filtered(fg.view(np.uint8), 0, max(1, int(min_area_px)), out)
     return out

@@ -174,6 +174,38 @@ def test_remove_small_components_equals_scipy_labelling():
     assert em.remove_small_components(mask.astype(np.uint16) * 7, 0).max() == 1
 
 
+def test_run_based_component_filters_equal_scipy_labelling():
+    """Threshold + filter (the inference mask), in-place filter (the recipe) and the component
+    runs themselves against scipy's 8-connected labelling, on random masks of every density and
+    shape, including one-row / one-column images, diagonal-only contacts and a full frame."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(11)
+    cases = [rng.random(rng.integers(1, 40, 2)) < rng.random() for _ in range(300)]
+    cases += [np.eye(7, dtype=bool), np.eye(7, dtype=bool)[::-1], np.ones((5, 9), bool),
+              np.zeros((3, 4), bool)]
+    for fg in cases:
+        lab, _ = ndi.label(fg, structure=np.ones((3, 3)))
+        sizes = np.bincount(lab.ravel())
+        levels = np.where(fg, rng.integers(101, 256, fg.shape), rng.integers(0, 101, fg.shape))
+        levels = levels.astype(np.uint8)
+        row, start, stop, area = em.component_runs(levels, 100)
+        covered = np.zeros(fg.shape, bool)
+        for r, a, b, n in zip(row, start, stop, area):
+            assert fg[r, a:b].all() and not covered[r, a:b].any()
+            covered[r, a:b] = True
+            assert (sizes[lab[r, a:b]] == n).all()
+        np.testing.assert_array_equal(covered, fg)
+        for min_area in (1, 2, 4, 9):
+            want = (sizes >= min_area)[lab] & fg
+            out = np.zeros(fg.shape, np.uint8)
+            assert em.above_level_filtered(levels, 100, min_area, out) == want.sum()
+            np.testing.assert_array_equal(out, want)
+            inplace = fg.astype(np.uint8)
+            em.remove_small_inplace(inplace, min_area)
+            np.testing.assert_array_equal(inplace, want)
+
+
 def test_gaussian_kernel_is_scipys():
     from scipy import ndimage as ndi
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import numba
 import numpy as np
 import zarr
 import zarr.codecs
@@ -137,24 +138,68 @@ def to_store_dtype(frame: np.ndarray, dtype: np.dtype, path: Path) -> np.ndarray
     return frame.astype(np.uint16, copy=False)
 
 
-def window_means(raw: np.ndarray, a: int, t0: int, t1: int, window: int) -> np.ndarray:
+def window_means(raw: np.ndarray | Sequence[np.ndarray], a: int, t0: int, t1: int, window: int
+                 ) -> np.ndarray:
     """Means (float32) of frames ``[t0, t1)`` over centred windows of ``window`` frames, from
-    ``raw``, the frames ``[a, a + len(raw))``, which must hold every frame of those windows that
+    ``raw``, the frames ``[a, a + len(raw))`` -- one array, or consecutive pieces of the movie
+    (read in turn, never concatenated) -- which must hold every frame of those windows that
     exists (windows are cut where ``raw`` ends: at the movie's ends). Running sums: integer
     counts (uint16) are summed exactly (float32 holds integers up to 2**24)."""
-    h, b = window // 2, a + len(raw)
-    csum = np.zeros(raw.shape[1:], np.float32)
-    out = np.empty((t1 - t0, *raw.shape[1:]), np.float32)
-    lo = hi = max(a, t0 - h)          # raw frames [lo, hi) are in csum
+    pieces = [raw] if isinstance(raw, np.ndarray) else [p for p in raw if len(p)]
+    while len(pieces) > 3:                       # the kernel reads up to three pieces
+        pieces[-2:] = [np.concatenate(pieces[-2:])]
+    frame_shape = pieces[0].shape[1:]
+    empty = pieces[0][:0]
+    pieces = [np.ascontiguousarray(p) for p in pieces] + [empty] * (3 - len(pieces))
+    out = np.empty((t1 - t0, *frame_shape), np.float32)
+    _running_means(*pieces, a, t0, t1, window, out, np.zeros(frame_shape, np.float32))
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _frame_of(p0, p1, p2, k):  # pragma: no cover - numba
+    """Frame ``k`` of the concatenation of ``p0``, ``p1``, ``p2``."""
+    if k < p0.shape[0]:
+        return p0[k]
+    k -= p0.shape[0]
+    if k < p1.shape[0]:
+        return p1[k]
+    return p2[k - p1.shape[0]]
+
+
+@numba.njit(cache=True, nogil=True)
+def _running_means(p0, p1, p2, a, t0, t1, window, out, csum):  # pragma: no cover - numba
+    """:func:`window_means` into ``out`` from the frames ``p0``, ``p1``, ``p2`` (consecutive,
+    starting at frame ``a``), with ``csum`` (zeros) the running sum: one pass per frame, adding
+    the frame that enters the window and subtracting the one that leaves."""
+    h, b = window // 2, a + p0.shape[0] + p1.shape[0] + p2.shape[0]
+    lo = hi = max(a, t0 - h)          # frames [lo, hi) are in csum
+    ny, nx = csum.shape
     for t in range(t0, t1):
         want_lo, want_hi = max(a, t - h), min(b, t + h + 1)
+        while hi < want_hi and lo < want_lo:      # one in, one out: the steady state
+            f, g = _frame_of(p0, p1, p2, hi - a), _frame_of(p0, p1, p2, lo - a)
+            for i in range(ny):
+                for j in range(nx):
+                    csum[i, j] = (csum[i, j] + np.float32(f[i, j])) - np.float32(g[i, j])
+            hi += 1
+            lo += 1
         while hi < want_hi:
-            csum += raw[hi - a]
+            f = _frame_of(p0, p1, p2, hi - a)
+            for i in range(ny):
+                for j in range(nx):
+                    csum[i, j] += np.float32(f[i, j])
             hi += 1
         while lo < want_lo:
-            csum -= raw[lo - a]
+            g = _frame_of(p0, p1, p2, lo - a)
+            for i in range(ny):
+                for j in range(nx):
+                    csum[i, j] -= np.float32(g[i, j])
             lo += 1
-        np.divide(csum, np.float32(hi - lo), out=out[t - t0])
+        n, o = np.float32(hi - lo), out[t - t0]
+        for i in range(ny):
+            for j in range(nx):
+                o[i, j] = csum[i, j] / n
     return out
 
 
@@ -494,7 +539,7 @@ class MovieStore:
         h = window // 2
         t0, t1 = max(0, int(t0)), min(self.n_frames, int(t1))
         a, b = max(0, t0 - h), min(self.n_frames, t1 + h)
-        raw = np.concatenate([self._halo(a, t0), self.read(t0, t1), self._halo(t1, b)])
+        raw = [self._halo(a, t0), self.read(t0, t1), self._halo(t1, b)]
         return window_means(raw, a, t0, t1, window)
 
     def _halo(self, a: int, b: int) -> np.ndarray:
@@ -706,26 +751,32 @@ def read_chunk_ahead(store: MovieStore, k: int, depth: int = 1, window: int = 1
 
 def _windowed(store: MovieStore, k: int, blocks: Iterator[tuple[int, np.ndarray]], window: int
               ) -> Iterator[tuple[int, np.ndarray]]:
-    """The raw ``blocks`` of time chunk ``k`` as temporal means: a rolling buffer keeps the
-    ``window // 2`` frames each block's means need from its neighbours (those outside the
-    chunk from :meth:`MovieStore._halo`), so no block is decoded twice."""
+    """The raw ``blocks`` of time chunk ``k`` as temporal means: the blocks (and the
+    ``window // 2`` frames on either side of the chunk, from :meth:`MovieStore._halo`) are kept
+    while a later block's means need them, and handed to :func:`window_means` as they are, so
+    no frame is decoded or copied twice."""
+    from collections import deque
+
     h = window // 2
     t0, t1 = store.chunk_bounds(k)
     start, end = max(0, t0 - h), min(store.n_frames, t1 + h)
-    buf, buf_start = store._halo(start, t0), start
-    pending: list[tuple[int, int]] = []
+    pieces: deque = deque([(start, store._halo(start, t0))])    # (first frame, frames)
+    pending: deque = deque()
     for b0, block in itertools.chain(blocks, [(t1, None)]):
         if block is None:                   # after the last block: the frames past the chunk
             block = store._halo(t1, end)
         else:
             pending.append((b0, b0 + len(block)))
-        buf = np.concatenate([buf, block])
-        buf_end = buf_start + len(buf)
-        while pending and min(end, pending[0][1] + h) <= buf_end:
-            p0, p1 = pending.pop(0)
-            yield p0, window_means(buf, buf_start, p0, p1, window)
+        pieces.append((b0, block))
+        have = b0 + len(block)
+        while pending and min(end, pending[0][1] + h) <= have:
+            p0, p1 = pending.popleft()
+            lo, hi = max(start, p0 - h), min(end, p1 + h)
+            parts = [f[max(0, lo - f0):hi - f0] for f0, f in pieces if f0 < hi and f0 + len(f) > lo]
+            yield p0, window_means(parts, lo, p0, p1, window)
             keep = max(start, (pending[0][0] if pending else p1) - h)
-            buf, buf_start = buf[keep - buf_start:], keep
+            while pieces and pieces[0][0] + len(pieces[0][1]) <= keep:
+                pieces.popleft()
 
 
 class BlockWriter:

@@ -746,7 +746,7 @@ def _fast_one(
     if params.fill_holes:
         fill_holes_inplace(mask, ws.stack)
     if params.min_area_px > 1:
-        remove_small_inplace(mask, params.min_area_px, ws.stack)
+        remove_small_inplace(mask, params.min_area_px)
     return _check_coverage(mask), ws
 
 
