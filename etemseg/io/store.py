@@ -664,7 +664,11 @@ class MovieStore:
         """Yield ``(t0, frames)`` blocks of time chunk ``k`` in order, one Zarr chunk at a time
         (``window`` > 1: temporal means as :meth:`read_mean`, each block decoded once)."""
         raw = ((b0, self.read(b0, b1)) for b0, b1 in self.blocks(k))
-        yield from (raw if int(window) <= 1 else _windowed(self, k, raw, int(window)))
+        if int(window) <= 1:
+            yield from raw
+            return
+        for p0, p1, lo, parts in _window_parts(self, k, raw, int(window)):
+            yield p0, window_means(parts, lo, p0, p1, int(window))
 
     def like(self, path: str | Path, dtype, *, codec: str | None = None,
              clevel: int | None = None, attrs: dict | None = None,
@@ -723,7 +727,8 @@ def read_chunk_ahead(store: MovieStore, k: int, depth: int = 1, window: int = 1
     """Yield the ``(t0, frames)`` blocks of time chunk ``k`` in order, decoding up to ``depth``
     blocks ahead in as many threads (Zarr decoding releases the GIL): at most ``depth + 1``
     blocks in memory. ``window`` > 1: each frame the temporal mean of ``window`` frames
-    (as :meth:`MovieStore.read_mean`), every Zarr block decoded once (:func:`_windowed`)."""
+    (as :meth:`MovieStore.read_mean`), every Zarr block decoded once (:func:`_window_parts`) and
+    the means of up to ``depth`` blocks computed at once, each in its own thread."""
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
@@ -745,16 +750,26 @@ def read_chunk_ahead(store: MovieStore, k: int, depth: int = 1, window: int = 1
 
     if int(window) <= 1:
         yield from raw_blocks()
-    else:
-        yield from read_ahead(_windowed(store, k, raw_blocks(), int(window)))
+        return
+    with ThreadPoolExecutor(max(1, depth), thread_name_prefix="etemseg-means") as pool:
+        queued: deque = deque()     # the means of up to ``depth`` blocks computed in parallel
+        for p0, p1, lo, parts in _window_parts(store, k, raw_blocks(), int(window)):
+            queued.append((p0, pool.submit(window_means, parts, lo, p0, p1, int(window))))
+            if len(queued) > max(1, depth):
+                b0, future = queued.popleft()
+                yield b0, future.result()
+        while queued:
+            b0, future = queued.popleft()
+            yield b0, future.result()
 
 
-def _windowed(store: MovieStore, k: int, blocks: Iterator[tuple[int, np.ndarray]], window: int
-              ) -> Iterator[tuple[int, np.ndarray]]:
-    """The raw ``blocks`` of time chunk ``k`` as temporal means: the blocks (and the
-    ``window // 2`` frames on either side of the chunk, from :meth:`MovieStore._halo`) are kept
-    while a later block's means need them, and handed to :func:`window_means` as they are, so
-    no frame is decoded or copied twice."""
+def _window_parts(store: MovieStore, k: int, blocks: Iterator[tuple[int, np.ndarray]],
+                  window: int) -> Iterator[tuple[int, int, int, list[np.ndarray]]]:
+    """For each raw block of time chunk ``k``, ``(p0, p1, lo, parts)``: its frames ``[p0, p1)``
+    and the frames from ``lo`` on that their temporal means over ``window`` frames need
+    (:func:`window_means`), as views of the blocks (and of the ``window // 2`` frames on either
+    side of the chunk, from :meth:`MovieStore._halo`), kept while a later block needs them, so no
+    frame is decoded or copied twice."""
     from collections import deque
 
     h = window // 2
@@ -772,8 +787,8 @@ def _windowed(store: MovieStore, k: int, blocks: Iterator[tuple[int, np.ndarray]
         while pending and min(end, pending[0][1] + h) <= have:
             p0, p1 = pending.popleft()
             lo, hi = max(start, p0 - h), min(end, p1 + h)
-            parts = [f[max(0, lo - f0):hi - f0] for f0, f in pieces if f0 < hi and f0 + len(f) > lo]
-            yield p0, window_means(parts, lo, p0, p1, window)
+            yield p0, p1, lo, [f[max(0, lo - f0):hi - f0] for f0, f in pieces
+                               if f0 < hi and f0 + len(f) > lo]
             keep = max(start, (pending[0][0] if pending else p1) - h)
             while pieces and pieces[0][0] + len(pieces[0][1]) <= keep:
                 pieces.popleft()
