@@ -646,3 +646,30 @@ def test_refuse_dm_spectrum_image_axes(monkeypatch, tmp_path):
     with pytest.raises(InputFileError) as ei:
         read_frame(p)
     assert_refused(ei, "linescan.dm4", "spectrum image", "Wavelength")
+
+
+def test_count_frames_writes_the_manifest_from_one_listing(tmp_path, monkeypatch):
+    """Planning lists a dump folder once: count and manifest come from the same listing, and
+    the manifest equals the one written on its own (and is rewritten only when frames change)."""
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    for f in range(5):
+        tifffile.imwrite(dump / k2name(0, 1, 2, f), frame(f))
+    (dump / "notes.txt").write_text("not a frame")
+    listings = []
+    real_scandir = os.scandir
+    monkeypatch.setattr(framedump.os, "scandir", lambda p: listings.append(p) or real_scandir(p))
+    manifest = tmp_path / "a.json"
+    assert framedump.count_frames(dump, manifest=manifest) == 5
+    assert len(listings) == 1
+    alone = tmp_path / "b.json"
+    assert framedump.write_source_manifest(dump, alone)
+    assert manifest.read_text() == alone.read_text()
+    assert [f[0] for f in framedump.source_manifest(dump)["files"]] == sorted(
+        os.listdir(dump))[:-1]
+    before = manifest.stat().st_mtime_ns
+    framedump.count_frames(dump, manifest=manifest)
+    assert manifest.stat().st_mtime_ns == before          # same frames: not rewritten
+    tifffile.imwrite(dump / k2name(0, 1, 2, 5), frame(5))
+    assert framedump.count_frames(dump, manifest=manifest) == 6
+    assert len(framedump.source_manifest(dump)["files"]) == 6

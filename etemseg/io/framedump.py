@@ -1040,9 +1040,11 @@ def _frames_in(path: Path, family: str) -> int:
     return _tiff_frame_count(path)
 
 
-def _build_sources(root: Path, fps: float) -> tuple[list[FrameSource], str]:
-    """Sources in time order and the naming scheme; checks duplicates and K2 names."""
-    names = _list_frame_files(root)
+def _build_sources(root: Path, fps: float, names: list[str] | None = None
+                   ) -> tuple[list[FrameSource], str]:
+    """Sources in time order and the naming scheme; checks duplicates and K2 names. ``names``:
+    the folder's listing (:func:`_list_frame_files`), when the caller has it already."""
+    names = _list_frame_files(root) if names is None else names
     family = _FAMILY[os.path.splitext(names[0])[1].lower()]
     k2 = [parse_k2_name(n) for n in names]
     n_k2 = sum(k is not None for k in k2)
@@ -1174,7 +1176,7 @@ def scan_dump(src: str | Path, fps: float = 400.0) -> DumpIndex:
     )
 
 
-def count_frames(src: str | Path, fps: float = 400.0) -> int:
+def count_frames(src: str | Path, fps: float = 400.0, manifest: str | Path | None = None) -> int:
     """Number of frames present in a dump folder (cheap: names and TIFF/npy headers only).
 
     Parameters
@@ -1183,17 +1185,26 @@ def count_frames(src: str | Path, fps: float = 400.0) -> int:
         The dump folder.
     fps : float
         Frame rate, as for :func:`scan_dump`.
+    manifest : str or Path, optional
+        Also refresh the dump's :func:`source_manifest` there (:func:`write_source_manifest`),
+        from the same listing of the folder (one listing per plan of a 240,000-file dump).
 
     Returns
     -------
     int
     """
-    return len(_build_sources(Path(src), _check_fps(fps))[0])
+    root = Path(src)
+    names = _list_frame_files(root)
+    n = len(_build_sources(root, _check_fps(fps), names)[0])
+    if manifest is not None:
+        write_source_manifest(root, manifest, names)
+    return n
 
 
-def source_manifest(src: str | Path) -> dict:
+def source_manifest(src: str | Path, names: list[str] | None = None) -> dict:
     """What identifies a dump's content: name, size (bytes) and modification time (ns) of every
     frame file, in time order; other files in the folder (notes, ``Thumbs.db``) are not part of it.
+    ``names``: the folder's frame files, when the caller listed them already.
 
     The workflow tracks a movie's source by this manifest rather than by the folder's mtime, so
     adding an unrelated file reruns nothing, while an added, removed or rewritten frame reruns
@@ -1201,7 +1212,7 @@ def source_manifest(src: str | Path) -> dict:
     """
     root = Path(src)
     files = []
-    for name in _list_frame_files(root):
+    for name in (_list_frame_files(root) if names is None else names):
         try:
             st = os.stat(root / name)
         except OSError as exc:
@@ -1210,16 +1221,18 @@ def source_manifest(src: str | Path) -> dict:
     return {"source": str(root.resolve()), "files": files}
 
 
-def write_source_manifest(src: str | Path, path: str | Path) -> bool:
-    """Write :func:`source_manifest` of ``src`` to ``path`` (JSON) unless ``path`` already holds
-    the same manifest; returns True when written. The file's mtime therefore changes exactly when
-    the frames change, which is what Snakemake compares."""
+def write_source_manifest(src: str | Path, path: str | Path, names: list[str] | None = None
+                          ) -> bool:
+    """Write :func:`source_manifest` of ``src`` (``names``: its frame files, if listed already)
+    to ``path`` (JSON) unless ``path`` already holds the same manifest; returns True when
+    written. The file's mtime therefore changes exactly when the frames change, which is what
+    Snakemake compares."""
     import json
 
     from etemseg.io.atomic import atomic_path
 
     path = Path(path)
-    text = json.dumps(source_manifest(src), separators=(",", ":")) + "\n"
+    text = json.dumps(source_manifest(src, names), separators=(",", ":")) + "\n"
     try:
         if path.read_text() == text:
             return False

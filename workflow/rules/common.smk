@@ -9,7 +9,7 @@ from snakemake.utils import validate
 from etemseg import layout
 from etemseg.config import check_config
 from etemseg.errors import ConfigError, EtemsegError
-from etemseg.io.framedump import count_frames, write_source_manifest
+from etemseg.io.framedump import count_frames
 from etemseg.io.store import n_chunks as _n_chunks
 
 # `--configfile my.yaml` (or `--config movies=...`) runs exactly the movies it lists: the Snakefile's
@@ -96,9 +96,8 @@ def _scan_source(movie):
     rewrite the manifest (only the planning process does)."""
     src = movie_cfg(movie)["source"]
     try:
-        n = count_frames(src, fps=movie_fps(movie))
-        if workflow.is_main_process:
-            write_source_manifest(src, layout.source_manifest(movie))
+        n = count_frames(src, fps=movie_fps(movie), manifest=layout.source_manifest(movie)
+                         if workflow.is_main_process else None)
     except ConfigError as exc:  # a bad setting of the movie, e.g. "fps: ..."
         raise ConfigError(f"movies.{movie}.{exc}") from None
     except EtemsegError as exc:  # the folder or a file in it: the message starts with the path
