@@ -26,6 +26,7 @@ import math
 import os
 import re
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -722,17 +723,29 @@ def fault_point(stage: str, k: int, blocks_written: int) -> None:
             os.kill(os.getpid(), signal.SIGKILL if action == "kill" else signal.SIGSTOP)
 
 
-def read_chunk_ahead(store: MovieStore, k: int, depth: int = 1, window: int = 1
-                     ) -> Iterator[tuple[int, np.ndarray]]:
+def read_chunk_ahead(store: MovieStore, k: int, depth: int = 1, window: int = 1,
+                     waits: dict | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Yield the ``(t0, frames)`` blocks of time chunk ``k`` in order, decoding up to ``depth``
     blocks ahead in as many threads (Zarr decoding releases the GIL): at most ``depth + 1``
     blocks in memory. ``window`` > 1: each frame the temporal mean of ``window`` frames
     (as :meth:`MovieStore.read_mean`), every Zarr block decoded once (:func:`_window_parts`) and
-    the means of up to ``depth`` blocks computed at once, each in its own thread."""
+    the means of up to ``depth`` blocks computed at once, each in its own thread.
+
+    ``waits``: adds to ``waits["read_wait_s"]`` the seconds the consumer waited for a block (the
+    reads did not keep up)."""
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
     ranges = iter(store.blocks(k))
+    waits = {} if waits is None else waits
+    waits.setdefault("read_wait_s", 0.0)
+
+    def result(future):
+        t = time.perf_counter()
+        try:
+            return future.result()
+        finally:
+            waits["read_wait_s"] += time.perf_counter() - t
 
     def raw_blocks():
         with ThreadPoolExecutor(max(1, depth), thread_name_prefix="etemseg-read") as pool:
@@ -746,7 +759,7 @@ def read_chunk_ahead(store: MovieStore, k: int, depth: int = 1, window: int = 1
                 nxt = next(ranges, None)
                 if nxt is not None:
                     queued.append((nxt[0], pool.submit(store.read, *nxt)))
-                yield b0, future.result()
+                yield b0, result(future)
 
     if int(window) <= 1:
         yield from raw_blocks()
@@ -757,10 +770,10 @@ def read_chunk_ahead(store: MovieStore, k: int, depth: int = 1, window: int = 1
             queued.append((p0, pool.submit(window_means, parts, lo, p0, p1, int(window))))
             if len(queued) > max(1, depth):
                 b0, future = queued.popleft()
-                yield b0, future.result()
+                yield b0, result(future)
         while queued:
             b0, future = queued.popleft()
-            yield b0, future.result()
+            yield b0, result(future)
 
 
 def _window_parts(store: MovieStore, k: int, blocks: Iterator[tuple[int, np.ndarray]],
@@ -800,7 +813,8 @@ class BlockWriter:
 
     ``landed(n)`` is called with the number of blocks written so far each time the oldest write
     has finished (for :func:`fault_point`). Use as a context manager: leaving it waits for every
-    write and raises the first error.
+    write and raises the first error. :attr:`waited_s`: the seconds the producer waited for
+    writes (the writes did not keep up).
     """
 
     def __init__(self, array, depth: int = 1, landed=None, name: str = "etemseg-write"):
@@ -811,6 +825,7 @@ class BlockWriter:
         self.pool = ThreadPoolExecutor(self.depth, thread_name_prefix=name)
         self.pending: deque = deque()
         self.written = 0
+        self.waited_s = 0.0
 
     def submit(self, b0: int, block: np.ndarray) -> None:
         """Queue the write of ``block`` at frame ``b0``, first waiting while ``depth`` writes
@@ -821,7 +836,11 @@ class BlockWriter:
                                              slice(b0, b0 + len(block)), block))
 
     def _land_oldest(self) -> None:
-        self.pending.popleft().result()
+        t = time.perf_counter()
+        try:
+            self.pending.popleft().result()
+        finally:
+            self.waited_s += time.perf_counter() - t
         self.written += 1
         if self.landed is not None:
             self.landed(self.written)
@@ -861,7 +880,7 @@ def read_ahead(items: Iterator) -> Iterator:
 
 def map_chunk(src: MovieStore, dst: MovieStore, k: int, fn, *, progress: bool = False,
               desc: str = "", stage: str | None = None, stream: bool = False,
-              io_threads: int = 1, window: int = 1) -> None:
+              io_threads: int = 1, window: int = 1, waits: dict | None = None) -> None:
     """Apply ``fn(frames, t0) -> frames`` to time chunk ``k`` of ``src``, writing ``dst``.
 
     ``stream=True``: ``fn(blocks)`` takes the iterator of ``(t0, frames)`` blocks and yields
@@ -874,8 +893,12 @@ def map_chunk(src: MovieStore, dst: MovieStore, k: int, fn, *, progress: bool = 
     a block has landed); default: the ``stage`` attribute of ``dst`` up to its first ``-``
     (``pseudolabel``, ``infer`` for ``infer-probability``). ``window`` > 1: ``fn`` sees each
     frame as the temporal mean of ``window`` frames centred on it (:meth:`MovieStore.read_mean`).
+    ``waits``: gets the seconds spent waiting for reads (``read_wait_s``) and writes
+    (``write_wait_s``), the host's share of the job's time.
     """
     from tqdm.auto import tqdm
+
+    waits = {} if waits is None else waits
 
     if stage is None:
         stage = str(dst.meta.get("stage", "")).partition("-")[0]
@@ -886,8 +909,10 @@ def map_chunk(src: MovieStore, dst: MovieStore, k: int, fn, *, progress: bool = 
     bar = tqdm(total=t1 - t0, desc=desc or f"chunk {k}", unit="frame", disable=not progress)
     with bar, BlockWriter(dst.array, io_threads,
                           landed=lambda n: fault_point(stage, k, n)) as writer:
-        blocks = read_chunk_ahead(src, k, io_threads, window)
+        blocks = read_chunk_ahead(src, k, io_threads, window, waits)
         outputs = fn(blocks) if stream else ((b0, fn(block, b0)) for b0, block in blocks)
         for b0, out in outputs:
             writer.submit(b0, out)
             bar.update(len(out))
+        writer.wait()
+    waits["write_wait_s"] = waits.get("write_wait_s", 0.0) + writer.waited_s
