@@ -26,7 +26,8 @@ Segmenters (``--segmenters``, ';'-separated):
   settings (``train.settings`` of ``config/config.yaml``; device CPU, seed 0) plus the
   :class:`~etemseg.nn.training.TrainConfig` fields given, then run on every frame through the
   inference engine and thresholded as ``etemseg infer`` does by default (per-frame Otsu,
-  components < 20 px removed).
+  components < 20 working px removed; a model works at the pixel size ``train.work_pixel_nm``
+  gives it, e.g. 3x3 bins at 0.06 nm/px, see docs/training.md).
 
 Real micrographs (``--realdata``, default ``../shared/realdata/pt-carbon-hrtem``; skipped when
 absent): each image is pseudo-labelled as an uncalibrated movie (``default`` at the estimated
@@ -94,7 +95,8 @@ def train_on_pseudo(images: np.ndarray, pseudo: np.ndarray, pixel_size_nm: float
 
     import torch
 
-    from etemseg.nn.models import build_model
+    from etemseg.nn.checkpoint import work_factor_of_meta
+    from etemseg.nn.models import build_model, with_work_factor
     from etemseg.nn.training import TrainConfig, Trainer, TrainingData, split_frames
 
     cfg = TrainConfig.from_dict({**demo_train_settings(), "device": "cpu", "model": arch,
@@ -103,7 +105,8 @@ def train_on_pseudo(images: np.ndarray, pseudo: np.ndarray, pixel_size_nm: float
                         *split_frames(len(images), cfg), pixel_sizes_nm=[pixel_size_nm])
     run = Trainer(data, cfg).fit()
     blob = torch.load(io.BytesIO(run.model_file.numpy().tobytes()), weights_only=True)
-    model = build_model(arch)
+    # as etemseg.nn.checkpoint.load_model: the network at the working factor of its model file
+    model = with_work_factor(build_model(arch), work_factor_of_meta(blob))
     model.load_state_dict(blob["state_dict"])
     return model.eval()
 
@@ -124,10 +127,13 @@ def model_probabilities(model, arch, frames: np.ndarray, max_tile_px: int = 0) -
 
 
 def model_masks(model, arch, frames: np.ndarray) -> np.ndarray:
-    """Masks of raw ``frames`` (T, H, W), thresholded as ``etemseg infer`` does by default."""
+    """Masks of raw ``frames`` (T, H, W), thresholded as ``etemseg infer`` does by default
+    (the minimum area in the model's working pixels)."""
+    from etemseg.nn.models import work_factor_of
     from etemseg.nn.training import masks_from_probabilities
 
-    return masks_from_probabilities(model_probabilities(model, arch, frames))
+    return masks_from_probabilities(model_probabilities(model, arch, frames),
+                                    work_factor_of(model))
 
 
 #: pseudo-labels of the last case (frames id, pixel size) -> labels: models train on them
@@ -323,7 +329,7 @@ def run_realdata(data: Path, archs: list[str], figures: Path | None) -> list[dic
     from etemseg.levels import level_histogram, otsu_split, quantise
     from etemseg.morphology import remove_small_components
     from etemseg.nn.checkpoint import normalise_frames
-    from etemseg.nn.models import parse_arch
+    from etemseg.nn.models import parse_arch, work_factor_of
     from etemseg.nn.training import masks_from_probabilities
     from etemseg.scales import scale_for_movie
     from etemseg.stages.pseudolabel import PRESETS, pseudolabel_fast
@@ -342,7 +348,7 @@ def run_realdata(data: Path, archs: list[str], figures: Path | None) -> list[dic
             model = train_on_pseudo(normalise_frames(tiles), real_image_tiles(pseudo), ps, arch,
                                     {"block_frames": 1})
             prob = model_probabilities(model, parse_arch(arch), raw[None], max_tile_px=512)
-            masks[f"model:{arch}"] = masks_from_probabilities(prob)[0]
+            masks[f"model:{arch}"] = masks_from_probabilities(prob, work_factor_of(model))[0]
             level, separation = otsu_split(level_histogram(quantise(prob[0])))
             notes[f"model:{arch}"] = {"otsu_probability": round((level + 0.5) / 255, 3),
                                       "otsu_separation": round(separation, 3)}

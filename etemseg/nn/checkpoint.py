@@ -5,6 +5,12 @@ metadata only, so it loads with ``torch.load(path, weights_only=True)``: state d
 architecture, input normalisation (:data:`NORMALISATION`), training config, per-epoch metrics
 and package versions. :func:`load_model` refuses, naming the file, anything else.
 
+A model trained at a working pixel size coarser than its movies' (frames binned ``f x f`` before
+the network, :class:`etemseg.nn.models.WorkScale`) records ``work_scale`` (``factor`` and how it
+was chosen); :func:`load_model` returns the network wrapped at that factor, so the model always
+runs at the factor it was trained at. A file without the entry (written before it existed) is a
+model at factor 1. The weights are the network's alone either way.
+
 Frames enter a model normalised per frame (:func:`normalise_tensor`, the one implementation of
 :data:`NORMALISATION`): training normalises on the host (:func:`normalise_frames`), inference on
 the device from the raw frames.
@@ -23,10 +29,12 @@ import torch
 from etemseg import __version__
 from etemseg.errors import ConfigError, InputFileError
 from etemseg.io.atomic import atomic_path
-from etemseg.nn.models import ArchConfig, build_model, canonical_name, parse_arch
+from etemseg.nn.models import (ArchConfig, build_model, canonical_name, parse_arch,
+                               with_work_factor)
 
-__all__ = ["MODEL_FORMAT", "MODEL_KEYS", "NORMALISATION", "load_model", "model_file_bytes",
-           "normalise_frames", "normalise_tensor", "one_line", "save_model", "versions"]
+__all__ = ["MAX_WORK_FACTOR", "MODEL_FORMAT", "MODEL_KEYS", "NORMALISATION", "load_model",
+           "model_file_bytes", "normalise_frames", "normalise_tensor", "one_line", "save_model",
+           "versions", "work_factor_of_meta"]
 
 #: How frames are scaled before they enter a model (stored in every model file; inference uses it).
 NORMALISATION = {"method": "per_frame_standardise",
@@ -167,6 +175,25 @@ def _model_arch(path: Path, blob: dict) -> ArchConfig:
     return arch
 
 
+#: Largest working factor a model file may record (a 64 x 64 bin is far past any sensible use).
+MAX_WORK_FACTOR = 64
+
+
+def work_factor_of_meta(meta: dict, path: str | Path = "model file") -> int:
+    """The working factor a model file records (``work_scale.factor``); 1 for files without
+    ``work_scale`` (written before it existed). Anything but an integer in
+    1..:data:`MAX_WORK_FACTOR` raises :class:`InputFileError` naming ``path``."""
+    scale = meta.get("work_scale")
+    if scale is None:
+        return 1
+    factor = scale.get("factor") if isinstance(scale, dict) else None
+    if (isinstance(factor, bool) or not isinstance(factor, int)
+            or not 1 <= factor <= MAX_WORK_FACTOR):
+        raise InputFileError(path, f"invalid work_scale {scale!r:.200} (expected a factor, an "
+                                   f"integer in 1..{MAX_WORK_FACTOR})")
+    return factor
+
+
 def _load_weights(path: Path, model: torch.nn.Module, state, arch: ArchConfig) -> None:
     """Load ``state`` into ``model``, refusing misfit and non-finite weights (InputFileError)."""
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
@@ -205,18 +232,21 @@ def load_model(path: str | Path, *, expect: str | ArchConfig | None = None,
     Returns
     -------
     model, meta
-        The model on ``device`` and the file's metadata (without the weights).
+        The model on ``device``, wrapped at the working factor the file records
+        (:func:`work_factor_of_meta`, :class:`etemseg.nn.models.WorkScale`; the bare network at
+        factor 1), and the file's metadata (without the weights).
 
     Raises
     ------
     InputFileError
         Naming the file, when it is missing, empty, truncated, not a model file, lacks an entry,
-        holds an invalid or unexpected architecture, weights that do not fit it or non-finite
-        weights.
+        holds an invalid or unexpected architecture, weights that do not fit it, non-finite
+        weights or an invalid working factor.
     """
     path = Path(path)
     blob = _read_model_blob(path)
     arch = _model_arch(path, blob)
+    factor = work_factor_of_meta(blob, path)
     if expect is not None:
         want = parse_arch(expect) if isinstance(expect, str) else expect
         if want != arch:
@@ -229,7 +259,7 @@ def load_model(path: str | Path, *, expect: str | ArchConfig | None = None,
                                    f"({one_line(exc)})") from exc
     _load_weights(path, model, blob["state_dict"], arch)
     meta = {k: v for k, v in blob.items() if k != "state_dict"}
-    return model.to(device).eval(), meta
+    return with_work_factor(model, factor).to(device).eval(), meta
 
 
 def model_file_bytes(meta: dict, state: dict) -> torch.Tensor:

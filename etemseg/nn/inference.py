@@ -9,7 +9,12 @@ Large frames are processed in tiles with overlap: tile origins sit on the model'
 every tile carries the model's halo (its receptive-field radius) on each side; only the tile's
 interior is kept. Each output pixel then sees exactly the input it sees in a whole-frame pass, so
 tiled and whole-frame results agree to float rounding — a blend with a hard (0/1) window is
-exact, where soft blending would only average two different errors.
+exact, where soft blending would only average two different errors. A model that works at a
+coarser pixel size (:class:`etemseg.nn.models.WorkScale`, factor ``f`` from its model file) bins
+each tile ``f x f`` and upsamples its output: its pooling grid and halo are ``f`` times larger
+(:func:`etemseg.nn.models.tiling`), so tiles still start on the whole frame's grid and agree
+with it. Its network then computes ``f**2`` times fewer pixels: binning makes inference of
+fine-pixel movies faster too.
 
 The optimised path (default) folds BatchNorm into the convolutions, uses channels-last memory
 layout and ``torch.inference_mode``; on CUDA it also runs in bf16/fp16 autocast.
@@ -31,7 +36,7 @@ import torch
 
 from etemseg.errors import ConfigError, is_number
 from etemseg.nn.checkpoint import load_model, normalise_tensor
-from etemseg.nn.models import fuse_for_inference, halo, size_multiple
+from etemseg.nn.models import fuse_for_inference, tiling, work_factor_of
 from etemseg.scales import area_px
 
 __all__ = ["MIN_SEPARATION", "THRESHOLD_MODES", "InferConfig", "amp_dtype_of", "histograms",
@@ -65,7 +70,10 @@ class InferConfig:
         0 keeps every Otsu mask. Not used by ``fixed``.
     min_area_px : int
         Remove 8-connected mask components smaller than this, px (false-positive clusters are
-        much smaller than real particles).
+        much smaller than real particles). Counted in the model's working pixels: a model that
+        sees the frames binned ``f x f`` (its work factor, :class:`etemseg.nn.models.WorkScale`)
+        resolves nothing finer than its working pixel, so its masks lose components under
+        ``min_area_px * f**2`` px of the movie (:meth:`min_area_px_at`).
     min_area_nm2 : float or None
         The same minimum area in nm²; when set and the frame store has a pixel size it replaces
         ``min_area_px`` (``round(min_area_nm2 / pixel_size_nm**2)`` px, see
@@ -111,11 +119,12 @@ class InferConfig:
             if not ok:
                 raise ConfigError(f"infer.{name}: invalid value {getattr(self, name)!r}")
 
-    def min_area_px_at(self, pixel_size_nm: float | None) -> int:
-        """The minimum component area in px at ``pixel_size_nm`` (nm/px): ``min_area_nm2``
-        converted (``round(a / ps**2)``) when both are set, else ``min_area_px``."""
+    def min_area_px_at(self, pixel_size_nm: float | None, work_factor: int = 1) -> int:
+        """The minimum component area in px at ``pixel_size_nm`` (nm/px) for a model of work
+        factor ``work_factor``: ``min_area_nm2`` converted (``round(a / ps**2)``) when both are
+        set, else ``min_area_px`` working pixels (``min_area_px * work_factor**2`` px)."""
         if self.min_area_nm2 is None or not pixel_size_nm:
-            return self.min_area_px
+            return self.min_area_px * work_factor ** 2
         return area_px(self.min_area_nm2, pixel_size_nm)
 
 
@@ -215,11 +224,13 @@ def probabilities(model, batches: Iterable[np.ndarray], *, arch, cfg: InferConfi
 
     Raw frames travel to the device as they are stored (uint16 is half of float32) and are
     normalised there (:func:`etemseg.nn.checkpoint.normalise_tensor`); tiles follow the model's
-    pooling grid with its receptive-field halo, so tiled output equals whole-frame output.
+    pooling grid with its receptive-field halo, both scaled by the model's working factor
+    (:func:`etemseg.nn.models.tiling`), so tiled output equals whole-frame output. The output
+    has the frames' full resolution whatever the factor.
     """
     device = torch.device(device)
     amp = amp_dtype_of(cfg, device)
-    m, margin = size_multiple(arch), halo(arch)
+    m, margin = tiling(arch, work_factor_of(model))
     for raw in upload(batches, device):
         x = normalise_tensor(_to_float(raw))
         H, W = x.shape[1:]

@@ -43,12 +43,24 @@ the grammar and :func:`parse_arch` / :func:`canonical_name` live in
 Inference speed: only standard modules (Conv2d, BatchNorm2d, MaxPool2d, ConvTranspose2d,
 ReLU) and tensor-level padding/cropping are used, the forward passes are TorchScript-scriptable,
 and :func:`fuse_for_inference` folds BatchNorm into the preceding convolutions.
-:func:`receptive_field`, :func:`halo` and :func:`size_multiple` give what tiled inference needs.
+:func:`receptive_field`, :func:`halo` and :func:`size_multiple` give what tiled inference needs
+(:func:`tiling` for a model that runs at a coarser working pixel size).
+
+Working pixel size
+------------------
+A network has a fixed field of view in pixels (54 px for ``unet4``). When a movie's pixels are
+much finer than the particles need, :class:`WorkScale` runs the network on the frames binned
+``f x f`` (mean) and upsamples its logits back to the full resolution (bilinear), so the
+network sees the particles at ``f`` times the pixel size while its input and output keep the
+movie's pixels. The factor comes from the pixel size and one physical length,
+:data:`WORK_PIXEL_NM` (:func:`work_factor`), is decided when a model is trained and recorded in
+its model file (:mod:`etemseg.nn.checkpoint`).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from typing import ClassVar
 
 import torch
@@ -68,6 +80,8 @@ __all__ = [
     "ShallowWideCNN",
     "SingleFilterCNN",
     "UNet",
+    "WORK_PIXEL_NM",
+    "WorkScale",
     "build_model",
     "canonical_name",
     "count_parameters",
@@ -78,6 +92,10 @@ __all__ = [
     "parse_arch",
     "receptive_field",
     "size_multiple",
+    "tiling",
+    "with_work_factor",
+    "work_factor",
+    "work_factor_of",
 ]
 
 
@@ -275,6 +293,106 @@ class ShallowWideCNN(nn.Module):
     def filters(self) -> torch.Tensor:
         """The first-layer filters, ``(n_filters, k, k)`` (channel 0 if several); detached copy."""
         return self.features[0].weight.detach()[:, 0].clone()
+
+
+# --------------------------------------------------------------------------------------------
+# working pixel size
+# --------------------------------------------------------------------------------------------
+
+#: Default working pixel size of the networks, nm/px (``TrainConfig.work_pixel_nm``): movies with
+#: finer pixels are binned by :func:`work_factor` before the network. Why 0.18 nm/px: the
+#: 4-level UNet's field of view is 54 px (:func:`receptive_field`), which at 0.18 nm/px spans
+#: 9.7 nm, about twice the typical particle (~5 nm, the diameter :mod:`etemseg.scales` assumes
+#: for uncalibrated movies): a whole particle and its surroundings. With the rule of
+#: :func:`work_factor` the working pixel size then never falls below 0.09 nm/px, where a 5 nm
+#: particle spans 55 px, the field of view. It is also the pixel size the demo's architectures
+#: and training settings were designed at.
+WORK_PIXEL_NM = 0.18
+
+
+def work_factor(pixel_size_nm: float | None, work_pixel_nm: float | None = WORK_PIXEL_NM) -> int:
+    """The binning factor of a movie at ``pixel_size_nm``: the largest integer ``f`` with
+    ``f * pixel_size_nm <= work_pixel_nm``, at least 1.
+
+    1 (no binning) when either is None or 0 (uncalibrated movie, feature off). At the default
+    0.18 nm/px: 0.06 nm/px -> 3, 0.09 -> 2, 0.1-0.18 and coarser -> 1.
+    """
+    if not pixel_size_nm or not work_pixel_nm or pixel_size_nm <= 0 or work_pixel_nm <= 0:
+        return 1
+    return max(1, math.floor(work_pixel_nm / pixel_size_nm + 1e-9))
+
+
+class WorkScale(nn.Module):
+    """``net`` run at ``factor`` times the input's pixel size, on full-resolution input and output.
+
+    ``forward``: the input ``(N, C, H, W)`` is mean-pooled ``factor x factor`` (the last row and
+    column of cells hold whatever pixels are left, so any ``H x W`` works), ``net`` computes
+    logits on that, and the logits are upsampled bilinearly by exactly ``factor`` (pixel centres
+    aligned) and cropped to ``H x W``. Everything downstream (softmax, thresholds, masks, the
+    training loss against full-resolution labels) stays at the input's resolution.
+
+    The wrapper has no state of its own: :meth:`state_dict` and :meth:`load_state_dict` are the
+    network's (same keys as ``net`` alone), so a model file's weights fit its architecture
+    whatever the factor; the factor is recorded beside them. Attributes it does not have (``cfg``,
+    ``kernel``, ``filters``) are the network's.
+    """
+
+    def __init__(self, net: nn.Module, factor: int):
+        super().__init__()
+        if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+            raise ConfigError(f"work factor: expected an integer >= 1, got {factor!r}")
+        self.net = net
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.factor
+        h, w = x.shape[-2], x.shape[-1]
+        z = self.net(F.avg_pool2d(x, f, stride=f, ceil_mode=True))
+        z = F.interpolate(z, scale_factor=float(f), mode="bilinear", align_corners=False)
+        return z[:, :, :h, :w]
+
+    def state_dict(self, *args, **kwargs):
+        return self.net.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        return self.net.load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "net":
+                raise
+            return getattr(self.net, name)
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor}"
+
+
+def with_work_factor(net: nn.Module, factor: int) -> nn.Module:
+    """``net`` at working factor ``factor``: ``net`` itself for 1, else :class:`WorkScale`."""
+    if isinstance(net, WorkScale):
+        raise ConfigError("with_work_factor: the network already has a work factor")
+    return net if factor == 1 else WorkScale(net, factor)
+
+
+def work_factor_of(model: nn.Module) -> int:
+    """The working factor of a model (1 unless it is a :class:`WorkScale`)."""
+    return model.factor if isinstance(model, WorkScale) else 1
+
+
+def tiling(cfg: ArchConfig | str, factor: int = 1) -> tuple[int, int]:
+    """``(multiple, margin)`` of tiled inference for architecture ``cfg`` at working factor
+    ``factor``, in input pixels: tile origins on multiples of ``multiple``
+    (:func:`size_multiple` times the factor, so tiles share the whole frame's pooling grid) and
+    ``margin`` pixels of context on each side. At factor 1: :func:`size_multiple` and
+    :func:`halo`; else the halo in working pixels plus two (the bilinear upsampling reaches one
+    working pixel further, the binning up to one more), times the factor.
+    """
+    cfg = parse_arch(cfg)
+    if factor == 1:
+        return size_multiple(cfg), halo(cfg)
+    return size_multiple(cfg) * factor, (halo(cfg) + 2) * factor
 
 
 # --------------------------------------------------------------------------------------------

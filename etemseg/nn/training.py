@@ -44,8 +44,9 @@ from etemseg.io.store import DEFAULT_WINDOW_MS, MovieStore, frames_in_window
 from etemseg.nn.checkpoint import (MODEL_FORMAT, NORMALISATION, model_file_bytes, normalise_frames,
                                    one_line, versions)
 from etemseg.nn.device import pick_device
-from etemseg.nn.models import (build_model, canonical_name, count_parameters, parse_arch,
-                               size_multiple)
+from etemseg.nn.models import (WORK_PIXEL_NM, build_model, canonical_name, count_parameters,
+                               parse_arch, size_multiple, with_work_factor, work_factor,
+                               work_factor_of)
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +80,24 @@ class TrainConfig:
     lr : float
         Adam learning rate (paper: 1e-4).
     crop_px : int
-        Side of the square training crops, px.
+        Side of the square training crops in the network's working pixels: the crops cut from
+        the frames are ``crop_px`` times the work factor (see ``work_pixel_nm``) px across, so
+        the network trains on ``crop_px``-sized inputs whatever the factor. At factor 1 (by
+        default every movie coarser than 0.09 nm/px) the movie's px.
     crop_nm : float or None
         Side of the training crops in nm; when set and every training movie has a pixel size it
         replaces ``crop_px`` (see :func:`crop_px_for`: the crops cover at least ``crop_nm`` in
-        every movie, rounded up to the model's size multiple, at least 16 px); otherwise
-        ``crop_px`` with a warning. None (default): ``crop_px``.
+        every movie, rounded up to the model's size multiple, at least 16 px, in working
+        pixels); otherwise ``crop_px`` with a warning. None (default): ``crop_px``.
+    work_pixel_nm : float
+        Working pixel size of the network, nm/px: the network sees the frames binned ``f x f``
+        (mean), ``f`` the largest integer with ``f x pixel size <= work_pixel_nm``
+        (:func:`etemseg.nn.models.work_factor`, :func:`resolve_work_factor`), and its logits
+        are upsampled back to the movie's pixels (:class:`etemseg.nn.models.WorkScale`). The
+        model file records ``f`` (``work_scale``); ``etemseg infer`` runs the model at it.
+        Default :data:`etemseg.nn.models.WORK_PIXEL_NM` (0.18): only movies of 0.09 nm/px and
+        finer are binned. 0: never bin. An uncalibrated movie counts at the scale its
+        pseudo-labels were made at (the label store's ``scale`` estimate), else is not binned.
     samples_per_epoch : int
         Random crops drawn per epoch.
     val_fraction : float
@@ -156,6 +169,7 @@ class TrainConfig:
     self_training_rounds: int = 0
     relabel: str = "union"
     window_ms: float = DEFAULT_WINDOW_MS
+    work_pixel_nm: float = WORK_PIXEL_NM
 
     @property
     def total_epochs(self) -> int:
@@ -182,6 +196,7 @@ class TrainConfig:
                                      and self.self_training_rounds >= 0),
             "relabel": self.relabel in RELABEL_MODES,
             "window_ms": is_number(self.window_ms) and self.window_ms >= 0,
+            "work_pixel_nm": is_number(self.work_pixel_nm) and self.work_pixel_nm >= 0,
         }
         for name, ok in checks.items():
             if not ok:
@@ -219,6 +234,11 @@ class TrainingData:
     #: temporal window of the images, ms (:attr:`TrainConfig.window_ms` when read by
     #: :func:`load_training_data`; 0: single frames)
     window_ms: float = 0.0
+    #: pixel size (nm/px) each movie's physical lengths were resolved at: its calibration, or
+    #: for an uncalibrated movie the scale its pseudo-labels estimated (``scale`` of the label
+    #: store, :func:`etemseg.scales.scale_for_movie`), None where neither; the work factor
+    #: (:func:`resolve_work_factor`) uses it. Empty: ``pixel_sizes_nm``.
+    scale_pixel_sizes_nm: list = field(default_factory=list)
 
 
 def select_frames(n_frames: int, stride: int = 1, max_frames: int | None = None) -> np.ndarray:
@@ -287,7 +307,7 @@ def load_training_data(pairs: Sequence[tuple[str | Path, str | Path]], cfg: Trai
 
     Each pair is checked by :func:`open_pair`; labels other than 0 and 1 are refused as well.
     """
-    images, labels, sources, pixel_sizes = [], [], [], []
+    images, labels, sources, pixel_sizes, scale_sizes = [], [], [], [], []
     shape = None
     for frames_path, labels_path in pairs:
         frames, pseudo = open_pair(frames_path, labels_path)
@@ -306,10 +326,12 @@ def load_training_data(pairs: Sequence[tuple[str | Path, str | Path]], cfg: Trai
                                  "pseudo-labels are 0 (background) and 1 (particle)")
         sources += [f"{frames_path}:{i}" for i in idx]
         pixel_sizes.append(frames.pixel_size_nm)
+        scale_sizes.append(frames.pixel_size_nm or
+                           (pseudo.meta.get("scale") or {}).get("effective_pixel_size_nm"))
     images_a, labels_a = np.concatenate(images), np.concatenate(labels)
     train, val = split_frames(len(images_a), cfg)
     return TrainingData(images_a, labels_a, train, val, sources, pixel_sizes,
-                        window_ms=float(cfg.window_ms))
+                        window_ms=float(cfg.window_ms), scale_pixel_sizes_nm=scale_sizes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -333,11 +355,40 @@ def crop_px_for(crop_nm: float, pixel_sizes_nm: Sequence[float], multiple: int =
     return max(px, math.ceil(MIN_CROP_PX / multiple) * multiple)
 
 
+def resolve_work_factor(cfg: TrainConfig, data: TrainingData, *, verbose: bool = False) -> int:
+    """The working factor of a model trained on ``data``: :func:`etemseg.nn.models.work_factor`
+    of ``cfg.work_pixel_nm`` at the coarsest training movie's pixel size, so no movie is seen
+    at a working pixel size coarser than ``work_pixel_nm``. An uncalibrated movie counts at the
+    scale its pseudo-labels were made at (``data.scale_pixel_sizes_nm``). 1 when
+    ``work_pixel_nm`` is 0 or some movie has no pixel size at all (no physical scale to bin
+    to). ``verbose``: log the decision."""
+    sizes = list(data.scale_pixel_sizes_nm or data.pixel_sizes_nm)
+    if not cfg.work_pixel_nm:
+        return 1
+    if not sizes or not all(sizes):
+        if verbose:
+            log.info("train.work_pixel_nm = %g nm: training movies without a pixel size; the "
+                     "network works at the movies' pixels (factor 1)", cfg.work_pixel_nm)
+        return 1
+    factors = [work_factor(ps, cfg.work_pixel_nm) for ps in sizes]
+    factor = min(factors)
+    if verbose:
+        if max(factors) > factor:
+            log.info("training movies' pixel sizes (%g-%g nm) ask for work factors %d-%d; "
+                     "using %d (the coarsest movie's)", min(sizes), max(sizes), factor,
+                     max(factors), factor)
+        if factor > 1:
+            log.info("train.work_pixel_nm = %g nm: the network sees the frames binned %dx%d "
+                     "(%.4g nm/px)", cfg.work_pixel_nm, factor, factor, max(sizes) * factor)
+    return factor
+
+
 def resolve_crop(cfg: TrainConfig, data: TrainingData) -> TrainConfig:
-    """``cfg`` with ``crop_px`` the crop side used on ``data``: :func:`crop_px_for` of
-    ``cfg.crop_nm`` at the training movies' pixel sizes when every movie has one; else (some
-    movie uncalibrated, or pixel sizes unknown) ``cfg.crop_px``, with a warning. Resolving twice
-    gives the same config."""
+    """``cfg`` with ``crop_px`` the crop side (in working pixels, see
+    :attr:`TrainConfig.crop_px`) used on ``data``: :func:`crop_px_for` of ``cfg.crop_nm`` at
+    the training movies' working pixel sizes (pixel size times :func:`resolve_work_factor`)
+    when every movie has one; else (some movie uncalibrated, or pixel sizes unknown)
+    ``cfg.crop_px``, with a warning. Resolving twice gives the same config."""
     if cfg.crop_nm is None:
         return cfg
     sizes = list(data.pixel_sizes_nm)
@@ -351,15 +402,19 @@ def resolve_crop(cfg: TrainConfig, data: TrainingData) -> TrainConfig:
     if max(sizes) > 1.01 * min(sizes):
         log.info("training movies' pixel sizes differ (%g-%g nm); crops of %g nm are sized for "
                  "the finest", min(sizes), max(sizes), cfg.crop_nm)
-    px = crop_px_for(cfg.crop_nm, sizes, size_multiple(parse_arch(cfg.model)))
-    log.info("train.crop_nm = %g nm -> crops of %d px", cfg.crop_nm, px)
+    f = resolve_work_factor(cfg, data)
+    px = crop_px_for(cfg.crop_nm, [ps * f for ps in sizes], size_multiple(parse_arch(cfg.model)))
+    log.info("train.crop_nm = %g nm -> crops of %d px%s", cfg.crop_nm, px * f,
+             f" ({px} working px)" if f > 1 else "")
     return dataclasses.replace(cfg, crop_px=px)
 
 
 def sample_batch(data: TrainingData, cfg: TrainConfig, gen: torch.Generator, *,
-                 tensors: tuple[torch.Tensor, torch.Tensor] | None = None
+                 tensors: tuple[torch.Tensor, torch.Tensor] | None = None, factor: int = 1
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch of augmented random crops, (B, 1, c, c) float32 and (B, c, c) int64.
+    """A batch of augmented random crops, (B, 1, c, c) float32 and (B, c, c) int64, with
+    ``c = cfg.crop_px * factor`` (``factor``: the model's working factor, so that the network
+    sees ``crop_px``-sized inputs).
 
     ``tensors``: ``(images, labels)`` of ``data`` as tensors on the training device (see
     :func:`device_tensors`); crops and augmentation then run there. The random draws come from
@@ -367,7 +422,7 @@ def sample_batch(data: TrainingData, cfg: TrainConfig, gen: torch.Generator, *,
     """
     images, labels = tensors if tensors is not None else (torch.from_numpy(data.images),
                                                           torch.from_numpy(data.labels))
-    c = cfg.crop_px
+    c = cfg.crop_px * factor
     _, H, W = data.images.shape
     xs, ys = [], []
     for _ in range(cfg.batch_size):
@@ -493,11 +548,12 @@ def segmentation_loss(logits: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
     return ce + (1 - dice)
 
 
-def masks_from_probabilities(prob: np.ndarray) -> np.ndarray:
+def masks_from_probabilities(prob: np.ndarray, work_factor: int = 1) -> np.ndarray:
     """Masks (N, H, W) uint8 of particle probabilities (N, H, W) as ``etemseg infer`` makes them
     with its default settings (:class:`~etemseg.nn.inference.InferConfig`): each frame's Otsu
     threshold of its uint8 probability levels (an empty mask where the frame has no
-    particle/background structure), then components under ``min_area_px`` removed."""
+    particle/background structure), then components under ``min_area_px`` working pixels of a
+    model of work factor ``work_factor`` removed (:meth:`InferConfig.min_area_px_at`)."""
     from etemseg.levels import EMPTY_LEVEL, level_histogram, otsu_split, quantise
     from etemseg.morphology import remove_small_components
     from etemseg.nn.inference import InferConfig
@@ -508,7 +564,7 @@ def masks_from_probabilities(prob: np.ndarray) -> np.ndarray:
         level, separation = otsu_split(level_histogram(qi))
         if separation < icfg.min_separation:
             level = EMPTY_LEVEL
-        out[i] = remove_small_components(qi > level, icfg.min_area_px)
+        out[i] = remove_small_components(qi > level, icfg.min_area_px_at(None, work_factor))
     return out
 
 
@@ -524,7 +580,7 @@ def predict_masks(model: torch.nn.Module, images: np.ndarray, device: torch.devi
         x = torch.from_numpy(images[b:b + batch].astype(np.float32))[:, None].to(device)
         prob[b:b + batch] = torch.softmax(model(x).float(), 1)[:, 1].cpu().numpy()
     model.train(was_training)
-    return masks_from_probabilities(prob)
+    return masks_from_probabilities(prob, work_factor_of(model))
 
 
 def relabel(model: torch.nn.Module, data: TrainingData, cfg: TrainConfig,
@@ -621,7 +677,8 @@ def fingerprint(data: TrainingData, cfg: TrainConfig) -> dict:
     digest.update(np.asarray(data.val, np.int64).tobytes())
     digest.update("\n".join(data.sources).encode())
     return {"format": CHECKPOINT_FORMAT, "train": cfg.to_dict(),
-            "arch": parse_arch(cfg.model).to_dict(), "n_frames": len(data.images),
+            "arch": parse_arch(cfg.model).to_dict(), "work_factor": resolve_work_factor(cfg, data),
+            "n_frames": len(data.images),
             "frame_shape": list(data.images.shape[1:]),
             "label_fraction": float(data.labels.mean()), "split": digest.hexdigest()}
 
@@ -674,7 +731,8 @@ class TrainingRun:
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         random.seed(cfg.seed)
-        model = build_model(parse_arch(cfg.model)).to(device)
+        model = with_work_factor(build_model(parse_arch(cfg.model)),
+                                 resolve_work_factor(cfg, data)).to(device)
         weight = class_weights(data, cfg)
         use_amp = cfg.amp and device.type == "cuda"
         amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
@@ -759,12 +817,19 @@ def model_meta(run: TrainingRun, data: TrainingData, cfg: TrainConfig, started: 
     """The model file's metadata (everything but the weights) of a finished run."""
     arch = parse_arch(cfg.model)
     history = run.history
+    factor = resolve_work_factor(cfg, data)
     return {
         "format": MODEL_FORMAT,
         "arch": arch.to_dict(),
         "name": canonical_name(arch),
         "parameters": count_parameters(run.model),
         "normalisation": dict(NORMALISATION),
+        # the network's working factor (etemseg.nn.models.WorkScale): inference runs it there
+        "work_scale": {"factor": factor, "work_pixel_nm": float(cfg.work_pixel_nm),
+                       "working_pixel_sizes_nm": [
+                           ps * factor if ps else None
+                           for ps in (data.scale_pixel_sizes_nm or data.pixel_sizes_nm)],
+                       "crop_px": cfg.crop_px * factor},
         "train": cfg.to_dict(),
         "data": {"n_frames": len(data.images), "n_train": len(data.train),
                  "n_val": len(data.val), "frame_shape": list(data.images.shape[1:]),
@@ -824,6 +889,8 @@ class Trainer:
                  checkpoint: str | Path | None = None, progress: bool = False) -> None:
         self.data, self.progress = data, progress
         self.cfg = cfg = resolve_crop(cfg, data)
+        #: the model's working factor (:func:`resolve_work_factor`)
+        self.work_factor = resolve_work_factor(cfg, data, verbose=True)
         self.checkpoint_path = Path(checkpoint) if checkpoint is not None else None
         self.device = pick_device(cfg.device)
         self.run = open_run(data, cfg, self.device, self.checkpoint_path)
@@ -901,7 +968,8 @@ class Trainer:
                    unit="batch", disable=not self.progress, leave=False)
         for _ in bar:
             step_loss = self.train_step(*sample_batch(self.train_data, cfg, gen,
-                                                      tensors=self.tensors))
+                                                      tensors=self.tensors,
+                                                      factor=self.work_factor))
             total += step_loss
             bar.set_postfix(loss=f"{step_loss:.4f}")
         seconds = time.perf_counter() - t0

@@ -19,8 +19,8 @@ from etemseg.levels import EMPTY_LEVEL, otsu_split
 from etemseg.nn.device import pick_device
 from etemseg.nn.inference import MIN_SEPARATION, InferConfig, open_model, stream_levels  # noqa: F401
 from etemseg.protocol import ChunkStage, Receipt
-from etemseg.nn.models import parse_arch
-from etemseg.morphology import remove_small_components
+from etemseg.nn.models import parse_arch, work_factor_of
+from etemseg.morphology import above_level_filtered
 from etemseg.io.store import (BlockWriter, MovieStore, frames_in_window, map_chunk,
                               read_chunk_ahead)
 
@@ -47,12 +47,16 @@ def level_of(cfg: InferConfig) -> int:
 _UNCALIBRATED_WARNED: set[tuple[str, float]] = set()
 
 
-def resolve_min_area(cfg: InferConfig, frames: MovieStore) -> InferConfig:
-    """``cfg`` with ``min_area_px`` the minimum area applied to the movie ``frames``.
+def resolve_min_area(cfg: InferConfig, frames: MovieStore, work_factor: int = 1
+                     ) -> InferConfig:
+    """``cfg`` with ``min_area_px`` the minimum area applied to the movie ``frames`` by a model
+    of work factor ``work_factor``.
 
     ``min_area_nm2`` (when set) wins on a calibrated store: ``round(min_area_nm2 / ps**2)`` px
     (:meth:`InferConfig.min_area_px_at`). A store without a pixel size keeps ``min_area_px``,
-    with a warning once per store and process. Resolving twice gives the same config.
+    with a warning once per store and process. Else ``min_area_px`` working pixels of the model
+    (``min_area_px * work_factor**2`` px). Resolving twice gives the same config at work factor
+    1; resolve the settings as given (every caller does).
     """
     ps = frames.pixel_size_nm
     if cfg.min_area_nm2 is not None and not ps:
@@ -62,13 +66,15 @@ def resolve_min_area(cfg: InferConfig, frames: MovieStore) -> InferConfig:
             log.warning("%s: no pixel size, so infer.min_area_nm2 = %g nm² cannot be converted; "
                         "using infer.min_area_px = %d px instead", frames.path,
                         cfg.min_area_nm2, cfg.min_area_px)
-    return dataclasses.replace(cfg, min_area_px=cfg.min_area_px_at(ps))
+    return dataclasses.replace(cfg, min_area_px=cfg.min_area_px_at(ps, work_factor))
 
 
 def mask_from_levels(q: np.ndarray, level: int, min_area_px: int) -> np.ndarray:
     """Binary mask (H, W) uint8 of ``q > level`` without 8-connected components (as measured)
     under ``min_area_px`` pixels."""
-    return remove_small_components(q > level, min_area_px)
+    out = np.zeros(q.shape, np.uint8)
+    above_level_filtered(q, level, max(1, int(min_area_px)), out)
+    return out
 
 
 class _ChunkMasks:
@@ -134,11 +140,13 @@ class _ChunkMasks:
 
     def write(self, q: np.ndarray, b0: int) -> None:
         """Threshold the levels ``q`` of the block at ``b0`` and write its masks."""
-        masks = np.stack(list(self.pool.map(
-            lambda i: mask_from_levels(q[i], self.levels[b0 + i], self.cfg.min_area_px),
-            range(len(q)))))
-        for i, m in enumerate(masks):
-            self.coverage[b0 + i] = float(np.count_nonzero(m)) / m.size
+        masks = np.zeros(q.shape, np.uint8)
+        min_area = max(1, int(self.cfg.min_area_px))
+        kept = self.pool.map(
+            lambda i: above_level_filtered(q[i], self.levels[b0 + i], min_area, masks[i]),
+            range(len(q)))
+        for i, n in enumerate(kept):
+            self.coverage[b0 + i] = float(n) / masks[i].size
         self.writer.submit(b0, masks)
 
 
@@ -179,13 +187,16 @@ def infer_chunk(frames: MovieStore, prob_store: MovieStore, mask_store: MovieSto
     :attr:`InferConfig.min_separation`) get empty masks (threshold 1.0 in the receipt) and one
     warning per chunk each; the receipt counts the latter in ``blank_frames``.
 
-    ``cfg.min_area_nm2`` is converted with the pixel size of ``frames`` (:func:`resolve_min_area`);
-    the receipt records the px value applied (``min_area_px``) and ``min_area_nm2``.
+    ``cfg.min_area_nm2`` is converted with the pixel size of ``frames``, ``min_area_px`` counted in
+    the model's working pixels (:func:`resolve_min_area`); the receipt records the px value
+    applied (``min_area_px``) and ``min_area_nm2``.
 
     A model trained on temporal means of the frames (its ``window_ms``) sees the same means here
-    (:func:`input_window`; ``window_frames`` in the receipt).
+    (:func:`input_window`; ``window_frames`` in the receipt). A model trained at a coarser working
+    pixel size runs at the factor of its model file (``work_factor`` in the receipt); its masks
+    have the frames' full resolution.
     """
-    cfg = resolve_min_area(cfg, frames)
+    cfg = resolve_min_area(cfg, frames, work_factor_of(model))
     arch = parse_arch(meta["name"])
     window = input_window(meta, frames)
     start = time.perf_counter()
@@ -204,12 +215,14 @@ def infer_chunk(frames: MovieStore, prob_store: MovieStore, mask_store: MovieSto
                     chunk.write(q, b0)
                 yield b0, q
 
+        waits: dict = {}
         map_chunk(frames, prob_store, k, run, progress=progress, desc=f"infer chunk {k}",
-                  stream=True, io_threads=io, window=window)
+                  stream=True, io_threads=io, window=window, waits=waits)
         if cfg.threshold == "otsu_chunk":
             chunk.use_chunk_level()
-            for b0, q in read_chunk_ahead(prob_store, k, io):
+            for b0, q in read_chunk_ahead(prob_store, k, io, waits=waits):
                 chunk.write(q, b0)
+        writer.wait()
     _warn_empty(frames, k, chunk, t1 - t0, cfg)
     seconds = time.perf_counter() - start
     levels, coverage = chunk.levels, chunk.coverage
@@ -219,8 +232,12 @@ def infer_chunk(frames: MovieStore, prob_store: MovieStore, mask_store: MovieSto
             "thresholds": [round(levels[i] / 255.0, 4) for i in sorted(levels)],
             "coverage": [round(coverage[i], 5) for i in sorted(coverage)],
             "nonfinite_frames": chunk.nonfinite, "blank_frames": len(chunk.blank),
-            "window_frames": window,
+            "window_frames": window, "work_factor": work_factor_of(model),
             "elapsed_s": round(seconds, 3),
+            # where the time went: waiting for frames (reads, decoding, temporal means) and for
+            # the probability and mask writes (encoding); the rest is the network and thresholds
+            "read_wait_s": round(waits["read_wait_s"], 3),
+            "write_wait_s": round(waits["write_wait_s"] + writer.waited_s, 3),
             "frames_per_s": round((t1 - t0) / seconds, 3), "device": str(device)}
 
 
@@ -267,13 +284,14 @@ class InferStage(ChunkStage):
 
     def __init__(self, frames, model, out, *, cfg: InferConfig, expect: str | None = None,
                  progress: bool = False):
-        from etemseg.nn.checkpoint import load_model
+        from etemseg.nn.checkpoint import load_model, work_factor_of_meta
 
         self.frames, self.model_path, self.out = Path(frames), Path(model), Path(out)
         self.cfg, self.progress = cfg, progress
         self.device = pick_device(cfg.device)
         _, meta = load_model(self.model_path, expect=expect)   # refuse bad models first
-        self.attrs = {"model": meta["name"], "model_file": str(self.model_path)}
+        self.attrs = {"model": meta["name"], "model_file": str(self.model_path),
+                      "work_factor": work_factor_of_meta(meta, self.model_path)}
         self.prob, self.mask = self.out / "prob.zarr", self.out / "mask.zarr"
         self._net = None
 
@@ -285,7 +303,8 @@ class InferStage(ChunkStage):
 
     def create(self, paths) -> None:
         frames = MovieStore.open(self.frames)
-        attrs = {**self.attrs, "infer": dataclasses.asdict(resolve_min_area(self.cfg, frames))}
+        attrs = {**self.attrs, "infer": dataclasses.asdict(
+            resolve_min_area(self.cfg, frames, self.attrs["work_factor"]))}
         create_outputs(frames, paths[self.prob], paths[self.mask], attrs)
 
     def n_chunks(self, paths) -> int:
