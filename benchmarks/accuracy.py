@@ -143,10 +143,11 @@ _PSEUDO_CACHE: dict = {}
 def cached_pseudo(frames: np.ndarray, pixel_size_nm: float) -> np.ndarray:
     """``pseudo:default`` labels of ``frames`` (computed once per case)."""
     key = (id(frames), frames.shape, pixel_size_nm)
-    if key not in _PSEUDO_CACHE:
-        _PSEUDO_CACHE.clear()
-        _PSEUDO_CACHE[key] = pseudo_segmenter("default")(frames, pixel_size_nm).astype(np.uint8)
-    return _PSEUDO_CACHE[key]
+    if key not in _PSEUDO_CACHE or _PSEUDO_CACHE[key][0] is not frames:
+        _PSEUDO_CACHE.clear()      # (the frames are kept: a later case's array cannot reuse id)
+        _PSEUDO_CACHE[key] = (frames,
+                              pseudo_segmenter("default")(frames, pixel_size_nm).astype(np.uint8))
+    return _PSEUDO_CACHE[key][1]
 
 
 #: models trained on the last case, by (architecture, settings): segmenters that differ only
@@ -169,13 +170,13 @@ def model_segmenter(arch: str, **settings) -> Segmenter:
         from etemseg.scales import area_px
 
         key = (id(frames), frames.shape, pixel_size_nm, arch, json.dumps(settings, sort_keys=True))
-        if key not in _MODEL_CACHE:
-            if any(k[:3] != key[:3] for k in _MODEL_CACHE):   # another case: free the models
-                _MODEL_CACHE.clear()
-            _MODEL_CACHE[key] = train_on_pseudo(normalise_frames(frames),
-                                                cached_pseudo(frames, pixel_size_nm),
-                                                pixel_size_nm, arch, settings)
-        masks = model_masks(_MODEL_CACHE[key], parse_arch(arch), frames) > 0
+        if key not in _MODEL_CACHE or _MODEL_CACHE[key][0] is not frames:
+            if any(k[:3] != key[:3] or v[0] is not frames for k, v in _MODEL_CACHE.items()):
+                _MODEL_CACHE.clear()      # another case: free the models
+            _MODEL_CACHE[key] = (frames, train_on_pseudo(normalise_frames(frames),
+                                                         cached_pseudo(frames, pixel_size_nm),
+                                                         pixel_size_nm, arch, settings))
+        masks = model_masks(_MODEL_CACHE[key][1], parse_arch(arch), frames) > 0
         if min_area_nm2 is not None:
             masks = np.stack([remove_small_components(m, area_px(min_area_nm2, pixel_size_nm))
                               for m in masks]) > 0
@@ -243,6 +244,26 @@ def simulate_case(imaging: str, pixel_size_nm: float, dose: float | None, frames
     return np.stack(imgs), np.stack(labs), per_frame, dose_used
 
 
+def temporal_window(window_ms: float, overrides: dict | None = None) -> int:
+    """Frames in the workflow's temporal window (``window_ms``) at the simulator's frame rate."""
+    from etemseg.io.store import frames_in_window
+    from etemseg.synth import SynthParams
+
+    return frames_in_window(window_ms, SynthParams.from_dict(overrides or {}).fps)
+
+
+def windowed(frames: np.ndarray, movies: int, window: int) -> np.ndarray:
+    """Each frame the mean of the ``window`` frames of its own movie centred on it (cut at the
+    movie's ends), as the workflow's pseudo-labels, training and inference see it
+    (:func:`etemseg.io.store.window_means`); ``frames`` unchanged when ``window`` is 1."""
+    from etemseg.io.store import window_means
+
+    if window <= 1:
+        return frames
+    return np.concatenate([window_means(m, 0, 0, len(m), window)
+                           for m in np.split(frames, movies)])
+
+
 def score_case(masks: np.ndarray, labels: np.ndarray, pixel_size_nm: float) -> dict:
     """The numbers of one row: pixel and detection P/R/F1, median diameter error."""
     from etemseg.analysis.scoring import score_frames
@@ -289,12 +310,15 @@ def run(args: argparse.Namespace) -> list[dict]:
         seeds = [args.seed + m for m in range(args.movies)]
         frames, labels, sim_s, dose_used = simulate_case(imaging, ps, dose, args.frames,
                                                          args.size, seeds, overrides(args.set))
+        window = temporal_window(args.window_ms, overrides(args.set))
+        frames = windowed(frames, args.movies, window)
         for name in names:
             t0 = time.perf_counter()
             masks = segmenters[name](frames, ps)
             seg_s = (time.perf_counter() - t0) / len(frames)
             rows.append({"imaging": imaging, "pixel_size_nm": ps, "dose_per_px": dose_used,
                          "segmenter": name, "frames": len(frames), "size": args.size,
+                         "window_ms": args.window_ms, "window_frames": window,
                          "seeds": seeds, "set": overrides(args.set),
                          "simulate_s_per_frame": round(sim_s, 4),
                          "segment_s_per_frame": round(seg_s, 4),
@@ -464,12 +488,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true",
                         help="fewer cases: realistic at dose 20 only, unet4-norm as the model")
     parser.add_argument("--seed", type=int, default=100, help="seed of the first movie")
+    parser.add_argument("--window-ms", type=float, default=None,
+                        help="temporal window of the input, ms (default: the workflow's, "
+                             "etemseg.io.store.DEFAULT_WINDOW_MS; 0 = single frames)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="further SynthParams field for every movie, e.g. defocus_nm=-100")
     parser.add_argument("--no-timing", action="store_true",
                         help="skip timing the demo's synth job (48 frames 512x512) per mode")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "accuracy.json")
     args = parser.parse_args()
+    if args.window_ms is None:
+        from etemseg.io.store import DEFAULT_WINDOW_MS
+        args.window_ms = DEFAULT_WINDOW_MS
     if args.quick:
         args.imaging, args.doses = "realistic", "20"
         if args.segmenters == DEFAULT_SEGMENTERS:
