@@ -51,7 +51,7 @@ STORES = ["results/tiny/frames.zarr", "results/tiny/pseudo.zarr",
           f"results/tiny/{MODEL}/prob.zarr", f"results/tiny/{MODEL}/mask.zarr"]
 #: Receipt, model-file and metrics fields that are timings (differ from run to run).
 TIMINGS = {"elapsed_s", "seconds", "frames_per_s", "training_time_s", "wall_time_s_this_run",
-           "epoch_s", "images_per_s"}
+           "epoch_s", "images_per_s", "read_wait_s", "write_wait_s"}
 SIGKILLED = "non-zero exit status 137"   # 128 + SIGKILL, as the job's shell reports it
 
 
