@@ -300,7 +300,7 @@ def cmd_track(args: argparse.Namespace) -> int:
                                          overlap=not args.centroid_only,
                                          max_disp_nm=args.max_disp_nm, memory=args.memory,
                                          gap_ms=args.gap_ms, persist_ms=args.persist_ms,
-                                         confirm_ms=args.confirm_ms)
+                                         confirm_ms=args.confirm_ms, reid_ms=args.reid_ms)
     meta = {"movie": args.movie, "model": args.model,
             "pixel_size_nm": MovieStore.open(args.frames).pixel_size_nm,
             "linking": "centroid" if args.centroid_only else "mask overlap"}
@@ -587,6 +587,9 @@ def _args_track(p: argparse.ArgumentParser) -> None:
                    help="a merged body must persist this long to be a coalescence, ms")
     p.add_argument("--confirm-ms", type=float, default=LinkParams.confirm_ms,
                    help="a new trajectory must last this long to report events, ms")
+    p.add_argument("--reid-ms", type=float, default=LinkParams.reid_ms,
+                   help="longest time a lost particle (below the detection limit or out of view) "
+                        "may be found again at its drift-corrected place, ms (needs --gap-ms > 0)")
 
 
 def _args_sintering(p: argparse.ArgumentParser) -> None:

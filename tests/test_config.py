@@ -60,7 +60,8 @@ def test_every_settings_block_matches_its_dataclass(index):
 @pytest.mark.parametrize("section, command, options", [
     ("track", "track", {"max_disp_nm": "max_disp_nm", "memory": "memory",
                         "gap_ms": "gap_ms", "persist_ms": "persist_ms",
-                        "confirm_ms": "confirm_ms", "centroid_only": "centroid_only"}),
+                        "confirm_ms": "confirm_ms", "reid_ms": "reid_ms",
+                        "centroid_only": "centroid_only"}),
     ("measure", "measure", {"min_area_px": "min_area_px"}),
     ("ingest", "ingest", {"codec": "codec", "clevel": "clevel",
                           "zarr_chunk_frames": "zarr_chunk_frames"}),
@@ -88,7 +89,7 @@ def test_library_defaults_of_the_reduce_stages():
     from etemseg.tracking import LinkParams, link, link_movie
 
     props = block("track")["properties"]
-    for key in ("gap_ms", "persist_ms", "confirm_ms"):
+    for key in ("gap_ms", "persist_ms", "confirm_ms", "reid_ms"):
         assert getattr(LinkParams(), key) == props[key]["default"], key
     for key in ("max_disp_nm", "memory"):
         assert getattr(LinkParams(), key) == props[key]["default"], key

@@ -219,32 +219,40 @@ def raster_relabel(truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def match_events(measured: pd.DataFrame, truth: pd.DataFrame, *, kind: str,
-                 frame_tol: int = 2, dist_nm: float = 3.0, tol_s: float | None = None) -> dict:
+                 frame_tol: int = 2, dist_nm: float = 3.0, tol_s: float | None = None,
+                 return_pairs: bool = False) -> dict:
     """Precision and recall of measured events of one ``kind`` against truth events.
 
     Events match one-to-one when their frames differ by at most ``frame_tol`` (or, with
     ``tol_s``, their ``time_s`` by at most ``tol_s`` seconds) and their positions by at most
-    ``dist_nm``; each truth event takes the closest unused measured event in time.
+    ``dist_nm``; each truth event takes the closest unused measured event in time.  With
+    ``return_pairs`` the result also holds ``pairs``: ``(truth index, measured index)`` of every
+    match, positions in the rows of ``truth`` / ``measured`` of that ``kind``.
     """
     from scipy.spatial import cKDTree
 
     m = measured[measured["kind"] == kind].reset_index(drop=True) if len(measured) else measured
     t = truth[truth["kind"] == kind].reset_index(drop=True) if len(truth) else truth
-    used, found = set(), 0
+    used, found, pairs = set(), 0, []
     if len(m) and len(t):
         tree = cKDTree(m[["x_nm", "y_nm"]].to_numpy())
         key, tol = ("frame", frame_tol) if tol_s is None else ("time_s", tol_s)
         mk = m[key].to_numpy(float)
-        for _, ev in t.iterrows():
+        for i, (_, ev) in enumerate(t.iterrows()):
             near = [j for j in tree.query_ball_point([ev["x_nm"], ev["y_nm"]], dist_nm)
                     if j not in used and abs(mk[j] - float(ev[key])) <= tol + 1e-9]
             if near:
-                used.add(min(near, key=lambda j: (abs(mk[j] - float(ev[key])), j)))
+                j = min(near, key=lambda j: (abs(mk[j] - float(ev[key])), j))
+                used.add(j)
+                pairs.append((i, j))
                 found += 1
     n_m, n_t = len(m), len(t)
-    return {"kind": kind, "truth": n_t, "measured": n_m, "matched": found,
-            "recall": found / n_t if n_t else float("nan"),
-            "precision": found / n_m if n_m else float("nan")}
+    out = {"kind": kind, "truth": n_t, "measured": n_m, "matched": found,
+           "recall": found / n_t if n_t else float("nan"),
+           "precision": found / n_m if n_m else float("nan")}
+    if return_pairs:
+        out["pairs"] = pairs
+    return out
 
 
 def observed_events(truth_events: pd.DataFrame, matches: pd.DataFrame) -> pd.DataFrame:

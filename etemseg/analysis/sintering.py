@@ -226,15 +226,17 @@ def _frame_period_s(trajectories: pd.DataFrame) -> float:
 
 def _one_size_trajectory(g: pd.DataFrame, dt: float, win: int, t_end: float | None
                          ) -> pd.DataFrame:
-    """Smoothed ``r(t)`` of one particle: every frame from its first to its last detection (r^3
-    linear over gaps, running median of ``win`` frames), extended linearly in r^3 to zero at
-    ``t_end`` (its extinction) when given."""
+    """Smoothed ``r(t)`` of one particle: every frame from its first to its last detection
+    (running median of ``win`` detections, then r^3 linear over gaps: the size across a gap
+    comes from several detections on either side, not from the last faint one alone), extended
+    linearly in r^3 to zero at ``t_end`` (its extinction) when given."""
     g = g.sort_values("frame")
     f0, f1 = int(g["frame"].iloc[0]), int(g["frame"].iloc[-1])
     frames = np.arange(f0, f1 + 1)
     r3 = (g["eq_diameter_nm"].to_numpy(float) / 2) ** 3
     raw = np.interp(frames, g["frame"].to_numpy(), r3)
-    smooth = pd.Series(raw).rolling(win, center=True, min_periods=1).median().to_numpy()
+    med = pd.Series(r3).rolling(win, center=True, min_periods=1).median().to_numpy()
+    smooth = np.interp(frames, g["frame"].to_numpy(), med)
     seen = np.isin(frames, g["frame"].to_numpy())
     t0 = float(g["time_s"].iloc[0]) - (int(g["frame"].iloc[0]) - f0) * dt
     times = t0 + (frames - f0) * dt

@@ -45,6 +45,7 @@ def link(detections: pd.DataFrame, *, overlaps: OverlapTable | None = None,
          min_absorbed_volume: float = LinkParams.min_absorbed_volume,
          memory: int = LinkParams.memory, gap_ms: float = LinkParams.gap_ms,
          persist_ms: float = LinkParams.persist_ms, confirm_ms: float = LinkParams.confirm_ms,
+         reid_ms: float = LinkParams.reid_ms,
          frame_shape: tuple[int, int] | None = None, all_frames: Iterable[int] | None = None,
          drift: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Link per-frame detections into trajectories, with coalescence / vanish / appear events.
@@ -60,7 +61,7 @@ def link(detections: pd.DataFrame, *, overlaps: OverlapTable | None = None,
         for the masks).
     pixel_size_nm : float, optional
         Inferred from ``x_nm / x_px`` when both are present.
-    max_disp_nm, min_overlap, min_absorbed_volume, memory, gap_ms, persist_ms, confirm_ms
+    max_disp_nm, min_overlap, min_absorbed_volume, memory, gap_ms, persist_ms, confirm_ms, reid_ms
         See :class:`~etemseg.tracking.LinkParams` (the windows in ms are converted to frames
         with the movie's frame period, from ``time_s`` of the detections; 400 frames/s when
         unknown).
@@ -94,7 +95,7 @@ def link(detections: pd.DataFrame, *, overlaps: OverlapTable | None = None,
     """
     params = LinkParams(max_disp_nm=max_disp_nm, min_overlap=min_overlap,
                         min_absorbed_volume=min_absorbed_volume, memory=memory, gap_ms=gap_ms,
-                        persist_ms=persist_ms, confirm_ms=confirm_ms)
+                        persist_ms=persist_ms, confirm_ms=confirm_ms, reid_ms=reid_ms)
     det, seq, drift_df, times = _prepare(detections, pixel_size_nm, frame_shape, all_frames,
                                          params, drift, None, None)
     cum = drift_df[["dy_px", "dx_px"]].to_numpy(float)
@@ -112,7 +113,7 @@ def link_movie(detections: pd.DataFrame,
                min_absorbed_volume: float = LinkParams.min_absorbed_volume,
                memory: int = LinkParams.memory, gap_ms: float = LinkParams.gap_ms,
                persist_ms: float = LinkParams.persist_ms,
-               confirm_ms: float = LinkParams.confirm_ms
+               confirm_ms: float = LinkParams.confirm_ms, reid_ms: float = LinkParams.reid_ms
                ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Link a whole movie, streaming frame pairs, and summarise every frame.
 
@@ -139,7 +140,7 @@ def link_movie(detections: pd.DataFrame,
         Time of each frame of ``all_frames``; else ``frame / fps``; else from the detections
         (linear fit over frames without detections).
     fps : float, optional
-    max_disp_nm, min_overlap, min_absorbed_volume, memory, gap_ms, persist_ms, confirm_ms
+    max_disp_nm, min_overlap, min_absorbed_volume, memory, gap_ms, persist_ms, confirm_ms, reid_ms
         See :class:`~etemseg.tracking.LinkParams`.
 
     Returns
@@ -154,7 +155,7 @@ def link_movie(detections: pd.DataFrame,
         raise EtemsegError("link_movie: frame_shape is needed without label images")
     params = LinkParams(max_disp_nm=max_disp_nm, min_overlap=min_overlap,
                         min_absorbed_volume=min_absorbed_volume, memory=memory, gap_ms=gap_ms,
-                        persist_ms=persist_ms, confirm_ms=confirm_ms)
+                        persist_ms=persist_ms, confirm_ms=confirm_ms, reid_ms=reid_ms)
     det, seq, drift_df, times = _prepare(detections, pixel_size_nm, frame_shape, all_frames,
                                          params, None, time_s, fps)
     cum = drift_df[["dy_px", "dx_px"]].to_numpy(float)
@@ -272,7 +273,7 @@ def _link_all(det: Detections, seq: np.ndarray, cum: np.ndarray, times: np.ndarr
             born = np.setdiff1d(born, bb)
     ids = _trajectory_ids(len(det.frame), cont_a, cont_b)
     events = _events(det, mv, seq, times, ids, lost, born, groups)
-    win = windows_in_frames(times, p.gap_ms, p.persist_ms, p.confirm_ms)
+    win = windows_in_frames(times, p.gap_ms, p.persist_ms, p.confirm_ms, p.reid_ms)
     return consolidate(det, mv.kseq, cum, ids, events, win, mv.maxd, times)
 
 

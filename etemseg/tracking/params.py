@@ -38,6 +38,13 @@ class LinkParams:
     confirm_ms : float
         How long a new trajectory must last to be confirmed (hysteresis in time): shorter ones
         report no appear / vanish and are no coalescence parents, ms.  0 = off.  Default 10.
+    reid_ms : float
+        Longest time a lost particle (below the detection limit, or out of view across the frame
+        edge) may be re-identified after, ms: by its drift-corrected (sample-frame) position
+        within a diffusive gate measured on the movie's own tracks, and its size, unless the
+        movie's ripening law says it is gone by then.  Longer than ``gap_ms``, stricter gate;
+        part of the gap closing (off with ``gap_ms = 0``).  0 = off (only ``gap_ms``).
+        Default 1000.
     """
 
     max_disp_nm: float = 1.0
@@ -47,6 +54,7 @@ class LinkParams:
     gap_ms: float = 50.0
     persist_ms: float = 25.0
     confirm_ms: float = 10.0
+    reid_ms: float = 1000.0
 
     def validate(self) -> None:
         """Raise :class:`~etemseg.errors.ConfigError` naming the first bad field."""
@@ -62,7 +70,7 @@ class LinkParams:
             raise bad("min_absorbed_volume", "must be in [0, 1]")
         if not is_int(self.memory) or self.memory < 0:
             raise bad("memory", "must be an integer >= 0")
-        for name in ("gap_ms", "persist_ms", "confirm_ms"):
+        for name in ("gap_ms", "persist_ms", "confirm_ms", "reid_ms"):
             v = getattr(self, name)
             if not is_number(v) or v < 0:
                 raise bad(name, "must be a finite number >= 0 (ms)")

@@ -11,11 +11,22 @@ This module decides events over physical time windows (ms, converted with the fr
    whose pieces coalesce again within ``persist`` (a particle cut in two for a few frames): the
    parent continues into the re-merged body through its biggest piece; the other pieces are
    fragments without events.
-2. **Gap closing.**  A vanish followed within ``gap`` frames by an appear at the drift-corrected
-   place (gate ``max_disp * sqrt(gap frames)``, a diffusive spread) with a volume within a factor
-   ``_GAP_VOLUME`` (medians of the last / first three detections; any volume when either touches
-   the border) is a flicker: one trajectory, no
-   event.  Nearest in (distance / gate + |log volume ratio|) first, one to one.
+0. **The movie's own physics**, measured on the pair linker's segments first: the ripening law
+   ``d(r^3)/dt = 3 k (r / r_c - 1)`` (LSW; ``k`` a robust median over track pieces of
+   ``2 gap`` frames, :func:`_lsw`) and the sample-frame mobility (mean squared drift-corrected
+   displacement against the lag, :func:`_spread`).
+2. **Gap closing and re-identification.**  A vanish / exit followed by an appear / enter at the
+   drift-corrected (sample-frame) place is one trajectory, no event: within ``gap`` frames with
+   the lenient gate ``max_disp * sqrt(gap frames)``; within ``reid`` frames (and within ``gap``
+   too) when the centroid of one lies inside the other's disc enlarged by the 99 % radius of the
+   movie's own displacements over that gap (a particle cut by the frame edge or a partial mask
+   still has its centroid inside the particle's disc).  Sizes must agree: volume within
+   ``_GAP_VOLUME`` (medians of the last / first three detections), or equivalent radii within
+   ``_SIZE_PX`` (one boundary pixel each), or the smaller disc inside the larger (a partial mask:
+   two particles cannot overlap), or either touches the border; beyond ``gap`` the lost particle
+   must not have ripened away by then under the law.  Shortest gaps first, then best matches
+   (distance / gate + |log volume ratio|), one to one, never joining trajectories that overlap in
+   time.
 3. **Hysteresis in time.**  A trajectory that is born by an appear / enter is *confirmed* once it
    has lasted ``confirm`` frames; an unconfirmed one (flicker at the detection limit, a spurious
    component) reports neither its appear nor its vanish, and is no coalescence parent: a
@@ -25,7 +36,8 @@ This module decides events over physical time windows (ms, converted with the fr
    frames joined in pixels or flickering do not count) within ``gap`` frames is a coalescence;
    the neighbour's rows from the gain on become the child.
 5. **Extinction time.**  A vanish of a shrinking particle is moved to its extrapolated extinction
-   (LSW law integrated from the last ``gap`` frames' ``r^3`` slope, :func:`_extinction`).
+   (the movie's LSW law integrated from the particle's size at its last detection,
+   :func:`_extinction`).
 6. **Confidence** of every event in [0, 1]: the fraction of its window the evidence held (how long
    the merged body persisted, how long the particle stayed gone before the movie ended, how long a
    new trajectory lasted), times a volume-balance term ``min(r, 1/r)`` for multi-particle events
@@ -39,7 +51,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 import numpy as np
 import pandas as pd
+from scipy.ndimage import uniform_filter1d
 from scipy.optimize import linear_sum_assignment
+from scipy.spatial import cKDTree
 
 from etemseg.tracking.detections import Detections
 from etemseg.tracking.summary import EVENT_KINDS
@@ -48,6 +62,8 @@ __all__ = ["Windows", "consolidate", "windows_in_frames"]
 
 _GAP_VOLUME = 4.0  # volume factor allowed across a gap (sizes at the detection limit are noisy;
 #                   any at the border, where a particle is cut by the frame edge)
+_SIZE_PX = 2.0  # equivalent radii (px) that agree whatever the volume ratio: each mask's
+#                 boundary may be off by a pixel (small particles at the detection limit)
 _ENDS = 3  # detections whose median volume stands for a segment's end / start
 _CAMERA_FPS = 400.0  # frame rate assumed when the movie's times are unknown (the K2's)
 
@@ -59,13 +75,14 @@ class Windows:
     gap: int
     persist: int
     confirm: int
+    reid: int = 0
 
 
 def windows_in_frames(times: np.ndarray, gap_ms: float, persist_ms: float,
-                      confirm_ms: float) -> Windows:
-    """Windows of ``gap_ms``, ``persist_ms``, ``confirm_ms`` (ms) in frames of a movie whose
-    frames are at ``times`` (s); the frame period is the median step (the K2's 400 frames/s when
-    the times are unknown).  Every window is at least 1 frame except a 0 ms one."""
+                      confirm_ms: float, reid_ms: float = 0.0) -> Windows:
+    """Windows of ``gap_ms``, ``persist_ms``, ``confirm_ms``, ``reid_ms`` (ms) in frames of a
+    movie whose frames are at ``times`` (s); the frame period is the median step (the K2's 400
+    frames/s when the times are unknown).  Every window is at least 1 frame except a 0 ms one."""
     dt = np.diff(np.asarray(times, float))
     dt = dt[np.isfinite(dt) & (dt > 0)]
     period_ms = float(np.median(dt)) * 1000.0 if dt.size else 1000.0 / _CAMERA_FPS
@@ -73,7 +90,7 @@ def windows_in_frames(times: np.ndarray, gap_ms: float, persist_ms: float,
     def frames(ms: float) -> int:
         return 0 if ms <= 0 else max(1, int(round(ms / period_ms)))
 
-    return Windows(frames(gap_ms), frames(persist_ms), frames(confirm_ms))
+    return Windows(frames(gap_ms), frames(persist_ms), frames(confirm_ms), frames(reid_ms))
 
 
 class _Segments:
@@ -121,6 +138,13 @@ class _Segments:
         r = self._order[self._lo[s]:self._lo[s] + self.count[s]]
         r = r[:_ENDS] if at_start else r[-_ENDS:]
         return float(np.median(self.det.vol[r]))
+
+    def end_radius(self, s: int, at_start: bool) -> float:
+        """Largest equivalent radius of the first / last ``_ENDS`` rows of segment ``s``, px (a
+        partial mask is smaller than the particle, never bigger)."""
+        r = self._order[self._lo[s]:self._lo[s] + self.count[s]]
+        r = r[:_ENDS] if at_start else r[-_ENDS:]
+        return float(np.max(self.det.radius[r]))
 
     def length(self, s: int) -> int:
         """Frames from the first to the last row of segment ``s``."""
@@ -178,40 +202,232 @@ def _undo_transients(sg: _Segments, events: pd.DataFrame, win: Windows,
             dropped[e] = dropped[m] = True
 
 
+@dataclass(frozen=True)
+class _Lsw:
+    """The movie's ripening law, ``d(r^3)/dt = 3 k (r / r_c - 1)`` (LSW, diffusion limited):
+    ``k`` nm^3/s (NaN when it cannot be measured) and the critical radius ``rc`` (n,) nm of every
+    frame (the running mean radius of the detections off the border)."""
+
+    k: float
+    rc: np.ndarray
+
+    @property
+    def known(self) -> bool:
+        return bool(np.isfinite(self.k) and self.k > 0)
+
+    def end_radius(self, r_nm: np.ndarray, t: np.ndarray, layer: np.ndarray) -> float:
+        """Radius, nm, at the last of a particle's detections ``r_nm`` at times ``t`` (s) in
+        frames ``layer``: the mean of their ``r^3``, each moved along the law to the last time
+        (less noisy than the last detection alone, unbiased by the shrinking)."""
+        u = r_nm / self.rc[layer]
+        r3 = float(np.mean(r_nm ** 3 + 3 * self.k * (u - 1) * (t[-1] - t)))
+        return float(np.cbrt(max(r3, 0.0)))
+
+    def remaining(self, r_nm: np.ndarray, layer: np.ndarray) -> np.ndarray:
+        """Time, s, a particle of radius ``r_nm`` in frame ``layer`` needs to ripen away:
+        ``rc^3 (-u^2/2 - u - ln(1 - u)) / k``, ``u = r / rc``; inf when it grows (``u >= 1``) or
+        the law is unknown."""
+        r = np.atleast_1d(np.asarray(r_nm, float))
+        rc = self.rc[np.atleast_1d(layer)] if self.rc.size else np.full(r.size, np.nan)
+        out = np.full(r.size, np.inf)
+        if not (np.isfinite(self.k) and self.k > 0):
+            return out
+        u = r / np.where(rc > 0, rc, np.nan)
+        ok = np.isfinite(u) & (u < 1)
+        u = np.clip(u[ok], 0.0, 1 - 1e-9)
+        out[ok] = rc[ok] ** 3 * (-u * u / 2 - u - np.log1p(-u)) / self.k
+        return out
+
+
+def _lsw(det: Detections, kseq: np.ndarray, ids: np.ndarray, times: np.ndarray, w: int) -> _Lsw:
+    """Measure the movie's :class:`_Lsw` law on its tracks.
+
+    ``rc``: mean radius of the detections off the border, running mean over ``w`` frames.
+    ``k``: every track (``ids``) is cut into pieces of ``w`` detections off the border; in each,
+    the slope ``s`` of ``r^3`` against time (least squares) and
+    ``x = 3 (mean r / rc - 1)``; ``k`` is the median of ``s / x`` weighted by its inverse
+    variance, ``x^2 sum (t - mean t)^2 / (s2 + s2_0)`` (``s2`` the piece's residual variance,
+    shrunk by the median one ``s2_0``: a piece whose pixel count did not change is not
+    infinitely precise; the median is robust to pieces spoilt by a pixel merge or a partial
+    mask).  NaN with fewer than 10 pieces."""
+    n = times.size
+    r = det.diam_nm / 2
+    off = ~det.border
+    cnt = np.bincount(kseq[off], minlength=n).astype(float)
+    tot = np.bincount(kseq[off], weights=r[off], minlength=n)
+    c_s = uniform_filter1d(cnt, max(w, 1), mode="constant")
+    rc = uniform_filter1d(tot, max(w, 1), mode="constant") / np.where(c_s > 0, c_s, np.nan)
+    if np.isfinite(rc).any():
+        good = np.isfinite(rc)
+        rc = np.interp(np.arange(n), np.flatnonzero(good), rc[good])
+    else:
+        return _Lsw(float("nan"), rc)
+    rows = np.flatnonzero(off)
+    if rows.size < 4 or w < 4:
+        return _Lsw(float("nan"), rc)
+    rows = rows[np.lexsort((kseq[rows], ids[rows]))]
+    seg = ids[rows]
+    start = np.r_[0, np.flatnonzero(seg[1:] != seg[:-1]) + 1]
+    pos = np.arange(rows.size) - np.repeat(start, np.diff(np.r_[start, rows.size]))
+    _, piece = np.unique(np.column_stack([seg, pos // w]), axis=0, return_inverse=True)
+    piece = piece.ravel()
+    t = times[kseq[rows]]
+    y = r[rows] ** 3
+    u = r[rows] / rc[kseq[rows]]
+    m = piece.max() + 1
+
+    def tot_(v):
+        return np.bincount(piece, weights=v, minlength=m)
+
+    nn = tot_(np.ones(rows.size))
+    t0 = tot_(t) / np.maximum(nn, 1)
+    tc = t - t0[piece]
+    sxx, sxy = tot_(tc * tc), tot_(tc * y)
+    ym = tot_(y) / np.maximum(nn, 1)
+    slope = sxy / np.where(sxx > 0, sxx, np.nan)
+    res = y - ym[piece] - slope[piece] * tc
+    s2 = tot_(res * res) / np.maximum(nn - 2, 1)
+    x = 3 * (tot_(u) / np.maximum(nn, 1) - 1)
+    ok = (nn >= max(4, w // 2)) & np.isfinite(slope) & np.isfinite(s2) & (np.abs(x) > 1e-3)
+    if ok.sum() < 10:
+        return _Lsw(float("nan"), rc)
+    pos = s2[ok][s2[ok] > 0]
+    s2 = s2[ok] + (float(np.median(pos)) if pos.size else 1.0)  # shrunk to the common noise
+    kk, wt = slope[ok] / x[ok], x[ok] ** 2 * sxx[ok] / s2
+    o = np.argsort(kk)
+    cw = np.cumsum(wt[o])
+    return _Lsw(float(kk[o][np.searchsorted(cw, 0.5 * cw[-1])]), rc)
+
+
+def _spread(sg: _Segments, lags: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128)
+            ) -> tuple[float, float]:
+    """The movie's own sample-frame mobility: ``(a, b)`` px^2 of ``mu(L) = a + b L``, the mean
+    squared drift-corrected displacement of a particle over ``L`` frames (``a``: centroid noise,
+    ``b``: ``4 D`` per frame), from the pair linker's segments (rows off the border).
+
+    At every lag the 90th percentile of the squared displacements is taken and converted to the
+    mean of the exponential law that ``|d|^2`` of 2-D Gaussian steps follows (``q90 / ln 10``):
+    a high quantile, so that the faster (smaller) particles set the gate, not the median one.
+    ``mu`` is fitted by least squares with relative weights; ``(0, 0)`` when fewer than two lags
+    have 20 displacements."""
+    o = np.lexsort((sg.kseq, sg.ids))
+    ids, k = sg.ids[o], sg.kseq[o]
+    y, x, edge = sg.ys[o], sg.xs[o], sg.det.border[o]
+    pts = []
+    for lag in lags:
+        if lag >= o.size:
+            break
+        same = (ids[lag:] == ids[:-lag]) & (k[lag:] - k[:-lag] == lag) & ~edge[lag:] & ~edge[:-lag]
+        if same.sum() < 20:
+            break
+        d2 = (y[lag:] - y[:-lag])[same] ** 2 + (x[lag:] - x[:-lag])[same] ** 2
+        pts.append((lag, float(np.quantile(d2, 0.9)) / np.log(10.0)))
+    if len(pts) < 2:
+        return 0.0, 0.0
+    L, mu = np.array(pts).T
+    b, a = np.polyfit(L, mu, 1, w=1.0 / np.maximum(mu, 1e-6))
+    if b < 0:
+        a, b = float(np.median(mu)), 0.0
+    return max(float(a), 0.0), float(b)
+
+
 def _close_gaps(sg: _Segments, events: pd.DataFrame, win: Windows, maxd: float,
-                dropped: np.ndarray) -> None:
-    """Step 2: vanish / exit followed by appear / enter within ``win.gap`` frames, joined."""
+                dropped: np.ndarray, law: _Lsw | None = None, times: np.ndarray | None = None
+                ) -> None:
+    """Step 2: vanish / exit followed by appear / enter within ``win.gap`` frames (lenient
+    diffusive gate), or within ``win.reid`` frames (re-identification), joined
+    (:func:`_gap_candidates`).  Shortest gaps first, then best matches, one to one, never joining
+    trajectories that overlap in time (in place: unions in ``sg``, events flagged in
+    ``dropped``)."""
     kinds = events["kind"].to_numpy(object)
-    ends = [s for s in range(1, sg.first.size) if sg.count[s] and sg.end_ev[s] >= 0
-            and kinds[sg.end_ev[s]] in ("vanish", "exit") and not dropped[sg.end_ev[s]]]
-    starts = [s for s in range(1, sg.first.size) if sg.count[s] and sg.start_ev[s] >= 0
-              and kinds[sg.start_ev[s]] in ("appear", "enter") and not dropped[sg.start_ev[s]]]
-    if not ends or not starts:
+    live = np.flatnonzero(sg.count > 0)
+    live = live[live > 0]
+    ends = np.array([s for s in live.tolist() if sg.end_ev[s] >= 0
+                     and kinds[sg.end_ev[s]] in ("vanish", "exit")
+                     and not dropped[sg.end_ev[s]]], np.int64)
+    starts = np.array([s for s in live.tolist() if sg.start_ev[s] >= 0
+                       and kinds[sg.start_ev[s]] in ("appear", "enter")
+                       and not dropped[sg.start_ev[s]]], np.int64)
+    if not ends.size or not starts.size:
         return
-    ke = sg.kseq[sg.last[ends]]
-    ks = sg.kseq[sg.first[starts]]
-    la, fb = sg.last[ends], sg.first[starts]
-    gap = ks[None, :] - ke[:, None]
-    d = np.hypot(sg.ys[la][:, None] - sg.ys[fb][None, :], sg.xs[la][:, None] - sg.xs[fb][None, :])
-    gate = maxd * np.sqrt(np.maximum(gap, 1))
-    ok = (gap >= 1) & (gap <= win.gap + 1) & (d <= gate)
-    ia, ib = np.nonzero(ok)
-    cand = []
-    for a, b in zip(ia.tolist(), ib.tolist()):
-        va, vb = sg.end_volume(ends[a], False), sg.end_volume(starts[b], True)
-        r = vb / max(va, 1e-9)
-        at_border = sg.det.border[la[a]] or sg.det.border[fb[b]]
-        if at_border or 1 / _GAP_VOLUME < r < _GAP_VOLUME:
-            cand.append((d[a, b] / gate[a, b] + abs(np.log(r)), a, b))
+    ia, ib, gap, cost = _gap_candidates(sg, ends, starts, win, maxd, law, times)
+    root, first, last = _group_spans(sg)
+    k0 = {int(q): int(sg.kseq[first[q]]) for q in np.unique(root[live])}
+    k1 = {int(q): int(sg.kseq[last[q]]) for q in np.unique(root[live])}
     used_a: set[int] = set()
     used_b: set[int] = set()
-    for _, a, b in sorted(cand):
+    for c in np.lexsort((cost, gap)).tolist():  # shortest gap first, then best match
+        a, b = int(ia[c]), int(ib[c])
         if a in used_a or b in used_b:
+            continue
+        sa, sb = int(ends[a]), int(starts[b])
+        qa, qb = sg.find(sa), sg.find(sb)
+        if qa == qb or not k1[qa] < k0[qb]:
             continue
         used_a.add(a)
         used_b.add(b)
-        sg.union(ends[a], starts[b])
-        dropped[sg.end_ev[ends[a]]] = dropped[sg.start_ev[starts[b]]] = True
+        sg.union(sa, sb)
+        q = sg.find(sa)
+        k0[q], k1[q] = min(k0[qa], k0[qb]), max(k1[qa], k1[qb])
+        dropped[sg.end_ev[sa]] = dropped[sg.start_ev[sb]] = True
+
+
+def _gap_candidates(sg: _Segments, ends: np.ndarray, starts: np.ndarray, win: Windows,
+                    maxd: float, law: _Lsw | None, times: np.ndarray | None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Candidate joins of ending segments ``ends`` and starting segments ``starts``: ``(ia, ib,
+    gap, cost)``, positions in ``ends`` / ``starts``, the gap in frames and the cost
+    (distance / gate + |log volume ratio| / log ``_GAP_VOLUME``).
+
+    Position (sample frame, last row of the end, first row of the start): within ``win.gap``
+    frames the lenient gate ``maxd * sqrt(gap)``; within ``win.reid`` frames (and ``win.gap``
+    too) the centroid of one inside the other's disc (largest radius of its three end rows: a
+    partial mask is smaller than the particle) enlarged by the 99 % radius of the movie's own
+    displacements over the gap (:func:`_spread`; a particle cut by the frame edge, or a partial
+    mask, still has its centroid inside the particle's disc).  Size: volumes within
+    ``_GAP_VOLUME``, or equivalent radii within ``_SIZE_PX`` (a mask's boundary is uncertain by a
+    pixel on either side), or either touches the border, or the smaller disc lies inside the
+    larger (a partial mask of the same particle: two particles cannot overlap).  Beyond
+    ``win.gap``: the lost particle, a pixel bigger than measured, must not have ripened away by
+    then under the movie's law ``law`` (a new nucleus where a particle vanished is new)."""
+    window = max(win.gap, win.reid)
+    la, fb = sg.last[ends], sg.first[starts]
+    ke, ks = sg.kseq[la], sg.kseq[fb]
+    va = np.array([sg.end_volume(s, False) for s in ends.tolist()])
+    vb = np.array([sg.end_volume(s, True) for s in starts.tolist()])
+    ra = np.array([sg.end_radius(s, False) for s in ends.tolist()])
+    rb = np.array([sg.end_radius(s, True) for s in starts.tolist()])
+    a0, b0 = _spread(sg) if win.reid > 0 else (0.0, 0.0)
+
+    def diffusive(gap: np.ndarray) -> np.ndarray:
+        return np.sqrt(np.log(100.0) * (a0 + b0 * gap))
+
+    reach = ra + rb.max() + max(float(diffusive(np.array([window + 1.0]))[0]),
+                                maxd * np.sqrt(win.gap + 1))
+    tree = cKDTree(np.column_stack([sg.ys[fb], sg.xs[fb]]))
+    hits = tree.query_ball_point(np.column_stack([sg.ys[la], sg.xs[la]]), reach)
+    ia = np.repeat(np.arange(ends.size), [len(h) for h in hits])
+    ib = np.fromiter((j for h in hits for j in h), np.int64, ia.size)
+    gap = ks[ib] - ke[ia]
+    keep = (gap >= 1) & (gap <= window + 1)
+    ia, ib, gap = ia[keep], ib[keep], gap[keep]
+    d = np.hypot(sg.ys[la[ia]] - sg.ys[fb[ib]], sg.xs[la[ia]] - sg.xs[fb[ib]])
+    new = np.maximum(ra[ia], rb[ib]) + diffusive(gap) if win.reid > 0 else np.zeros(gap.size)
+    short = gap <= win.gap + 1
+    bound = np.where(short, np.maximum(maxd * np.sqrt(np.maximum(gap, 1)), new), new)
+    r = vb[ib] / np.maximum(va[ia], 1e-9)
+    inside = d <= np.abs(ra[ia] - rb[ib]) + diffusive(gap)  # the smaller disc in the larger
+    size_ok = (sg.det.border[la[ia]] | sg.det.border[fb[ib]] | inside
+               | ((r > 1 / _GAP_VOLUME) & (r < _GAP_VOLUME))
+               | (np.abs(ra[ia] - rb[ib]) <= _SIZE_PX))
+    alive = np.ones(gap.size, bool)
+    if law is not None and times is not None and win.reid > 0:
+        rest = law.remaining(np.cbrt(va) / 2 + sg.det.ps, ke)  # a pixel bigger than measured
+        rest[sg.det.border[la]] = np.inf
+        alive = times[ks[ib]] - times[ke[ia]] <= rest[ia]
+    ok = (d <= bound) & size_ok & ((gap <= win.reid + 1) & alive | short)
+    cost = d / np.maximum(bound, 1e-9) + np.abs(np.log(np.maximum(r, 1e-9))) / np.log(_GAP_VOLUME)
+    return ia[ok], ib[ok], gap[ok], cost[ok]
 
 
 def _confirm(sg: _Segments, events: pd.DataFrame, win: Windows, n: int, dropped: np.ndarray,
@@ -294,12 +510,13 @@ def consolidate(det: Detections, kseq: np.ndarray, cum: np.ndarray, ids: np.ndar
     if not len(ids):
         return ids, events
     sg = _Segments(det, kseq, cum, ids, events)
+    law = _lsw(det, kseq, ids, times, 2 * win.gap) if win.gap > 0 else None
     dropped = np.zeros(len(events), bool)
     fragment: set[int] = set()
     if win.persist > 0:
         _undo_transients(sg, events, win, dropped, fragment)
     if win.gap > 0:
-        _close_gaps(sg, events, win, maxd, dropped)
+        _close_gaps(sg, events, win, maxd, dropped, law, times)
     if win.confirm > 0:
         _confirm(sg, events, win, n, dropped, fragment)
     root, first, last = _group_spans(sg)
@@ -311,20 +528,23 @@ def consolidate(det: Detections, kseq: np.ndarray, cum: np.ndarray, ids: np.ndar
     out = _rebuild(sg, events, dropped, root, first, last, final, win, n)
     if win.gap > 0:
         new_ids, out = _absorptions(det, kseq, cum, new_ids, out, win, maxd, times)
-    return new_ids, _extinction(out, new_ids, det, kseq, times, win)
+    return new_ids, _extinction(out, new_ids, det, kseq, times, win, law)
 
 
 def _extinction(events: pd.DataFrame, ids: np.ndarray, det: Detections, kseq: np.ndarray,
-                times: np.ndarray, win: Windows) -> pd.DataFrame:
+                times: np.ndarray, win: Windows, law: _Lsw | None = None) -> pd.DataFrame:
     """Vanish time = extrapolated extinction of a shrinking particle.
 
-    A ripening particle fades below the detection limit before it is gone.  ``r^3`` of the last
-    ``2 * gap`` frames of the trajectory is fitted by a line in time, slope ``-c``; when it falls
-    (by two standard errors) the LSW law ``d(r^3)/dt = 3 k (r / r_c - 1)`` (``r_c`` the mean
-    radius of the frame's detections, ``k = c / (3 (1 - u_0))``, ``u_0 = r_end / r_c``) is
-    integrated to extinction: ``t = r_c^3 (-u_0^2/2 - u_0 - ln(1 - u_0)) / k`` after the last
-    detection (``~ r_end^3 / c`` for a small particle), at most ``4 * gap`` frames, never past
-    the movie.  ``frame`` and ``time_s`` move alike."""
+    A ripening particle fades below the detection limit before it is gone.  With the movie's
+    ripening law ``law`` (:func:`_lsw`, ``d(r^3)/dt = 3 k (r / r_c - 1)``): the particle's
+    ``r^3`` at its last detection is the mean over its detections of the last ``gap`` frames,
+    each moved along the law to that time; the law integrated from there to zero,
+    ``t = r_c^3 (-u_0^2/2 - u_0 - ln(1 - u_0)) / k`` (``u_0 = r_end / r_c``; none for a particle
+    above the critical radius), is added to the last detection.  Without a law (too few tracks to
+    measure ``k``): ``r^3`` of the last ``gap`` frames is fitted by a line in time, slope ``-c``;
+    when it falls by two standard errors, ``k = c / (3 (1 - u_0))`` from it, ``r_end`` the fit at
+    the last detection.  At most ``2 gap`` frames after the last detection, never
+    past the movie.  ``frame`` and ``time_s`` move alike."""
     sel = np.flatnonzero((events["kind"] == "vanish").to_numpy())
     if not sel.size or win.gap <= 0 or times.size < 2 or not np.isfinite(times).all():
         return events
@@ -332,6 +552,8 @@ def _extinction(events: pd.DataFrame, ids: np.ndarray, det: Detections, kseq: np
     lo = np.searchsorted(ids[order], np.arange(ids.max() + 2), side="left")
     r3 = (det.diam_nm / 2) ** 3
     n = times.size
+    reach = 2 * win.gap
+    known = law is not None and law.known
     frame_of = events["frame"].to_numpy().copy()
     t_of = events["time_s"].to_numpy(float).copy()
     for e in sel.tolist():
@@ -339,23 +561,30 @@ def _extinction(events: pd.DataFrame, ids: np.ndarray, det: Detections, kseq: np
         rows = order[lo[p]:lo[p + 1]]
         k_last = int(kseq[rows[-1]])
         rows = rows[kseq[rows] > k_last - win.gap]
-        if rows.size < 4:
-            continue
         t = times[kseq[rows]]
-        a, b = np.polyfit(t - t[-1], r3[rows], 1)
-        res = r3[rows] - (a * (t - t[-1]) + b)
-        se = np.sqrt(res.var() * rows.size / max(rows.size - 2, 1)
-                     / max(((t - t.mean()) ** 2).sum(), 1e-30))
-        if not a < -2 * se:
-            continue
-        same = kseq == k_last
-        rc = float(np.mean(det.diam_nm[same & ~det.border]) / 2) if (same & ~det.border).any() \
-            else float(np.cbrt(max(b, 1e-9)))
-        u0 = min(float(np.cbrt(max(b, 0.0))) / max(rc, 1e-9), 0.9)
-        k_lsw = -a / (3 * (1 - u0))
-        t_ext = t[-1] + rc ** 3 * (-u0 * u0 / 2 - u0 - np.log1p(-u0)) / k_lsw
+        if known:
+            end = law.end_radius(det.diam_nm[rows] / 2, t, kseq[rows])
+            rest = float(law.remaining(end, k_last)[0])
+            if not np.isfinite(rest):
+                continue
+            t_ext = t[-1] + rest
+        else:
+            if rows.size < 4:
+                continue
+            a, b = np.polyfit(t - t[-1], r3[rows], 1)
+            res = r3[rows] - (a * (t - t[-1]) + b)
+            se = np.sqrt(res.var() * rows.size / max(rows.size - 2, 1)
+                         / max(((t - t.mean()) ** 2).sum(), 1e-30))
+            if not a < -2 * se:
+                continue
+            same = kseq == k_last
+            rc = float(np.mean(det.diam_nm[same & ~det.border]) / 2) \
+                if (same & ~det.border).any() else float(np.cbrt(max(b, 1e-9)))
+            u0 = min(float(np.cbrt(max(b, 0.0))) / max(rc, 1e-9), 0.9)
+            k_lsw = -a / (3 * (1 - u0))
+            t_ext = t[-1] + rc ** 3 * (-u0 * u0 / 2 - u0 - np.log1p(-u0)) / k_lsw
         k = int(np.clip(np.searchsorted(times, t_ext), k_last + 1,
-                        min(k_last + 2 * win.gap, n - 1)))
+                        min(k_last + reach, n - 1)))
         frame_of[e] += k - (k_last + 1)
         t_of[e] = times[k]
     out = events.copy()

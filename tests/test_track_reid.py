@@ -1,0 +1,192 @@
+"""Re-identification, chronological gap closing, partial masks and the movie's ripening law
+(``etemseg.tracking.temporal``), on hand-made disc movies with known answers.
+
+Every test here fails without the mechanism it names: ``reid_ms`` (a particle lost longer than
+``gap_ms`` or across the frame edge found again at its drift-corrected place), shortest gaps
+first (a flicker chain is one trajectory), the containment rule (a partial mask inside the
+particle's disc is that particle), and the LSW law measured on the movie's own tracks (no
+re-identification after a particle's extinction; vanish time from the law).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from etemseg.analysis.sintering import size_trajectories
+from etemseg.tracking import link_movie
+from tests.test_track import FPS, PS, STATIC, measure, movie, paint, pid, run
+
+K_LSW = 20.0  # nm^3/s, d(r^3)/dt = 3 k (r / r_c - 1)
+SHAPE = (160, 200)
+GRID = [(25 + 37 * i, 25 + 37 * j) for i in range(4) for j in range(5)]  # 20 sites, px
+
+
+def lsw_radii(r0_nm: np.ndarray, frames: int, k: float = K_LSW) -> np.ndarray:
+    """(frames, P) radii, nm, of particles ripening by LSW (r_c the mean radius of the
+    survivors); a particle below 0.3 nm is gone (NaN)."""
+    dt = 1.0 / FPS
+    r3 = np.asarray(r0_nm, float) ** 3
+    out = np.full((frames, r3.size), np.nan)
+    alive = np.ones(r3.size, bool)
+    for f in range(frames):
+        r = np.cbrt(np.maximum(r3, 0))
+        alive &= r > 0.3
+        out[f, alive] = r[alive]
+        rc = r[alive].mean()
+        r3 = np.where(alive, r3 + 3 * k * (r / rc - 1) * dt, 0.0)
+    return out
+
+
+def lsw_movie(r0_nm, frames, hide=None, extra=None, move=None):
+    """Label images and detections of discs on :data:`GRID` ripening by :func:`lsw_radii`.
+    ``hide(f, i)``: particle ``i`` not in the mask in frame ``f``; ``extra(f)``: more discs
+    ``(y, x, r_px)``; ``move(f, i)``: displacement ``(dy, dx)`` px of particle ``i``."""
+    radii = lsw_radii(np.asarray(r0_nm), frames)
+    labs, parts = [], []
+    for f in range(frames):
+        discs = []
+        for i, (y, x) in enumerate(GRID[:radii.shape[1]]):
+            r = radii[f, i]
+            if np.isnan(r) or (hide is not None and hide(f, i)):
+                continue
+            dy, dx = (0, 0) if move is None else move(f, i)
+            discs.append((y + dy, x + dx, r / PS))
+        if extra is not None:
+            discs += extra(f)
+        lab = paint(SHAPE, discs)
+        labs.append(lab)
+        if lab.max():
+            parts.append(measure(lab, f))
+    return labs, pd.concat(parts, ignore_index=True), radii
+
+
+def link(labs, det, **kw):
+    return link_movie(det, lambda f: labs[f], frame_shape=SHAPE,
+                      all_frames=np.arange(len(labs)), **kw)
+
+
+# a population around r_c ~ 2.8 nm: big ones grow, small ones shrink; particle 8 is gone at
+# frame 135, particle 3 at frame 213
+R0 = np.array([2.5, 2.6, 3.0, 2.2, 3.4, 2.8, 2.4, 3.1, 2.0, 2.9, 3.2, 2.7])
+DET_NM = 1.1  # detection limit of the vanish tests: smaller particles are not in the masks
+
+
+def test_lost_particle_is_found_again_within_reid_not_after_its_extinction():
+    """A stationary particle missing for 150 ms (> gap_ms) keeps its id; a nucleus appearing
+    where a shrinking particle vanished, after the law says it is gone, is new."""
+    frames = 300
+    radii = lsw_radii(R0, frames)
+    t_ext = int(np.flatnonzero(np.isnan(radii[:, 8]))[0])  # particle 8 is gone here
+    y8, x8 = GRID[8]
+    y5, x5 = GRID[5]
+
+    def hide(f, i):  # particle 5 undetected for 60 frames = 150 ms; the detection limit
+        return (i == 5 and 100 <= f < 160) or radii[f, i] < DET_NM
+
+    def extra(f):  # a nucleus beside particle 8's place, 100 ms after its extinction
+        return [(y8 + 2, x8 - 1, 1.5 / PS)] if f >= t_ext + 40 else []
+
+    def move(f, i):  # particle 5 comes back 0.4 nm away (it diffused while unseen)
+        return (1, 1.5) if i == 5 and f >= 160 else (0, 0)
+
+    labs, det, _ = lsw_movie(R0, frames, hide=hide, extra=extra, move=move)
+    traj, events, _ = link(labs, det)
+    assert pid(traj, 99, y5, x5) == pid(traj, 160, y5, x5)  # found again (reid)
+    van = events[events.kind == "vanish"]
+    app = events[events.kind == "appear"]
+    assert len(van) == 2 and len(app) == 1  # particles 8 and 3 vanish, the nucleus is new
+    assert pid(traj, 0, y8, x8) in {int(p[0]) for p in van.parents}
+    assert int(app.child.iloc[0]) == pid(traj, t_ext + 40, y8, x8)
+    assert pid(traj, 0, y8, x8) != pid(traj, t_ext + 40, y8, x8)
+    # without re-identification beyond gap_ms, particle 5's absence is a vanish and an appear
+    _, ev0, _ = link(labs, det, reid_ms=0)
+    assert (ev0.kind == "vanish").sum() == 3 and (ev0.kind == "appear").sum() == 2
+
+
+def test_vanish_time_from_the_movie_law():
+    """A shrinking particle flickers at the detection limit (seen in one frame of eight below
+    r = 1.6 nm, never below 1.3 nm) and is lost well before it is gone: the vanish is dated
+    by the LSW law measured on the other particles, within 10 frames of the truth (its own last
+    detections are too few for a slope of its own)."""
+    frames = 200
+    radii = lsw_radii(R0, frames)
+    t_ext = int(np.flatnonzero(np.isnan(radii[:, 8]))[0])
+
+    def hide(f, i):
+        return i == 8 and (radii[f, i] < 1.3 or (radii[f, i] < 1.6 and f % 8))
+
+    labs, det, _ = lsw_movie(R0, frames, hide=hide)
+    traj, events, _ = link(labs, det)
+    van = events[events.kind == "vanish"]
+    assert len(van) == 1
+    last = traj[traj.particle == int(van.parents.iloc[0][0])].frame.max()
+    assert t_ext - last >= 15  # the particle was lost well before its extinction
+    assert abs(int(van.frame.iloc[0]) - t_ext) <= 10
+
+
+def test_border_crossing_re_identified():
+    """A big particle cut by the frame edge whose sliver drops out for 150 ms (> gap_ms) and
+    comes back is one trajectory: no exit, no enter."""
+    frames = []
+    for f in range(120):
+        d = [STATIC, (30, 60, 6)]
+        if not 40 <= f < 100:  # centre outside the frame: a sliver at the left edge, back
+            d.append((20 if f < 40 else 22, -6, 12))  # 2 px further down (it diffused)
+        frames.append(d)
+    labs, det = movie(frames)
+    traj, events, _ = run("overlap", labs, det)
+    assert len(events) == 0
+    assert pid(traj, 39, 20, 2) == pid(traj, 100, 20, 2)
+    _, ev0, _ = run("overlap", labs, det, reid_ms=0)
+    assert sorted(ev0.kind) == ["enter", "exit"]
+
+
+@pytest.mark.parametrize("mode", ["overlap", "centroid"])
+def test_flicker_chain_shortest_gap_first(mode):
+    """A particle flickering at the detection limit: gone 2 frames, back for 2 frames as a
+    smaller (partial) mask, gone 6 frames, back in full.  The lost particle is joined to the
+    first detection that fits, then on: one trajectory, no event."""
+    frames = []
+    for f in range(50):
+        d = [STATIC]
+        if f < 20 or f >= 30:
+            d.append((20, 30, 6))
+        elif 22 <= f < 24:
+            d.append((20, 31, 4))
+        frames.append(d)
+    labs, det = movie(frames)
+    traj, events, _ = run(mode, labs, det, memory=0)
+    assert len(events) == 0
+    ids = {pid(traj, f, 20, 30) for f in (0, 22, 23, 30, 49)}
+    assert len(ids) == 1
+
+
+def test_partial_mask_inside_the_particle_keeps_its_id():
+    """A big particle whose mask shrinks to a small piece inside its disc (contrast lost over
+    most of it) after a 3-frame drop-out: the volume ratio is far outside any size tolerance,
+    but the piece lies inside the particle's disc, where no other particle can be."""
+    frames = []
+    for f in range(60):
+        d = [STATIC]
+        if f < 20 or f >= 23:
+            d.append((25, 30, 12) if not 23 <= f < 35 else (25, 34, 4))
+        frames.append(d)
+    labs, det = movie(frames)
+    traj, events, _ = run("overlap", labs, det)
+    assert len(events) == 0
+    assert len({pid(traj, f, 25, 31) for f in (19, 23, 34, 35, 59)}) == 1
+
+
+def test_gap_sizes_from_several_detections():
+    """Across a detection gap the size comes from the running median of the detections on
+    either side, not from one faint (partial) detection at the gap's edge."""
+    f = np.r_[np.arange(0, 20), np.arange(60, 80)]
+    d = np.full(f.size, 6.0)
+    d[19] = 2.0  # the last detection before the gap is a partial mask
+    traj = pd.DataFrame({"particle": 1, "frame": f, "time_s": f / FPS, "eq_diameter_nm": d,
+                         "touches_border": False})
+    sz = size_trajectories(traj)
+    mid = sz[sz.frame.between(20, 40)]
+    assert (mid.r_smooth_nm > 2.9).all()  # r = 3 nm on both sides
