@@ -94,12 +94,13 @@ class _ChunkMasks:
         self.blank: list[int] = []                # featureless frames
         self.chunk_hist = np.zeros(256, np.int64)  # levels of the frames with structure
         self._bad: dict[int, np.ndarray] = {}
+        self.float_source = True                  # frames may hold NaN/inf: check each block
 
     def flag_nonfinite(self, blocks: Iterable[tuple[int, np.ndarray]]
                        ) -> Iterator[tuple[int, np.ndarray]]:
         """Pass ``(b0, frames)`` blocks on, noting which frames hold NaN/inf pixels."""
         for b0, block in blocks:
-            self._bad[b0] = (~np.isfinite(block).all(axis=(1, 2)) if block.dtype.kind == "f"
+            self._bad[b0] = (~np.isfinite(block).all(axis=(1, 2)) if self.float_source
                              else np.zeros(len(block), bool))
             yield b0, block
 
@@ -206,6 +207,8 @@ def infer_chunk(frames: MovieStore, prob_store: MovieStore, mask_store: MovieSto
     with ThreadPoolExecutor(threads) as pool, \
             BlockWriter(mask_store.array, io, name="etemseg-masks") as writer:
         chunk = _ChunkMasks(mask_store, cfg, pool, writer)
+        # only float frames can hold NaN/inf (temporal means of integer counts are finite)
+        chunk.float_source = frames.array.dtype.kind == "f"
 
         def run(blocks):
             for b0, q, hists in stream_levels(model, chunk.flag_nonfinite(blocks), arch=arch,
