@@ -22,7 +22,8 @@ The numba kernels that the fast recipe calls on its reused work arrays are publi
 (:func:`gaussian_into`, :func:`flood_keys_from_float`, :func:`flood_keys_reflood`,
 :func:`priority_flood`, :func:`rescale_inplace`, :func:`image_minmax`, :func:`otsu_threshold`,
 :func:`li_threshold`, :func:`threshold_into`, :func:`fill_holes_inplace`,
-:func:`remove_small_inplace`, :func:`above_level_filtered`); they write into caller-provided arrays and check nothing.
+:func:`remove_small_inplace`, :func:`above_level_filtered`, :func:`component_runs`); they write
+into caller-provided arrays and check nothing.
 
 Flood keys: an ``(H, W)`` image is flooded as a flat ``((H + 2) * (W + 2),)`` int32 key array with
 a 1-px ring of visited pixels; a key is a grey level in ``[0, levels)``, bit 30 marks a visited

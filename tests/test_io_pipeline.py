@@ -8,16 +8,15 @@ import time
 import numpy as np
 import pytest
 
-from etemseg.io.store import BlockWriter, MovieStore, create_store, map_chunk, read_chunk_ahead
+from etemseg.io.store import BlockWriter, MovieStore, map_chunk, read_chunk_ahead
+
+from .test_temporal_window import frames_store
 
 
 @pytest.fixture()
 def pair(tmp_path):
     frames = np.random.default_rng(2).integers(0, 4000, (24, 6, 7)).astype(np.uint16)
-    create_store(tmp_path / "f.zarr", n_frames=24, frame_shape=(6, 7), dtype=np.uint16,
-                 chunk_frames=12, fps=400.0, pixel_size_nm=0.2, zarr_chunk_frames=3)
-    MovieStore.open(tmp_path / "f.zarr", "r+").array[:] = frames
-    src = MovieStore.open(tmp_path / "f.zarr")
+    src = frames_store(tmp_path / "f.zarr", frames, 12, 3)
     dst = src.like(tmp_path / "o.zarr", np.uint16)
     return src, dst, frames
 
@@ -69,3 +68,8 @@ def test_map_chunk_reports_read_and_write_waits(pair):
     assert set(waits) == {"read_wait_s", "write_wait_s"}
     assert all(v >= 0.0 for v in waits.values())
     np.testing.assert_array_equal(MovieStore.open(dst.path).read(0, 12), frames[:12])
+
+
+def test_window_means_of_no_frames_is_empty(pair):
+    src, _, _ = pair
+    assert src.read_mean(5, 5, 3).shape == (0, 6, 7)

@@ -10,13 +10,20 @@ from etemseg.errors import ConfigError
 from etemseg.io.store import MovieStore, create_store, frames_in_window, read_chunk_ahead
 
 
+def frames_store(path, frames: np.ndarray, chunk_frames: int, zarr_chunk_frames: int
+                 ) -> MovieStore:
+    """A 400 frames/s, 0.2 nm/px store at ``path`` holding the uint16 ``frames``."""
+    create_store(path, n_frames=len(frames), frame_shape=frames.shape[1:], dtype=np.uint16,
+                 chunk_frames=chunk_frames, fps=400.0, pixel_size_nm=0.2,
+                 zarr_chunk_frames=zarr_chunk_frames)
+    MovieStore.open(path, "r+").array[:] = frames
+    return MovieStore.open(path)
+
+
 @pytest.fixture()
 def store(tmp_path):
     frames = np.random.default_rng(0).integers(0, 60000, (21, 8, 9)).astype(np.uint16)
-    create_store(tmp_path / "f.zarr", n_frames=21, frame_shape=(8, 9), dtype=np.uint16,
-                 chunk_frames=8, fps=400.0, pixel_size_nm=0.2, zarr_chunk_frames=4)
-    MovieStore.open(tmp_path / "f.zarr", "r+").array[:] = frames
-    return MovieStore.open(tmp_path / "f.zarr"), frames
+    return frames_store(tmp_path / "f.zarr", frames, 8, 4), frames
 
 
 def centred_mean(frames: np.ndarray, window: int) -> np.ndarray:

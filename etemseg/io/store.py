@@ -145,7 +145,8 @@ def window_means(raw: np.ndarray | Sequence[np.ndarray], a: int, t0: int, t1: in
     (read in turn, never concatenated) -- which must hold every frame of those windows that
     exists (windows are cut where ``raw`` ends: at the movie's ends). Running sums: integer
     counts (uint16) are summed exactly (float32 holds integers up to 2**24)."""
-    pieces = [raw] if isinstance(raw, np.ndarray) else [p for p in raw if len(p)]
+    arrays = [raw] if isinstance(raw, np.ndarray) else list(raw)
+    pieces = [p for p in arrays if len(p)] or arrays[:1]
     while len(pieces) > 3:                       # the kernel reads up to three pieces
         pieces[-2:] = [np.concatenate(pieces[-2:])]
     frame_shape = pieces[0].shape[1:]

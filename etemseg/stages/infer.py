@@ -73,8 +73,13 @@ def mask_from_levels(q: np.ndarray, level: int, min_area_px: int) -> np.ndarray:
     """Binary mask (H, W) uint8 of ``q > level`` without 8-connected components (as measured)
     under ``min_area_px`` pixels."""
     out = np.zeros(q.shape, np.uint8)
-    above_level_filtered(q, level, max(1, int(min_area_px)), out)
+    mask_into(q, level, min_area_px, out)
     return out
+
+
+def mask_into(q: np.ndarray, level: int, min_area_px: int, out: np.ndarray) -> int:
+    """:func:`mask_from_levels` written into ``out`` (zeros, uint8); returns its pixel count."""
+    return int(above_level_filtered(q, level, max(1, int(min_area_px)), out))
 
 
 class _ChunkMasks:
@@ -86,21 +91,21 @@ class _ChunkMasks:
     """
 
     def __init__(self, store: MovieStore, cfg: InferConfig, pool: Executor,
-                 writer: BlockWriter) -> None:
+                 writer: BlockWriter, float_frames: bool = True) -> None:
         self.store, self.cfg, self.pool, self.writer = store, cfg, pool, writer
+        self.float_frames = float_frames          # frames may hold NaN/inf: check each block
         self.levels: dict[int, int] = {}          # frame -> threshold level
         self.coverage: dict[int, float] = {}      # frame -> mask fraction
         self.nonfinite: list[int] = []            # frames with NaN/inf pixels
         self.blank: list[int] = []                # featureless frames
         self.chunk_hist = np.zeros(256, np.int64)  # levels of the frames with structure
         self._bad: dict[int, np.ndarray] = {}
-        self.float_source = True                  # frames may hold NaN/inf: check each block
 
     def flag_nonfinite(self, blocks: Iterable[tuple[int, np.ndarray]]
                        ) -> Iterator[tuple[int, np.ndarray]]:
         """Pass ``(b0, frames)`` blocks on, noting which frames hold NaN/inf pixels."""
         for b0, block in blocks:
-            self._bad[b0] = (~np.isfinite(block).all(axis=(1, 2)) if self.float_source
+            self._bad[b0] = (~np.isfinite(block).all(axis=(1, 2)) if self.float_frames
                              else np.zeros(len(block), bool))
             yield b0, block
 
@@ -142,9 +147,8 @@ class _ChunkMasks:
     def write(self, q: np.ndarray, b0: int) -> None:
         """Threshold the levels ``q`` of the block at ``b0`` and write its masks."""
         masks = np.zeros(q.shape, np.uint8)
-        min_area = max(1, int(self.cfg.min_area_px))
         kept = self.pool.map(
-            lambda i: above_level_filtered(q[i], self.levels[b0 + i], min_area, masks[i]),
+            lambda i: mask_into(q[i], self.levels[b0 + i], self.cfg.min_area_px, masks[i]),
             range(len(q)))
         for i, n in enumerate(kept):
             self.coverage[b0 + i] = float(n) / masks[i].size
@@ -206,9 +210,9 @@ def infer_chunk(frames: MovieStore, prob_store: MovieStore, mask_store: MovieSto
     io = min(threads, MAX_IO_BLOCKS)
     with ThreadPoolExecutor(threads) as pool, \
             BlockWriter(mask_store.array, io, name="etemseg-masks") as writer:
-        chunk = _ChunkMasks(mask_store, cfg, pool, writer)
         # only float frames can hold NaN/inf (temporal means of integer counts are finite)
-        chunk.float_source = frames.array.dtype.kind == "f"
+        chunk = _ChunkMasks(mask_store, cfg, pool, writer,
+                            float_frames=frames.array.dtype.kind == "f")
 
         def run(blocks):
             for b0, q, hists in stream_levels(model, chunk.flag_nonfinite(blocks), arch=arch,

@@ -41,8 +41,8 @@ def track_movie(frames_path, masks_path, particles_dir, *, movie: str = "", mode
         Link by mask overlap (label images recomputed per frame); False: centroids only.
     **link_options
         ``max_disp_nm``, ``min_overlap``, ``min_absorbed_volume``, ``memory``, ``gap_ms``,
-        ``persist_ms``, ``confirm_ms``, ``reid_ms`` of :func:`~etemseg.tracking.link_movie` (the windows in ms
-        are converted with the store's frame times).
+        ``persist_ms``, ``confirm_ms``, ``reid_ms`` of :func:`~etemseg.tracking.link_movie` (the
+        windows in ms are converted with the store's frame times).
 
     Returns
     -------
