@@ -26,6 +26,11 @@ Rows:
 
 frames/CPU-s is frames per second of process CPU time (all threads): the per-core rate.
 
+The process keeps freed memory as ``etemseg infer`` does (:func:`etemseg.nn.inference.retain_heap`,
+called by the CLI before any job): the blocks of frames, temporal means and levels are then not
+page-faulted and zeroed anew for every block. ``--no-retain-heap`` measures without it (what a
+library caller of ``infer_chunk`` that does not call it gets).
+
     python benchmarks/infer_host.py                  # 1792x1920, 32 frames, 1 thread
     python benchmarks/infer_host.py --frames 64 --threads 2 --output-codecs zstd:1
 """
@@ -56,7 +61,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from etemseg.io.store import MovieStore, create_store  # noqa: E402
-from etemseg.nn.inference import InferConfig  # noqa: E402
+from etemseg.nn.inference import InferConfig, retain_heap  # noqa: E402
 from etemseg.stages import infer as infer_stage  # noqa: E402
 
 
@@ -203,8 +208,13 @@ def main(argv=None) -> int:
     p.add_argument("--window-ms", type=float, nargs="+", default=[0.0, 12.5],
                    help="temporal windows of the model's input (12.5 ms: 5 frames at 400/s)")
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--no-retain-heap", dest="retain_heap", action="store_false",
+                   help="do not keep freed memory in the process (etemseg infer does)")
     p.add_argument("--json", type=Path, default=ROOT / "benchmarks/out/infer_host.json")
     args = p.parse_args(argv)
+    if args.retain_heap and not retain_heap():
+        print("retain_heap: mallopt unavailable here; measuring without it", file=sys.stderr)
+        args.retain_heap = False
     torch.set_num_threads(args.threads)
     h, w = (int(v) for v in args.size.lower().split("x"))
     frames = synthetic_frames(args.frames, h, w, args.pixel_size_nm)
@@ -224,7 +234,8 @@ def main(argv=None) -> int:
         for spec in args.output_codecs:
             codec, _, clevel = spec.partition(":")
             rows.extend(bench_outputs(tmp, store, levels, codec, int(clevel or 1), args.repeat))
-    print(f"\ninfer_chunk host side, {h}x{w}, {args.frames} frames, {args.threads} thread(s)")
+    print(f"\ninfer_chunk host side, {h}x{w}, {args.frames} frames, {args.threads} thread(s), "
+          f"{'heap retained' if args.retain_heap else 'heap not retained'}")
     print(f"{'row':26s} {'mode':11s} {'codec':11s} {'s':>8s} {'frames/s':>9s} "
           f"{'frames/CPU-s':>12s} {'B/frame':>9s}")
     for r in rows:
