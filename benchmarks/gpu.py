@@ -63,7 +63,7 @@ sys.path.insert(0, str(ROOT))
 
 from etemseg.levels import quantise  # noqa: E402
 from etemseg.nn.checkpoint import load_model, normalise_frames, normalise_tensor  # noqa: E402
-from etemseg.nn.inference import (InferConfig, open_model, prepare_model,  # noqa: E402
+from etemseg.nn.inference import (InferConfig, open_model, prepare_model, retain_heap,  # noqa: E402
                                   probabilities, stream_levels)
 from etemseg.nn.models import parse_arch  # noqa: E402
 from etemseg.nn.training import (TrainConfig, TrainingData, device_tensors,  # noqa: E402
@@ -350,27 +350,39 @@ def bench_inference(args, device: torch.device, model_path: Path, name: str, res
 
 
 def bench_chunk(work: Path, model_path: Path, model, iframes: np.ndarray, best: dict,
-                device: torch.device, result: dict) -> None:
-    """5. ``infer_chunk`` on a Zarr store of the frames (Otsu per frame, and fixed)."""
+                device: torch.device, result: dict, total: int) -> None:
+    """5. ``infer_chunk`` on a Zarr store of ``total`` frames (the ``--infer-frames`` repeated),
+    as the workflow runs it: Otsu per frame and fixed threshold, single frames and the default
+    12.5 ms temporal window, with the receipt's profile (seconds waited for reads and writes)."""
     from etemseg.io.store import MovieStore, create_store
 
     n, h, w = iframes.shape
-    create_store(work / "frames.zarr", n_frames=n, frame_shape=(h, w), dtype=np.uint16,
-                 chunk_frames=n, fps=400.0, pixel_size_nm=0.18)
+    frames = np.concatenate([iframes] * max(1, -(-total // n)))[:max(total, n)]
+    create_store(work / "frames.zarr", n_frames=len(frames), frame_shape=(h, w),
+                 dtype=np.uint16, chunk_frames=len(frames), fps=400.0, pixel_size_nm=0.18)
     fs = MovieStore.open(work / "frames.zarr", "r+")
-    fs.array[:] = iframes
+    fs.array[:] = frames
     prob = fs.like(work / "prob.zarr", np.uint8)
     mask = fs.like(work / "mask.zarr", np.uint8)
     _, meta_m = load_model(model_path, device="cpu")
-    for threshold in ("otsu_frame", "fixed"):
-        cfg_c = InferConfig(threshold=threshold, batch_size=best["batch"],
-                            gpu_precision=best["precision"])
-        infer_chunk(fs, prob, mask, 0, model, meta_m, cfg_c, device)   # warm
-        receipt = infer_chunk(fs, prob, mask, 0, model, meta_m, cfg_c, device)
-        result.setdefault("chunk", []).append(
-            {"threshold": threshold, "frames": n, "frames_per_s": receipt["frames_per_s"]})
-        print(f"infer_chunk ({n} frames {h}x{w}, {threshold}, min area 20 px, Zarr "
-              f"read+write): {receipt['frames_per_s']:.1f} frames/s")
+    for window_ms in (0.0, 12.5):
+        meta_w = {**meta_m, "data": {**(meta_m.get("data") or {}), "window_ms": window_ms}}
+        for threshold in ("otsu_frame", "fixed"):
+            cfg_c = InferConfig(threshold=threshold, batch_size=best["batch"],
+                                gpu_precision=best["precision"])
+            infer_chunk(fs, prob, mask, 0, model, meta_w, cfg_c, device)   # warm
+            receipt = infer_chunk(fs, prob, mask, 0, model, meta_w, cfg_c, device)
+            result.setdefault("chunk", []).append(
+                {"threshold": threshold, "window_ms": window_ms, "frames": len(frames),
+                 "host_threads": torch.get_num_threads(),
+                 **{k: receipt[k] for k in ("frames_per_s", "elapsed_s", "read_wait_s",
+                                            "write_wait_s", "window_frames")}})
+            print(f"infer_chunk ({len(frames)} frames {h}x{w}, {threshold}, window "
+                  f"{window_ms:g} ms, min area 20 px, Zarr read+write, "
+                  f"{torch.get_num_threads()} host threads): "
+                  f"{receipt['frames_per_s']:.1f} frames/s; waited {receipt['read_wait_s']:.2f} s "
+                  f"for reads, {receipt['write_wait_s']:.2f} s for writes of "
+                  f"{receipt['elapsed_s']:.2f} s")
 
 
 def main(argv=None) -> int:
@@ -380,6 +392,7 @@ def main(argv=None) -> int:
         print("no CUDA device: run with --device cpu to check the script", file=sys.stderr)
         return 2
     torch.backends.cudnn.benchmark = True
+    retain_heap()    # as ``etemseg infer`` does: freed host memory stays in the process
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
     result: dict = {"device": gpu, "torch": torch.__version__, "args": {
         k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
@@ -393,7 +406,8 @@ def main(argv=None) -> int:
     model_path = work / "model" / "model.pt"
     best, optimised, iframes = bench_inference(args, device, model_path, meta["name"], result)
     if args.chunk:
-        bench_chunk(work, model_path, optimised, iframes, best, device, result)
+        bench_chunk(work, model_path, optimised, iframes, best, device, result,
+                    args.infer_total)
         save(result, args.out)
     print(f"\nJSON: {args.out}")
     return 0
