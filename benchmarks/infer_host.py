@@ -25,6 +25,10 @@ Rows:
     and the bytes each codec stores per frame.
 
 frames/CPU-s is frames per second of process CPU time (all threads): the per-core rate.
+``main ms`` is the CPU time per frame of the job's main thread, the loop that feeds the network
+(everything else runs in the read, mask and write pools): work that more cores do not spread, so
+``1000 / main ms`` frames/s caps the job on any number of cores (before the network's own
+launch overhead).
 
 The process keeps freed memory as ``etemseg infer`` does (:func:`etemseg.nn.inference.retain_heap`,
 called by the CLI before any job): the blocks of frames, temporal means and levels are then not
@@ -138,22 +142,28 @@ def bench_job(tmp: Path, frames_store: MovieStore, levels: np.ndarray, codec: st
     infer_stage.stream_levels = fake_stream_levels(levels, 0)
     n = frames_store.n_frames
 
-    receipts = []
+    receipts, main_cpu = [], []
 
     def run():
         prob, mask = infer_stage.create_outputs(frames_store, tmp / "prob.zarr",
                                                 tmp / "mask.zarr", {})
         meta = {"name": "unet4-norm", "data": {"window_ms": window_ms}}
+        c = time.thread_time()
         receipts.append(infer_stage.infer_chunk(frames_store, prob, mask, 0, None, meta, cfg,
                                                 torch.device("cpu")))
+        main_cpu.append(time.thread_time() - c)
     seconds, cpu = timed(run, repeat)
     # the job's own profile (last run): seconds its main thread waited for reads and writes
     waits = {key: receipts[-1][key] for key in ("read_wait_s", "write_wait_s")}
+    # CPU of the job's main thread (the loop that feeds the network; the rest runs in pools):
+    # the part no number of cores parallelises, so 1000 / ms-per-frame caps the whole job
+    main_ms = 1000.0 * min(main_cpu) / n
     return {"row": f"job, window {window_ms:g} ms", "mode": mode, "codec": f"frames {codec}",
             "frames": n,
             "seconds": round(seconds, 3),
             "frames_per_s": round(n / seconds, 2), "frames_per_cpu_s": round(n / cpu, 2),
-            **waits}
+            "main_thread_ms_per_frame": round(main_ms, 3),
+            "main_thread_ceiling_frames_per_s": round(1000.0 / main_ms, 1), **waits}
 
 
 def bench_decode(frames_store: MovieStore, codec: str, repeat: int) -> dict:
@@ -237,13 +247,15 @@ def main(argv=None) -> int:
     print(f"\ninfer_chunk host side, {h}x{w}, {args.frames} frames, {args.threads} thread(s), "
           f"{'heap retained' if args.retain_heap else 'heap not retained'}")
     print(f"{'row':26s} {'mode':11s} {'codec':11s} {'s':>8s} {'frames/s':>9s} "
-          f"{'frames/CPU-s':>12s} {'B/frame':>9s}")
+          f"{'frames/CPU-s':>12s} {'B/frame':>9s} {'main ms':>8s}")
     for r in rows:
         s = "" if r["seconds"] is None else f"{r['seconds']:8.3f}"
         f = "" if r["frames_per_s"] is None else f"{r['frames_per_s']:9.1f}"
         c = "" if r["frames_per_cpu_s"] is None else f"{r['frames_per_cpu_s']:12.1f}"
         b = f"{r['bytes_per_frame']:9d}" if "bytes_per_frame" in r else ""
-        print(f"{r['row']:26s} {r['mode']:11s} {r['codec']:11s} {s:>8s} {f:>9s} {c:>12s} {b:>9s}")
+        m = f"{r['main_thread_ms_per_frame']:8.2f}" if "main_thread_ms_per_frame" in r else ""
+        print(f"{r['row']:26s} {r['mode']:11s} {r['codec']:11s} {s:>8s} {f:>9s} {c:>12s} {b:>9s} "
+              f"{m:>8s}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
