@@ -31,16 +31,17 @@ Segmenters (``--segmenters``, ';'-separated):
 
 Real micrographs (``--realdata``, default ``../shared/realdata/pt-carbon-hrtem``; skipped when
 absent): each image is pseudo-labelled as an uncalibrated movie (``default`` at the estimated
-scale), each of ``--real-models`` is trained on that image's own pseudo-labels (its four
-quadrants as frames, one held out) and run on the whole image; detection precision/recall/F1
+scale), each of ``--real-models`` is trained on that image's own pseudo-labels (its four quadrants
+as frames, one held out; the image is normalised as a whole before it is cut, as the inference
+engine normalises the whole frame) and run on the whole image; detection precision/recall/F1
 against the hand-checked boxes as ``benchmarks/realdata.py`` scores them (plus, as a diagnostic,
 the model at p > 0.5 and the Otsu separation of its probabilities), and a picture of the contours
-per image (``--figures``).  Measure only: the simulator, the segmenters and the training settings
+per image (``--figures``). Measure only: the simulator, the segmenters and the training settings
 are not tuned on these numbers (settings were chosen on ``--seed 200``, reported on the default
-seed 100; see ``docs/training.md``).  Prints tables and writes ``benchmarks/out/accuracy.json``;
-the simulation time per frame of each case is recorded as well (physics + rendering, one
-thread), and the demo's ``synth`` job (48 frames 512x512 written as TIFFs + truth) is timed in
-both modes.  Threads: one (numba, torch).
+seed 100; see ``docs/training.md``). Prints tables and writes ``benchmarks/out/accuracy.json``; the
+simulation time per frame of each case is recorded as well (physics + rendering, one thread), and
+the demo's ``synth`` job (48 frames 512x512 written as TIFFs + truth) is timed in both modes.
+Threads: one (numba, torch).
 """
 
 from __future__ import annotations
@@ -368,8 +369,11 @@ def run_realdata(data: Path, archs: list[str], figures: Path | None) -> list[dic
         masks, notes = {"pseudo:default": pseudo}, {}
         for arch in archs:
             t0 = time.perf_counter()
-            tiles = real_image_tiles(raw)
-            model = train_on_pseudo(normalise_frames(tiles), real_image_tiles(pseudo), ps, arch,
+            # the image normalised as a whole (as the inference engine normalises the frame it
+            # runs on), then cut: quadrants normalised on their own would show the network a
+            # thick, dark patch of support as ordinary grey and make it "dark" at inference
+            tiles = real_image_tiles(normalise_frames(raw[None])[0])
+            model = train_on_pseudo(tiles, real_image_tiles(pseudo), ps, arch,
                                     {"block_frames": 1})
             prob = model_probabilities(model, parse_arch(arch), raw[None], max_tile_px=512)
             masks[f"model:{arch}"] = masks_from_probabilities(prob, work_factor_of(model))[0]

@@ -8,6 +8,8 @@ labelled as a user's uncalibrated movie would be, and as before lengths were phy
 * ``default, estimated scale``: ``PRESETS["default"]`` (lengths in nm) resolved at the scale that
   :mod:`etemseg.scales` estimates from the image (what ``etemseg pseudolabel`` does for a movie
   without calibration);
+* ``thick-support, estimated scale``: ``PRESETS["thick-support"]`` (the default plus a 5 nm local
+  background, for thick supports such as carbon black) at the same scale;
 * ``default at 0.18 nm/px``: the same preset at the demo's pixel size (= the former pixel values);
 * ``paper``: the published recipe (pixel values).
 
@@ -67,8 +69,9 @@ def run(data: Path) -> list[dict]:
         box_px = float(np.median(np.sqrt((boxes[:, 1] - boxes[:, 0])
                                          * (boxes[:, 3] - boxes[:, 2]))))
         info = scale_for_movie(None, frame[None], expected_diameter_nm=5.0)
-        variants = {"default, estimated scale": PRESETS["default"].resolved(
-                        info.get("effective_pixel_size_nm") or 0.18),
+        est = info.get("effective_pixel_size_nm") or 0.18
+        variants = {"default, estimated scale": PRESETS["default"].resolved(est),
+                    "thick-support, estimated scale": PRESETS["thick-support"].resolved(est),
                     "default at 0.18 nm/px": PRESETS["default"].resolved(0.18),
                     "paper": PRESETS["paper"]}
         for name, params in variants.items():
@@ -91,11 +94,11 @@ def main() -> None:
         print(f"skipped: no images in {args.data}")
         return
     rows = run(args.data)
-    print(f"{'image':<16} {'variant':<26} {'box px':>6} {'est. d px':>9} {'sigma':>5} "
+    print(f"{'image':<16} {'variant':<30} {'box px':>6} {'est. d px':>9} {'sigma':>5} "
           f"{'open r':>6} {'comps':>5} {'P':>5} {'R':>5} {'F1':>5}")
     for r in rows:
         est = r["estimated_diameter_px"]
-        print(f"{r['image']:<16} {r['variant']:<26} {r['median_box_px']:>6} "
+        print(f"{r['image']:<16} {r['variant']:<30} {r['median_box_px']:>6} "
               f"{(f'{est:.1f}' if est else '-'):>9} {r['sigma_px']:>5.2f} "
               f"{r['opening_radius_px']:>6} {r['components']:>5} {r['precision']:>5.2f} "
               f"{r['recall']:>5.2f} {r['f1']:>5.2f}")

@@ -315,8 +315,9 @@ def _bad_frames() -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("preset", ["paper", "default"])
 def test_bad_input(case, impl, preset, caplog):
     frame = _bad_frames()[case]
+    params = PX[preset]
     with caplog.at_level(logging.WARNING, logger=LOGGER):
-        mask = impl(frame, PX[preset])
+        mask = impl(frame, params)
     assert mask.shape == frame.shape and mask.dtype == np.uint8
     assert not np.isnan(mask.astype(float)).any()
     assert mask.min() == 0  # never all ones
@@ -326,7 +327,7 @@ def test_bad_input(case, impl, preset, caplog):
                 "pure_poisson", "uniform_noise"):
         assert cov == 0.0
     if case == "partly_nonfinite":
-        ref = impl(sim_frame(128, 160)[0], PX[preset])
+        ref = impl(sim_frame(128, 160)[0], params)
         assert iou(mask, ref) > 0.9
     if case == "huge_particle":
         assert f1(mask, _huge_particle_frame(False)[1]) > 0.95
@@ -335,8 +336,14 @@ def test_bad_input(case, impl, preset, caplog):
 
 
 def test_huge_particle_touching_border_default_finds_it():
+    """A particle of 35-47 nm at 0.18 nm/px (7-9 times the diameter the default's lengths
+    assume) is found by the default preset; the ``thick-support`` preset's 5 nm local background
+    takes it for support unless its disk is raised to about the particle's size."""
     img, disc = _huge_particle_frame(True)
     assert f1(pseudolabel_fast(img, PX["default"]), disc) > 0.95
+    wide = PseudoLabelParams(**{**PX["thick-support"].to_dict(), "background_radius_px": 300})
+    assert f1(pseudolabel_fast(img, wide), disc) > 0.95
+    assert f1(pseudolabel_fast(img, PX["thick-support"]), disc) < 0.9
     assert pseudolabel_fast(img, PX["paper"]).sum() == 0  # border-connected: not a basin
 
 
@@ -405,6 +412,8 @@ def test_stack_rejects_bad_method_and_shape():
         ("opening_radius_nm", -0.1), ("opening_radius_nm", float("inf")),
         ("min_area_nm2", -1.0), ("min_area_nm2", True), ("border_pad_nm", -2.0),
         ("border_pad_nm", float("-inf")),
+        ("background_radius_px", -1), ("background_radius_px", 3.5),
+        ("background_radius_px", 5000), ("background_radius_nm", -1.0),
     ],
 )
 def test_params_validation_names_field(field, value):
@@ -449,6 +458,9 @@ def test_resolution_arithmetic(caplog):
     assert (tiny.sigma, tiny.opening_radius, tiny.min_area_px, tiny.border_pad_px) == (
         0.5, 1, 0, 1)                                     # sigma floor, radius >= 1, pad ceil
     assert PseudoLabelParams(opening_radius_nm=0.0).resolved(0.1).opening_radius == 0
+    assert PseudoLabelParams(background_radius_nm=5.0).resolved(0.06).background_radius_px == 83
+    assert PseudoLabelParams(background_radius_nm=0.01).resolved(1.0).background_radius_px == 1
+    assert PseudoLabelParams(background_radius_nm=0.0).resolved(1.0).background_radius_px == 0
     half = PRESETS["default"].resolved(0.36)              # 2.5 px -> 3 (half up), 7.5 -> 8
     assert (half.sigma, half.opening_radius, half.min_area_px, half.border_pad_px) == (
         1.0, 3, 8, 24)
@@ -535,3 +547,88 @@ def test_resolve_for_movie(caplog):
     assert any(r.levelno == logging.WARNING for r in caplog.records)
     paper, info = resolve_for_movie(PRESETS["paper"], None, None)   # px only: nothing to do
     assert paper == PRESETS["paper"] and info["source"] == "px"
+
+
+# --------------------------------------------------------------------------------------------
+# local background: thick patches of support are not particles
+# --------------------------------------------------------------------------------------------
+
+
+def ndi_erode(mask: np.ndarray, footprint: np.ndarray) -> np.ndarray:
+    from scipy import ndimage as ndi
+
+    return ndi.binary_erosion(mask, footprint)
+
+
+def ndi_dilate(mask: np.ndarray, footprint: np.ndarray) -> np.ndarray:
+    from scipy import ndimage as ndi
+
+    return ndi.binary_dilation(mask, footprint)
+
+
+def patch_frame(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A 384 px frame: a textured support with a dark, thick patch (a disc of radius 110 px,
+    25 % darker: wider than the default's 28 px background disk at 0.18 nm/px) inside the
+    frame, and 8 px particles (45 % darker than what they sit on), three on the patch and three
+    off it.  Returns (counts, particle mask, patch mask)."""
+    rng = np.random.default_rng(seed)
+    h = w = 384
+    yy, xx = np.mgrid[:h, :w].astype(float)
+    patch = (yy - 190) ** 2 + (xx - 200) ** 2 < 110 ** 2
+    inten = np.where(patch, 0.75, 1.0)
+    from scipy import ndimage as ndi
+
+    inten *= 1 + 0.04 * ndi.gaussian_filter(rng.standard_normal((h, w)), 1.5) / 0.19
+    particles = np.zeros((h, w), bool)
+    for cy, cx in ((150, 160), (230, 250), (190, 200), (40, 40), (330, 60), (60, 340)):
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 < 8 ** 2
+        particles |= disc
+        inten[disc] *= 0.55
+    return rng.poisson(300 * inten).astype(np.uint16), particles, patch
+
+
+def test_background_depth_keeps_particles_and_flattens_wide_patches():
+    from etemseg.stages.pseudolabel import background_depth
+
+    img, particles, patch = patch_frame()
+    g = filters.gaussian(img / img.max(), sigma=2.0, preserve_range=True)
+    depth = background_depth(g, 28)
+    assert depth.shape == g.shape and depth.dtype == g.dtype and depth.min() >= 0
+    core = ndi_erode(patch, morphology.disk(40)) & ~ndi_dilate(
+        particles, morphology.disk(30))
+    deep = float(np.median(depth[ndi_erode(particles, morphology.disk(4))]))
+    # particle depth: ~45 % of the local level (0.75 or 1 of ~1.25 max); patch: texture only
+    assert deep > 0.2, deep
+    assert float(np.percentile(depth[core], 95)) < 0.25 * deep
+    assert np.array_equal(background_depth(g, 1) >= 0, np.ones_like(g, bool))
+
+
+@pytest.mark.parametrize("impl", [pseudolabel_fast, pseudolabel_reference])
+def test_thick_patch_is_not_a_particle(impl):
+    img, particles, patch = patch_frame()
+    thick = PX["thick-support"]
+    assert thick.background_radius_px == 28 and PX["default"].background_radius_px == 0
+    off = PseudoLabelParams(**{**thick.to_dict(), "background_radius_px": 0})
+    assert off == PX["default"]
+    with_bg, without = impl(img, thick).astype(bool), impl(img, off).astype(bool)
+    interior = ndi_erode(patch, morphology.disk(10)) & ~ndi_dilate(
+        particles, morphology.disk(12))
+    # without the local background the patch is one deep basin and labelled a particle
+    assert without[interior].mean() > 0.5
+    assert with_bg[interior].mean() < 0.02
+    assert f1(with_bg, particles) > 0.85, f1(with_bg, particles)
+
+
+def test_background_cap_helps_on_carbon_black():
+    """Realistic frames on a carbon-black support (thick overlapping carbon spheres): the
+    local background of the ``thick-support`` preset lifts the pixel F1 of the default preset
+    (measured 0.63 -> 0.67 over 12 frames at 0.18 nm/px dose 40; here 2 frames of one movie)."""
+    pairs_on, pairs_off = [], []
+    off = PX["default"]
+    sp = SynthParams(frames=2, imaging="realistic", support="carbon-black", dose=40.0, seed=100)
+    for img, lab in simulate(sp):
+        pairs_on.append((pseudolabel_fast(img, PX["thick-support"]), lab))
+        pairs_off.append((pseudolabel_fast(img, off), lab))
+    on = score_frames(pairs_on, pixel_size_nm=0.18)["pixel"]["f1"]
+    no = score_frames(pairs_off, pixel_size_nm=0.18)["pixel"]["f1"]
+    assert on > no + 0.01, (on, no)

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import tifffile
 import zarr
+from scipy import ndimage
 
 from etemseg import synth
 from etemseg.errors import ConfigError, InputFileError
@@ -85,6 +86,13 @@ def small_run():
         ("support_phase_rad", -0.1),
         ("support_length_nm", 0.0),
         ("mtf_sigma_px", -0.5),
+        ("support", "graphene"),
+        ("carbon_radius_nm", 0.0),
+        ("carbon_coverage", 1.0),
+        ("carbon_coverage", 0.0),
+        ("carbon_mfp_nm", -5.0),
+        ("carbon_inner_potential_v", float("nan")),
+        ("carbon_texture_rad", 3.5),
     ],
 )
 def test_validate_names_bad_field(field, value):
@@ -568,3 +576,35 @@ def test_electron_optics_constants():
                                atol=1e-12)
     s = optics.excitation_errors(np.eye(3)[None], g, 0.0)   # beam along [001]
     np.testing.assert_allclose(s[0], -g[:, 2])
+
+
+def test_carbon_black_support_thick_textured_with_vacuum():
+    """Carbon black: truth unchanged, film-mode frames unchanged, carbon darker than vacuum by
+    its mass thickness, textured where thick, featureless vacuum, moving with the stage."""
+    from etemseg.synth.imaging import RealisticRenderer
+    from etemseg.synth.physics import _orientation_stream, _streams
+
+    base = SynthParams(frames=2, height=256, width=256, imaging="realistic", dose=20000.0,
+                       n_particles=0, appear_rate=0.0, gradient=0.0, seed=5)
+    cb = dataclasses.replace(base, support="carbon-black")
+    film = [img for img, _ in simulate(base)]
+    frames = list(simulate(cb))
+    assert all(not lab.any() for _, lab in frames)
+    assert not np.array_equal(film[0], frames[0][0])
+    # the film mode draws nothing new: a carbon-black field leaves it byte-identical
+    again = dataclasses.replace(base, carbon_radius_nm=40.0, carbon_texture_rad=1.0)
+    for a, (b, _) in zip(film, simulate(again)):
+        np.testing.assert_array_equal(a, b)
+    r = RealisticRenderer(cb, _streams(cb.seed)[1], _orientation_stream(cb.seed))
+    t = r.carbon_nm[r.pad:r.pad + 256, r.pad:r.pad + 256]    # frame 0's carbon, nm
+    assert 0.4 < (t > 0).mean() < 0.98 and t.max() > 20.0
+    img = frames[0][0].astype(float)
+    vac = ndimage.binary_erosion(t == 0, iterations=12)
+    thick = ndimage.binary_erosion(t > 25.0, iterations=12)
+    assert vac.sum() > 300 and thick.sum() > 300
+    # mass thickness: exp(-t / 200 nm); texture: relative r.m.s. well above the vacuum's
+    expected = np.exp(-t[thick] / cb.carbon_mfp_nm).mean()
+    assert abs(img[thick].mean() / img[vac].mean() - expected) < 0.05
+    assert img[thick].std() / img[thick].mean() > 3 * img[vac].std() / img[vac].mean()
+    # the same carbon at the other frame, moved by the drift (0.05, 0.03) px: near-identical
+    assert np.corrcoef(img[thick], frames[1][0].astype(float)[thick])[0, 1] > 0.9

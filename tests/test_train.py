@@ -71,6 +71,54 @@ def test_splits():
         split_frames(8, TrainConfig(split="time_blocks", block_frames=16))
 
 
+def test_level_augment_adds_a_smooth_bounded_field_and_is_off_by_default():
+    from etemseg.nn.training import level_field
+
+    data = disks_data()
+    gen = torch.Generator().manual_seed(5)
+    field = level_field(32, 1.5, gen)
+    assert field.shape == (1, 1, 32, 32) and field.dtype == torch.float32
+    assert 0 < float(field.abs().max()) <= 1.5 + 1e-6
+    # smooth over a crop: neighbouring pixels differ by a small part of the peak
+    assert float(field.diff(dim=-1).abs().max()) < 0.25 * float(field.abs().max())
+    plain = TrainConfig(**{**FAST, "batch_size": 1})
+    assert plain.level_augment == 0
+    on = dataclasses.replace(plain, level_augment=1.5)
+    x0, y0 = sample_batch(data, plain, torch.Generator().manual_seed(3))
+    x1, y1 = sample_batch(data, on, torch.Generator().manual_seed(3))
+    # the same crop and labels; the image differs by a smooth field of peak <= 1.5
+    assert torch.equal(y0, y1)
+    diff = x1 - x0
+    assert 0 < float(diff.abs().max()) <= 1.5 + 1e-5
+    assert float(diff.diff(dim=-1).abs().max()) < 0.25 * float(diff.abs().max())
+    with pytest.raises(ConfigError, match="level_augment"):
+        TrainConfig(level_augment=-1.0).validate()
+
+
+def test_keep_best_by_loss_skips_a_degenerate_first_epoch():
+    """Sparse particles in the validation frames: an undertrained epoch that marks everything
+    (F1 0.09 at precision 0.05) outranks cautious later epochs (F1 0 at p > 0.5) by F1, not by
+    the validation loss."""
+    from etemseg.nn.training import TrainingRun
+
+    data = disks_data()
+    rows = [{"epoch": 1, "val_f1": 0.09, "val_loss": 0.70},
+            {"epoch": 2, "val_f1": 0.0, "val_loss": 0.17},
+            {"epoch": 3, "val_f1": 0.0, "val_loss": 0.12},
+            {"epoch": 4, "val_f1": 0.0, "val_loss": 0.15}]
+    kept = {}
+    for by in ("f1", "loss"):
+        run = TrainingRun.new(data, TrainConfig(**FAST), torch.device("cpu"))
+        for row in rows:
+            run.record(row, by)
+        kept[by] = run.best["epoch"]
+        assert run.best["state"] is not None
+    assert kept == {"f1": 1, "loss": 3}
+    assert TrainConfig().keep_best_by == "f1"
+    with pytest.raises(ConfigError, match="keep_best_by"):
+        TrainConfig(keep_best_by="val").validate()
+
+
 def test_batches_are_deterministic_and_labels_follow_images():
     data = disks_data()
     cfg = TrainConfig(**{**FAST, "batch_size": 6})

@@ -113,6 +113,13 @@ class TrainConfig:
         Paper's augmentation: translations with wrap-around, rotations, flips, crop-and-zoom.
     zoom : float
         Crop-and-zoom range: crops of ``crop_px * s`` resized to ``crop_px``, s in [1/zoom, zoom].
+    level_augment : float
+        Not in the paper (0: off).  With ``augment``, add to each (normalised) crop a smooth
+        random level field of peak amplitude ``U(0, level_augment)`` frame standard deviations
+        (a 4 x 4 grid of normal values, bicubically interpolated over the crop, scaled to a peak
+        of 1): the slow darkening of a thick, uneven support (carbon black) or of the
+        illumination, so that the network takes particles for what is darker than their
+        surroundings, not for what is dark.
     amp : bool
         Mixed precision on CUDA (ignored on the CPU).
     seed : int
@@ -122,7 +129,14 @@ class TrainConfig:
     max_val_frames : int
         Cap on validation frames scored each epoch.
     keep_best : bool
-        Save the weights of the epoch with the best validation F1 (else those of the last epoch).
+        Save the weights of the epoch with the best validation score (else those of the last
+        epoch).
+    keep_best_by : str
+        The score ``keep_best`` ranks epochs by: ``f1`` (validation F1 at p > 0.5, highest) or
+        ``loss`` (validation loss, lowest).  With few particles in the validation frames the F1
+        at p > 0.5 is 0 for every epoch whose network is still cautious there, and an
+        undertrained first epoch that marks everything dark (precision ~0.05) scores highest;
+        the loss ranks such an epoch last.
     loss : str
         ``ce`` (cross-entropy, paper), ``ce_dice`` (cross-entropy plus the soft Dice loss of the
         particle class) or ``bootstrap`` (hard bootstrapping, Reed et al. 2015: the target is
@@ -159,11 +173,13 @@ class TrainConfig:
     particle_weight: float | None = None
     augment: bool = True
     zoom: float = 1.25
+    level_augment: float = 0.0
     amp: bool = True
     seed: int = 0
     device: str = "auto"
     max_val_frames: int = 64
     keep_best: bool = True
+    keep_best_by: str = "f1"
     loss: str = "ce"
     ignore_margin_px: int = 0
     self_training_rounds: int = 0
@@ -189,8 +205,10 @@ class TrainConfig:
             "block_frames": self.block_frames >= 1,
             "particle_weight": self.particle_weight is None or self.particle_weight >= 0,
             "zoom": self.zoom >= 1, "device": self.device in ("auto", "cpu", "cuda"),
+            "level_augment": is_number(self.level_augment) and 0 <= self.level_augment <= 100,
             "max_val_frames": self.max_val_frames >= 1,
             "loss": self.loss in LOSSES,
+            "keep_best_by": self.keep_best_by in ("f1", "loss"),
             "ignore_margin_px": _is_int(self.ignore_margin_px) and self.ignore_margin_px >= 0,
             "self_training_rounds": (_is_int(self.self_training_rounds)
                                      and self.self_training_rounds >= 0),
@@ -409,6 +427,17 @@ def resolve_crop(cfg: TrainConfig, data: TrainingData) -> TrainConfig:
     return dataclasses.replace(cfg, crop_px=px)
 
 
+def level_field(size: int, amplitude: float, gen: torch.Generator) -> torch.Tensor:
+    """A smooth random level field (1, 1, size, size) float32 for :attr:`TrainConfig.level_augment`:
+    a 4 x 4 grid of normal values interpolated bicubically over the crop, scaled to a peak of
+    ``U(0, amplitude)`` (draws from ``gen``)."""
+    grid = torch.randn((1, 1, 4, 4), generator=gen)
+    field = F.interpolate(grid, size=(size, size), mode="bicubic", align_corners=True)
+    peak = float(field.abs().max())
+    scale = torch.rand(1, generator=gen).item() * amplitude / max(peak, 1e-6)
+    return (field * scale).to(torch.float32)
+
+
 def sample_batch(data: TrainingData, cfg: TrainConfig, gen: torch.Generator, *,
                  tensors: tuple[torch.Tensor, torch.Tensor] | None = None, factor: int = 1
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -451,6 +480,8 @@ def sample_batch(data: TrainingData, cfg: TrainConfig, gen: torch.Generator, *,
             x, y = torch.rot90(x, k, (-2, -1)), torch.rot90(y, k, (-2, -1))
             if torch.rand(1, generator=gen).item() < 0.5:
                 x, y = x.flip(-1), y.flip(-1)
+            if cfg.level_augment > 0:
+                x = x + level_field(c, cfg.level_augment, gen).to(x.device)
         xs.append(x[0])
         ys.append(y[0, 0])
     return torch.stack(xs), torch.stack(ys).long()
@@ -765,12 +796,17 @@ class TrainingRun:
         self.labels = None if packed is None else unpack_labels(packed)
         self.label_fractions = list(ckpt.get("label_fractions", []))
 
-    def record(self, row: dict) -> None:
-        """Add an epoch's metrics; keep its weights when its validation F1 is the best so far."""
+    def record(self, row: dict, by: str = "f1") -> None:
+        """Add an epoch's metrics; keep its weights when it is the best so far: the highest
+        validation F1 (``by="f1"``) or the lowest validation loss (``by="loss"``)."""
         self.history.append(row)
         self.epochs_done = int(row["epoch"])
-        if row["val_f1"] > self.best["f1"]:
-            self.best = {"f1": row["val_f1"], "epoch": self.epochs_done,
+        if by == "loss":
+            better = row["val_loss"] < self.best.get("loss", math.inf)
+        else:
+            better = row["val_f1"] > self.best["f1"]
+        if better:
+            self.best = {"f1": row["val_f1"], "loss": row["val_loss"], "epoch": self.epochs_done,
                          "state": {k: v.detach().cpu().clone()
                                    for k, v in self.model.state_dict().items()}}
 
@@ -916,7 +952,7 @@ class Trainer:
             if epoch // cfg.epochs > run.round:
                 self.start_round(epoch // cfg.epochs)
             row = self.train_epoch(epoch)
-            run.record(row)
+            run.record(row, cfg.keep_best_by)
             if run.epochs_done == total:
                 run.finish(self.model_meta())
             self.save_checkpoint()

@@ -38,6 +38,8 @@ from etemseg.protocol import ChunkStage, Receipt
 from etemseg.scales import _denoise, area_px, round_half_up
 
 __all__ = [
+    "BACKGROUND_BLOCKS",
+    "BACKGROUND_RADIUS_MAX_PX",
     "HIGH_COVERAGE_WARN",
     "MAX_COVERAGE",
     "NOISE_FLOOR_K",
@@ -48,6 +50,7 @@ __all__ = [
     "SIGMA_MIN_PX",
     "PseudoLabelParams",
     "PseudolabelStage",
+    "background_depth",
     "label_chunk",
     "params_from_preset",
     "prepare_frame",
@@ -74,7 +77,10 @@ HIGH_COVERAGE_WARN = 0.6
 SIGMA_MIN_PX = 0.5
 #: Each physical length -> its pixel twin.
 NM_TWINS = {"sigma_nm": "sigma", "opening_radius_nm": "opening_radius",
-            "min_area_nm2": "min_area_px", "border_pad_nm": "border_pad_px"}
+            "min_area_nm2": "min_area_px", "border_pad_nm": "border_pad_px",
+            "background_radius_nm": "background_radius_px"}
+#: Largest ``background_radius_px``.
+BACKGROUND_RADIUS_MAX_PX = 4096
 
 _THRESHOLDS = ("otsu", "li", "fixed")
 _POLARITIES = ("dark", "bright")
@@ -114,6 +120,13 @@ class PseudoLabelParams:
         quadratic trend, see :func:`etemseg.morphology.pad_frame`), and crop the depth ``d``
         back to the frame.  A particle cut by the frame edge then becomes a closed basin and is
         found; the pad should exceed the largest particle diameter in px.
+    background_radius_px : int
+        Not in the paper (0 there: off).  Cap the basin depth ``d`` by the depth below the local
+        background, :func:`background_depth` (an upper percentile of the smoothed frame within
+        a disk of this radius): a dark region wider than the disk (a thick patch of the
+        support, e.g. carbon black) is not a particle however deep a basin it is, while a
+        particle narrower than about the disk keeps its full depth, also where it sits on such a
+        patch.  Should be about the largest particle diameter in px.
     sigma_nm : float or None
         Physical twin of ``sigma``, nm (> 0).
     opening_radius_nm : float or None
@@ -122,6 +135,8 @@ class PseudoLabelParams:
         Physical twin of ``min_area_px``, nm^2 (>= 0).
     border_pad_nm : float or None
         Physical twin of ``border_pad_px``, nm (>= 0).
+    background_radius_nm : float or None
+        Physical twin of ``background_radius_px``, nm (>= 0).
 
     Notes
     -----
@@ -138,10 +153,12 @@ class PseudoLabelParams:
     min_area_px: int = 0
     fill_holes: bool = False
     border_pad_px: int = 0
+    background_radius_px: int = 0
     sigma_nm: float | None = None
     opening_radius_nm: float | None = None
     min_area_nm2: float | None = None
     border_pad_nm: float | None = None
+    background_radius_nm: float | None = None
 
     def validate(self) -> None:
         """Check every field; raise :class:`~etemseg.errors.ConfigError` naming the first bad
@@ -166,6 +183,10 @@ class PseudoLabelParams:
             raise bad("fill_holes", "must be true or false")
         if not is_int(self.border_pad_px) or not 0 <= self.border_pad_px <= 4096:
             raise bad("border_pad_px", "must be an integer in [0, 4096]")
+        if (not is_int(self.background_radius_px)
+                or not 0 <= self.background_radius_px <= BACKGROUND_RADIUS_MAX_PX):
+            raise bad("background_radius_px",
+                      f"must be an integer in [0, {BACKGROUND_RADIUS_MAX_PX}]")
         for name in NM_TWINS:
             value = getattr(self, name)
             if value is None:
@@ -223,6 +244,11 @@ class PseudoLabelParams:
         if self.border_pad_nm is not None:
             px["border_pad_px"] = _clip("border_pad_px",
                                         math.ceil(_denoise(self.border_pad_nm / ps)), 4096)
+        if self.background_radius_nm is not None:
+            r = round_half_up(self.background_radius_nm / ps)
+            px["background_radius_px"] = _clip(
+                "background_radius_px", max(r, 1 if self.background_radius_nm > 0 else 0),
+                BACKGROUND_RADIUS_MAX_PX)
         out = replace(self, **px, **dict.fromkeys(NM_TWINS))
         out.validate()
         return out
@@ -292,6 +318,11 @@ def params_from_preset(preset: str, overrides: dict[str, Any] | None = None
 #: and a minimum area, in nm: at 0.18 nm/px it resolves exactly to the px values it also holds
 #: (sigma 2 px, opening radius 5 px, min area 30 px, pad 48 px; pixel F1 ~0.92 on the demo movie,
 #: ``SynthParams()``), the px fallback when the pixel size is unknown and cannot be estimated.
+#: ``"thick-support"``: ``"default"`` plus the local background (``background_radius_nm`` 5 nm,
+#: 28 px at 0.18 nm/px) for thick, uneven supports such as carbon black: dark regions wider than
+#: about 10 nm are taken for support, so particles of more than ~10 nm diameter are lost too
+#: (a 12 nm particle at 0.18 nm/px is; raise ``background_radius_nm`` to about the largest
+#: particle diameter).  Not the default for that reason.
 PRESETS: dict[str, PseudoLabelParams] = {
     "paper": PseudoLabelParams(
         sigma=2.0, opening_radius=5, threshold="otsu", polarity="dark", min_area_px=0,
@@ -301,6 +332,12 @@ PRESETS: dict[str, PseudoLabelParams] = {
         sigma=2.0, opening_radius=5, threshold="otsu", polarity="dark", min_area_px=30,
         fill_holes=True, border_pad_px=48,
         sigma_nm=0.36, opening_radius_nm=0.9, min_area_nm2=0.972, border_pad_nm=8.64,
+    ),
+    "thick-support": PseudoLabelParams(
+        sigma=2.0, opening_radius=5, threshold="otsu", polarity="dark", min_area_px=30,
+        fill_holes=True, border_pad_px=48, background_radius_px=28,
+        sigma_nm=0.36, opening_radius_nm=0.9, min_area_nm2=0.972, border_pad_nm=8.64,
+        background_radius_nm=5.0,
     ),
 }
 
@@ -474,6 +511,55 @@ def _empty(shape: tuple[int, ...]) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
+#: ``_depth_sobel``'s "no cap".
+_NO_CAP = np.zeros((0, 0), np.float32)
+#: :func:`background_depth` works on blocks of about ``radius / BACKGROUND_BLOCKS`` px.
+BACKGROUND_BLOCKS = 4
+
+
+def background_depth(g: np.ndarray, radius_px: int) -> np.ndarray:
+    """Depth of the smoothed frame ``g`` below its local background: ``max(B - g, 0)``.
+
+    ``B`` is the grey closing, with a disk of radius ``radius_px``, of the block means of ``g``
+    (blocks of ``b = max(1, radius_px // BACKGROUND_BLOCKS)`` px; a disk of ``radius_px / b``
+    blocks, scipy, edges reflected), brought back to the frame by linear interpolation.  Block
+    means average the support's texture out; the closing fills every dark region narrower than
+    the disk (a particle, or a cluster of them with brighter gaps) to the level around it, and
+    leaves a wider one (a thick patch of the support) where it is, following its edge (a
+    closing keeps a step), so that inside such a patch only its own dips have depth.  Shared
+    by both implementations of the recipe.
+
+    Parameters
+    ----------
+    g : numpy.ndarray
+        ``(H, W)`` float image (particles dark).
+    radius_px : int
+        Radius of the disk, px (>= 1).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(H, W)`` of ``g``'s dtype, >= 0.
+    """
+    from scipy import ndimage as ndi
+
+    h, w = g.shape
+    b = max(1, int(radius_px) // BACKGROUND_BLOCKS)
+    hb, wb = -(-h // b), -(-w // b)
+    padded = np.pad(g, ((0, hb * b - h), (0, wb * b - w)), mode="edge")
+    blocks = padded.reshape(hb, b, wb, b).mean(axis=(1, 3), dtype=np.float64)
+    r = max(1.0, radius_px / b)
+    k = int(math.floor(r))
+    yy, xx = np.mgrid[-k:k + 1, -k:k + 1]
+    disk = (yy * yy + xx * xx) <= r * r
+    bg = ndi.grey_closing(blocks, footprint=disk, mode="reflect")
+    if b > 1:
+        bg = ndi.zoom(bg, b, order=1, mode="nearest", grid_mode=True)[:h, :w]
+    out = bg.astype(g.dtype) - g
+    np.maximum(out, 0, out=out)
+    return out
+
+
 def _border_seed(img: np.ndarray, value: float) -> np.ndarray:
     seed = img.copy()
     seed[1:-1, 1:-1] = value
@@ -504,6 +590,7 @@ def reference_feature(
 
     g = filters.gaussian(x, sigma=params.sigma, mode="nearest", truncate=4.0, preserve_range=True)
     noise = smoothed_noise(g, params.sigma)
+    cap = background_depth(g, params.background_radius_px) if params.background_radius_px else None
     pad = params.border_pad_px
     g = pad_frame(g, pad)
     r = morphology.reconstruction(_border_seed(g, g.min()), g, method="dilation")
@@ -511,6 +598,8 @@ def reference_feature(
     d = np.abs(r - r1)
     if pad:
         d = d[pad:-pad, pad:-pad]
+    if cap is not None:
+        d = np.minimum(d, cap)
     s = d + filters.sobel(d)
     s_lo, s_hi = float(s.min()), float(s.max())
     if s_hi > s_lo:
@@ -593,23 +682,30 @@ def pseudolabel_reference(image: np.ndarray, params: PseudoLabelParams | None = 
 
 
 @numba.njit(cache=True, nogil=True)
-def _depth_sobel(key1, key2, w2, off, top, step, dbuf, out):  # pragma: no cover - numba
+def _depth_sobel(key1, key2, w2, off, top, step, dbuf, out, cap):  # pragma: no cover - numba
     """Feature ``s = d + sobel(d)`` of the (H, W) frame into ``out``; returns ``(lo, hi)``.
 
     ``d = r1 - r`` with ``r = top - key1`` (first flood, dilation) and ``r1 = key2`` (second
     flood) in units of ``step``; frame pixel (i, j) is key index ``(i+1+off) * w2 + j+1+off``.
+    ``cap``: an (H, W) float32 array, ``d = min(d, cap)`` (:func:`background_depth`), or a
+    (0, 0) array for none.
     Sobel as skimage: ``sqrt((gx^2 + gy^2) / 2)``, smoothing ``[1, 2, 1] / 4``, 'reflect' borders
     (for a 3x3 kernel: the edge pixel repeated).  ``dbuf`` is (H+2, W+2) float32 work.
     """
     h, w = out.shape
     m = np.int32(FLOOD_KEY_MASK)
     st = np.float32(step)
+    capped = cap.shape[0] == h and cap.shape[1] == w
     for i in range(h):
         base = (i + 1 + off) * w2 + 1 + off
         drow = dbuf[i + 1]
         for j in range(w):
             v = (key2[base + j] & m) + (key1[base + j] & m) - top
             drow[j + 1] = np.float32(v) * st
+        if capped:
+            crow = cap[i]
+            for j in range(w):
+                drow[j + 1] = min(drow[j + 1], crow[j])
         drow[0] = drow[1]
         drow[w + 1] = drow[w]
     for j in range(w + 2):
@@ -725,7 +821,11 @@ def _fast_one(
     flood_keys_reflood(ws.key1, ws.key2, top)
     ws.flood(ws.key2, w2)  # step 4: fill basins
     s = ws.tmp
-    s_lo, s_hi = _depth_sobel(ws.key1, ws.key2, w2, pad, top, step, ws.dbuf, s)
+    if params.background_radius_px:
+        cap = background_depth(g, params.background_radius_px).astype(np.float32, copy=False)
+    else:
+        cap = _NO_CAP
+    s_lo, s_hi = _depth_sobel(ws.key1, ws.key2, w2, pad, top, step, ws.dbuf, s, cap)
     s_lo, s_hi = float(s_lo), float(s_hi)
     rescale_inplace(s, s_lo, s_hi)
     o = opening_disk_fast(s, params.opening_radius, out=x, tmp=ws.g)

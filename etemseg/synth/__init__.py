@@ -14,8 +14,8 @@ The package is cut in four:
 * :mod:`etemseg.synth.imaging` (with :mod:`etemseg.synth.optics`): the imaging modes,
   ``imaging: mass-thickness`` (the fast cartoon, the demo's default) and ``imaging: realistic``
   (crystalline particles with diffraction contrast, Fresnel fringes from a defocused
-  objective lens with Cs, an amorphous phase-texture support, detector MTF and low-dose Poisson
-  counts), :func:`simulate`;
+  objective lens with Cs, an amorphous phase-texture support or a thick carbon-black one with
+  vacuum, detector MTF and low-dose Poisson counts), :func:`simulate`;
 * :mod:`etemseg.synth.writers`: the K2-style TIFF dump with the truth labels and tables,
   :func:`write_synthetic_movie`, :func:`k2_frame_name`.
 

@@ -39,9 +39,21 @@ lengths in nm, reciprocal lengths in nm^-1):
    ``|s_g| < 1 nm^-1``).  Near the Bragg condition of a low-order reflection a particle is dark
    (up to ``sin^2(pi t / xi)``, ~35 % at 5 nm); far from every one, only absorption and phase
    remain and the particle is faint.  Lattice fringes are not modelled.
-3. **Support.**  An amorphous carbon film: a random phase texture (Gaussian-filtered white noise,
-   correlation length ``support_length_nm``, r.m.s. ``support_phase_rad``), fixed in the sample
-   frame and moving with the stage drift; the particles lie on it (the phases add).
+3. **Support.**  ``support: film`` (default): an amorphous carbon film, a random phase texture
+   (Gaussian-filtered white noise, correlation length ``support_length_nm``, r.m.s.
+   ``support_phase_rad``), fixed in the sample frame and moving with the stage drift; the
+   particles lie on it (the phases add).  ``support: carbon-black`` (a Pt/C catalyst's support)
+   replaces the film by graphitic carbon spheres (radius ``carbon_radius_nm`` x (1 + 0.25 N),
+   a Boolean model covering ``carbon_coverage`` of the field, vacuum between them) whose
+   chord lengths add to a thickness ``t``: phase ``sigma V_C t`` (``carbon_inner_potential_v``,
+   ~9 V, so a 30 nm sphere is a ~1.8 rad phase object with Fresnel fringes at its edge under
+   defocus), mass-thickness attenuation ``exp(-t / carbon_mfp_nm)`` in intensity (scattering
+   beyond the aperture), and a texture of r.m.s. phase ``carbon_texture_rad sqrt(t / 10 nm)``
+   (independent turbostratic crystallites add in quadrature), half a ring spectrum at the
+   graphite (002) spacing 0.344 nm (resolved only where the pixel's Nyquist frequency exceeds
+   2.9 nm^-1), half the film's amorphous texture.  Thick patches where spheres overlap are
+   darker and more textured than single spheres; particles lie anywhere (also over vacuum: the
+   physics does not know the support).
 4. **Objective lens.**  The exit wave ``psi`` is imaged with the wave transfer function
    ``Psi(k) * A(k) E_t(k) E_s(k) exp(-i chi(k))``,
    ``chi = pi lambda df k^2 + pi/2 Cs lambda^3 k^4`` (``defocus_nm`` ``df``, negative is underfocus;
@@ -88,6 +100,7 @@ from etemseg.synth.optics import (
 )
 from etemseg.synth.params import SynthParams
 from etemseg.synth.physics import (
+    _carbon_stream,
     _drift,
     _Frame,
     _image_coords,
@@ -340,6 +353,9 @@ class RealisticRenderer:
         self.shape = (sfft.next_fast_len(p.height + 2 * self.pad),
                       sfft.next_fast_len(p.width + 2 * self.pad))
         self._make_support(rng)
+        self.support_logamp = None
+        if p.support == "carbon-black":
+            self._make_carbon(_carbon_stream(p.seed))
         self.illumination = _Illumination(p, rng)
         self.transfer = wave_transfer(
             self.shape, ps, kv=kv, defocus_nm=p.defocus_nm, cs_mm=p.spherical_aberration_mm,
@@ -370,6 +386,61 @@ class RealisticRenderer:
         sup -= sup.mean()
         sup *= np.float32(p.support_phase_rad / max(float(sup.std()), 1e-12))
         self.support = sup
+
+    def _make_carbon(self, rng: np.random.Generator) -> None:
+        """Replace the film by a carbon-black support on the same sample-coordinate grid.
+
+        Spheres of graphitic carbon (radii ``carbon_radius_nm`` x (1 + 0.25 N(0, 1)), at least
+        0.3 of it) at uniform random centres, a Boolean model with the density that covers
+        ``carbon_coverage`` of the plane in projection; ``t`` the summed chord lengths (nm).
+        The carbon's phase is ``sigma V_C t + carbon_texture_rad sqrt(t / 10 nm) T`` and its
+        log-amplitude ``-t / (2 carbon_mfp_nm)``, with ``T`` a unit-variance texture: half a
+        ring spectrum at the graphite (002) spacing (0.344 nm, ring width 0.35 nm^-1: turbostratic
+        crystallites ~1-2 nm across), half the amorphous film's Gaussian texture
+        (``support_length_nm``); the ring is normalised to its full, unaliased variance, so at
+        pixel sizes whose Nyquist frequency lies below 2.9 nm^-1 the fringes are not resolved
+        and only that part of the texture is left.  Vacuum (``t = 0``) has neither phase nor
+        texture.
+        """
+        p = self.p
+        ps = float(p.pixel_size_nm)
+        ny, nx = self.support.shape
+        r_mean = float(p.carbon_radius_nm) / ps                      # px
+        margin = 2.0 * r_mean
+        area = (ny + 2 * margin) * (nx + 2 * margin)
+        mean_r2 = r_mean**2 * (1.0 + 0.25**2)
+        lam = -math.log(1.0 - float(p.carbon_coverage)) / (math.pi * mean_r2)
+        n = int(rng.poisson(lam * area))
+        cy = rng.uniform(-margin, ny + margin, n)
+        cx = rng.uniform(-margin, nx + margin, n)
+        rr = r_mean * np.maximum(1.0 + 0.25 * rng.standard_normal(n), 0.3)
+        t = np.zeros((ny, nx), dtype=np.float64)                     # nm of carbon
+        for k in range(n):
+            y0, y1 = max(int(math.ceil(cy[k] - rr[k])), 0), min(int(cy[k] + rr[k]) + 1, ny)
+            x0, x1 = max(int(math.ceil(cx[k] - rr[k])), 0), min(int(cx[k] + rr[k]) + 1, nx)
+            if y1 <= y0 or x1 <= x0:
+                continue
+            dy = np.arange(y0, y1) - cy[k]
+            dx = np.arange(x0, x1) - cx[k]
+            d2 = dy[:, None] ** 2 + dx[None, :] ** 2
+            t[y0:y1, x0:x1] += 2.0 * ps * np.sqrt(np.clip(rr[k] ** 2 - d2, 0.0, None))
+        # texture: graphitic ring + amorphous part, each of unit (full-band) variance
+        white = rng.standard_normal((ny, nx))
+        k = np.hypot(np.fft.fftfreq(ny)[:, None], np.fft.fftfreq(nx)[None, :]) / ps  # nm^-1
+        k0, width = 1.0 / 0.344, 0.35
+        ring = np.exp(-0.5 * ((k - k0) / width) ** 2)
+        full_var = ps**2 * 2.0 * math.pi * k0 * width * math.sqrt(math.pi)
+        tex = np.fft.ifft2(np.fft.fft2(white) * ring).real / math.sqrt(full_var)
+        amorph = ndimage.gaussian_filter(rng.standard_normal((ny, nx)),
+                                         float(p.support_length_nm) / ps, mode="wrap")
+        amorph /= max(float(amorph.std()), 1e-12)
+        tex = (tex + amorph) / math.sqrt(2.0)
+        sigma_c = interaction_constant(float(p.accelerating_voltage_kv)) * float(
+            p.carbon_inner_potential_v)
+        phase = sigma_c * t + float(p.carbon_texture_rad) * np.sqrt(t / 10.0) * tex
+        self.support = phase.astype(np.float32)
+        self.support_logamp = (-t / (2.0 * float(p.carbon_mfp_nm))).astype(np.float32)
+        self.carbon_nm = t.astype(np.float32)
 
     def particle_wave(self, yg: np.ndarray, xg: np.ndarray, rp: np.ndarray,
                       s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -429,6 +500,9 @@ class RealisticRenderer:
         logamp, phase = self.particle_wave(yp + pad + fy, xp + pad + fx, rp, s)
         phase += self.support[iy - pad: iy - pad + self.shape[0],
                               ix - pad: ix - pad + self.shape[1]]
+        if self.support_logamp is not None:
+            logamp += self.support_logamp[iy - pad: iy - pad + self.shape[0],
+                                          ix - pad: ix - pad + self.shape[1]]
         amp = np.exp(logamp, out=logamp)
         wave = np.empty(self.shape, dtype=np.complex64)
         wave.real = amp * np.cos(phase)

@@ -13,7 +13,7 @@ import numpy as np
 
 from etemseg.errors import ConfigError, is_int, is_number
 
-__all__ = ["SynthParams", "IMAGING_MODES", "DEFAULT_DOSE"]
+__all__ = ["SynthParams", "IMAGING_MODES", "DEFAULT_DOSE", "SUPPORTS"]
 
 #: The imaging modes of :func:`etemseg.synth.simulate`.
 IMAGING_MODES = ("mass-thickness", "realistic")
@@ -22,6 +22,10 @@ IMAGING_MODES = ("mass-thickness", "realistic")
 #: realistic default, 40 e-/px/frame, is ~12 e-/A^2 per frame at 0.18 nm/px, i.e. ~5,000 e-/A^2/s
 #: at 400 frames/s: a usual in-situ HRTEM dose rate for Au, and low counts per frame.
 DEFAULT_DOSE = {"mass-thickness": 200.0, "realistic": 40.0}
+
+#: Supports of the realistic mode: an amorphous carbon film, or carbon-black aggregates (thick
+#: graphitic carbon spheres with vacuum between them), see :mod:`etemseg.synth.imaging`.
+SUPPORTS = ("film", "carbon-black")
 
 #: Au {111} spacing 0.2355 nm: an objective aperture below 1/0.2355 nm^-1 keeps Bragg beams out.
 _AU_111_PER_NM = 4.246
@@ -99,6 +103,24 @@ class SynthParams:
         Root-mean-square phase of the amorphous support's random phase texture, rad.
     support_length_nm : float
         Correlation length (Gaussian sigma) of the support's phase texture, nm.
+    support : str
+        Realistic mode: ``'film'`` (an amorphous carbon film under every particle, the phase
+        texture above) or ``'carbon-black'`` (Pt/C-catalyst-like: overlapping graphitic carbon
+        spheres, thick and textured, with bare vacuum between them; replaces the film).
+    carbon_radius_nm : float
+        Carbon-black support: mean radius of the carbon primary spheres, nm (Vulcan-type carbon
+        blacks: 15-25 nm).
+    carbon_coverage : float
+        Carbon-black support: projected fraction of the field covered by carbon (the rest is
+        vacuum), in (0, 1).
+    carbon_mfp_nm : float
+        Carbon-black support: mass-thickness attenuation length of carbon, nm (intensity
+        ``exp(-t / carbon_mfp_nm)`` through ``t`` nm of carbon: scattering beyond the aperture).
+    carbon_inner_potential_v : float
+        Carbon-black support: mean inner potential of graphitic carbon, V (its phase per nm).
+    carbon_texture_rad : float
+        Carbon-black support: r.m.s. phase of the carbon's texture through 10 nm of carbon, rad
+        (grows as the square root of the thickness: independent graphitic crystallites add up).
     mtf_sigma_px : float
         Detector MTF: Gaussian sigma of the charge spread, px, on top of the pixel's own sinc.
     drift_px_per_frame : tuple of float
@@ -149,6 +171,12 @@ class SynthParams:
     rotation_deg2_per_s: float = 5.0
     support_phase_rad: float = 0.08
     support_length_nm: float = 0.3
+    support: str = "film"
+    carbon_radius_nm: float = 15.0
+    carbon_coverage: float = 0.75
+    carbon_mfp_nm: float = 200.0
+    carbon_inner_potential_v: float = 9.0
+    carbon_texture_rad: float = 0.15
     mtf_sigma_px: float = 0.5
     drift_px_per_frame: tuple[float, float] = (0.05, 0.03)
     ripening_rate: float = 50.0
@@ -220,6 +248,8 @@ class SynthParams:
             raise bad("dose", "must be None or a finite number > 0")
         if self.imaging not in IMAGING_MODES:
             raise bad("imaging", f"must be one of {', '.join(IMAGING_MODES)}")
+        if self.support not in SUPPORTS:
+            raise bad("support", f"must be one of {', '.join(SUPPORTS)}")
         ranges = {  # name: (low, high, low inclusive)
             "accelerating_voltage_kv": (10.0, 3000.0, False),
             "defocus_nm": (-1e5, 1e5, True),
@@ -233,6 +263,11 @@ class SynthParams:
             "support_phase_rad": (0.0, 3.0, True),
             "support_length_nm": (0.0, 100.0, False),
             "mtf_sigma_px": (0.0, 10.0, True),
+            "carbon_radius_nm": (0.0, 1000.0, False),
+            "carbon_coverage": (0.0, 1.0, False),
+            "carbon_mfp_nm": (0.0, 1e5, False),
+            "carbon_inner_potential_v": (0.0, 100.0, True),
+            "carbon_texture_rad": (0.0, 3.0, True),
         }
         for name, (lo, hi, closed) in ranges.items():
             v = getattr(self, name)

@@ -116,6 +116,12 @@ def _orientation_stream(seed: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(int(seed)).spawn(4)[3])
 
 
+def _carbon_stream(seed: int) -> np.random.Generator:
+    """A fifth independent generator: the carbon-black support (realistic imaging, ``support:
+    carbon-black``); the fifth child of the seed, so the other four streams are untouched."""
+    return np.random.default_rng(np.random.SeedSequence(int(seed)).spawn(5)[4])
+
+
 def _in_frame(y: np.ndarray, x: np.ndarray, r: np.ndarray, h: int, w: int) -> np.ndarray:
     """True where at least one pixel centre of the frame lies strictly inside the disc (px)."""
     iy = np.clip(np.round(y), 0, h - 1)
