@@ -13,8 +13,9 @@ This module decides events over physical time windows (ms, converted with the fr
    fragments without events.
 0. **The movie's own physics**, measured on the pair linker's segments first: the ripening law
    ``d(r^3)/dt = 3 k (r / r_c - 1)`` (LSW; ``k`` a robust median over track pieces of
-   ``2 gap`` frames, :func:`_lsw`) and the sample-frame mobility (mean squared drift-corrected
-   displacement against the lag, :func:`_spread`).
+   ``2 gap`` frames with a 95 % interval from resampled tracks, :func:`_lsw`) and the
+   sample-frame mobility (mean squared drift-corrected displacement against the lag,
+   :func:`_spread`).
 2. **Gap closing and re-identification.**  A vanish / exit followed by an appear / enter at the
    drift-corrected (sample-frame) place is one trajectory, no event: within ``gap`` frames with
    the lenient gate ``max_disp * sqrt(gap frames)``; within ``reid`` frames (and within ``gap``
@@ -36,8 +37,9 @@ This module decides events over physical time windows (ms, converted with the fr
    frames joined in pixels or flickering do not count) within ``gap`` frames is a coalescence;
    the neighbour's rows from the gain on become the child.
 5. **Extinction time.**  A vanish of a shrinking particle is moved to its extrapolated extinction
-   (the movie's LSW law integrated from the particle's size at its last detection,
-   :func:`_extinction`).
+   (:func:`_extinction`): the movie's LSW law integrated from each of its last detections,
+   averaged with inverse-variance weights, when the law is determined (``k`` within a factor 2 at
+   95 %, :attr:`_Lsw.known`); else the particle's own ``r^3`` slope.
 6. **Confidence** of every event in [0, 1]: the fraction of its window the evidence held (how long
    the merged body persisted, how long the particle stayed gone before the movie ended, how long a
    new trajectory lasted), times a volume-balance term ``min(r, 1/r)`` for multi-particle events
@@ -66,6 +68,8 @@ _SIZE_PX = 2.0  # equivalent radii (px) that agree whatever the volume ratio: ea
 #                 boundary may be off by a pixel (small particles at the detection limit)
 _ENDS = 3  # detections whose median volume stands for a segment's end / start
 _CAMERA_FPS = 400.0  # frame rate assumed when the movie's times are unknown (the K2's)
+_LAW_FACTOR = 2.0  # the movie's law is used when its k is known within this factor (95 %)
+_BOOTSTRAP = 200  # resamples of the tracks for the law's interval
 
 
 @dataclass(frozen=True)
@@ -205,32 +209,66 @@ def _undo_transients(sg: _Segments, events: pd.DataFrame, win: Windows,
 @dataclass(frozen=True)
 class _Lsw:
     """The movie's ripening law, ``d(r^3)/dt = 3 k (r / r_c - 1)`` (LSW, diffusion limited):
-    ``k`` nm^3/s (NaN when it cannot be measured) and the critical radius ``rc`` (n,) nm of every
-    frame (the running mean radius of the detections off the border)."""
+    ``k`` nm^3/s (NaN when it cannot be measured), its 95 % interval ``[lo, hi]`` nm^3/s and the
+    critical radius ``rc`` (n,) nm of every frame (the running mean radius of the detections off
+    the border)."""
 
     k: float
     rc: np.ndarray
+    lo: float = float("nan")
+    hi: float = float("nan")
+
+    @property
+    def measured(self) -> bool:
+        """``k`` was measured and is positive (the movie ripens)."""
+        return bool(np.isfinite(self.k) and self.k > 0)
 
     @property
     def known(self) -> bool:
-        return bool(np.isfinite(self.k) and self.k > 0)
+        """The law is *determined*: ``k > 0`` and its 95 % interval within a factor
+        :data:`_LAW_FACTOR` of it (so is every time the law gives, ``t ~ 1 / k``).  A short
+        movie, or one whose tracks hardly change size, measures ``k`` from a few pieces; a time
+        extrapolated with it may be off by any factor, and the particles' own data decide."""
+        return self.measured and bool(self.lo >= self.k / _LAW_FACTOR
+                                      and self.hi <= self.k * _LAW_FACTOR)
 
-    def end_radius(self, r_nm: np.ndarray, t: np.ndarray, layer: np.ndarray) -> float:
-        """Radius, nm, at the last of a particle's detections ``r_nm`` at times ``t`` (s) in
-        frames ``layer``: the mean of their ``r^3``, each moved along the law to the last time
-        (less noisy than the last detection alone, unbiased by the shrinking)."""
-        u = r_nm / self.rc[layer]
-        r3 = float(np.mean(r_nm ** 3 + 3 * self.k * (u - 1) * (t[-1] - t)))
-        return float(np.cbrt(max(r3, 0.0)))
+    def extinction(self, r_nm: np.ndarray, t: np.ndarray, layer: np.ndarray) -> float:
+        """Time, s, a particle seen with radii ``r_nm`` (nm) at times ``t`` (s) in frames
+        ``layer`` is gone.
+
+        Every detection gives its own extinction time ``t + remaining(r)``: the law integrated
+        exactly from it, however much the particle shrinks in between.  For a common radius
+        noise their variances go as ``(d remaining / dr)^2 ∝ (u^2 / (1 - u))^2`` (``u = r /
+        r_c``): the smallest detections, nearest to the extinction, date it best.  The estimates
+        are averaged with the inverse of that variance, ``u`` taken from the law's own radius at
+        ``t`` for the median estimate (weights from the noisy radii themselves would favour the
+        detections that happen to be too small, and date it early).  NaN when no detection is
+        below the critical radius."""
+        t = np.asarray(t, float)
+        layer = np.asarray(layer)
+        te = t + self.remaining(np.asarray(r_nm, float), layer)
+        ok = np.isfinite(te)
+        if not ok.any():
+            return float("nan")
+        t, te, rc = t[ok], te[ok], self.rc[layer[ok]]
+        goal = self.k * np.maximum(float(np.median(te)) - t, 0.0) / rc ** 3  # F(u) to invert
+        lo, hi = np.zeros(t.size), np.ones(t.size)
+        for _ in range(40):  # F(u) = -u^2/2 - u - ln(1 - u) rises from 0 at u = 0 to inf at 1
+            u = (lo + hi) / 2
+            below = -u * u / 2 - u - np.log1p(-u) < goal
+            lo, hi = np.where(below, u, lo), np.where(below, hi, u)
+        u = np.clip((lo + hi) / 2, 0.05, 1.0)  # floor: a detection is never of a point
+        w = ((1 - u) / u ** 2) ** 2
+        return float(np.sum(w * te) / np.sum(w))
 
     def remaining(self, r_nm: np.ndarray, layer: np.ndarray) -> np.ndarray:
         """Time, s, a particle of radius ``r_nm`` in frame ``layer`` needs to ripen away:
         ``rc^3 (-u^2/2 - u - ln(1 - u)) / k``, ``u = r / rc``; inf when it grows (``u >= 1``) or
-        the law is unknown."""
+        ``k`` is not :attr:`measured`."""
         r = np.atleast_1d(np.asarray(r_nm, float))
         rc = self.rc[np.atleast_1d(layer)] if self.rc.size else np.full(r.size, np.nan)
         out = np.full(r.size, np.inf)
-        if not (np.isfinite(self.k) and self.k > 0):
+        if not self.measured:
             return out
         u = r / np.where(rc > 0, rc, np.nan)
         ok = np.isfinite(u) & (u < 1)
@@ -249,7 +287,10 @@ def _lsw(det: Detections, kseq: np.ndarray, ids: np.ndarray, times: np.ndarray, 
     variance, ``x^2 sum (t - mean t)^2 / (s2 + s2_0)`` (``s2`` the piece's residual variance,
     shrunk by the median one ``s2_0``: a piece whose pixel count did not change is not
     infinitely precise; the median is robust to pieces spoilt by a pixel merge or a partial
-    mask).  NaN with fewer than 10 pieces."""
+    mask).  NaN with fewer than 10 pieces.  Its 95 % interval: the 2.5 and 97.5 percentiles of
+    the same weighted median over :data:`_BOOTSTRAP` resamples of the tracks (with replacement,
+    seeded: reproducible; the pieces of one track share its errors, so tracks are resampled,
+    not pieces)."""
     n = times.size
     r = det.diam_nm / 2
     off = ~det.border
@@ -269,7 +310,7 @@ def _lsw(det: Detections, kseq: np.ndarray, ids: np.ndarray, times: np.ndarray, 
     seg = ids[rows]
     start = np.r_[0, np.flatnonzero(seg[1:] != seg[:-1]) + 1]
     pos = np.arange(rows.size) - np.repeat(start, np.diff(np.r_[start, rows.size]))
-    _, piece = np.unique(np.column_stack([seg, pos // w]), axis=0, return_inverse=True)
+    pieces, piece = np.unique(np.column_stack([seg, pos // w]), axis=0, return_inverse=True)
     piece = piece.ravel()
     t = times[kseq[rows]]
     y = r[rows] ** 3
@@ -295,8 +336,14 @@ def _lsw(det: Detections, kseq: np.ndarray, ids: np.ndarray, times: np.ndarray, 
     s2 = s2[ok] + (float(np.median(pos)) if pos.size else 1.0)  # shrunk to the common noise
     kk, wt = slope[ok] / x[ok], x[ok] ** 2 * sxx[ok] / s2
     o = np.argsort(kk)
-    cw = np.cumsum(wt[o])
-    return _Lsw(float(kk[o][np.searchsorted(cw, 0.5 * cw[-1])]), rc)
+    kk, wt = kk[o], wt[o]
+    _, track = np.unique(pieces[:, 0][ok][o], return_inverse=True)  # the track of every piece
+    n_tr = int(track.max()) + 1
+    draws = np.random.default_rng(0).multinomial(n_tr, np.full(n_tr, 1.0 / n_tr), _BOOTSTRAP)
+    cw = np.cumsum(np.vstack([wt, draws[:, track.ravel()] * wt]), axis=1)
+    med = kk[np.minimum((cw < 0.5 * cw[:, -1:]).sum(axis=1), kk.size - 1)]
+    lo, hi = np.percentile(med[1:], [2.5, 97.5])
+    return _Lsw(float(med[0]), rc, float(lo), float(hi))
 
 
 def _spread(sg: _Segments, lags: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -536,15 +583,16 @@ def _extinction(events: pd.DataFrame, ids: np.ndarray, det: Detections, kseq: np
     """Vanish time = extrapolated extinction of a shrinking particle.
 
     A ripening particle fades below the detection limit before it is gone.  With the movie's
-    ripening law ``law`` (:func:`_lsw`, ``d(r^3)/dt = 3 k (r / r_c - 1)``): the particle's
-    ``r^3`` at its last detection is the mean over its detections of the last ``gap`` frames,
-    each moved along the law to that time; the law integrated from there to zero,
-    ``t = r_c^3 (-u_0^2/2 - u_0 - ln(1 - u_0)) / k`` (``u_0 = r_end / r_c``; none for a particle
-    above the critical radius), is added to the last detection.  Without a law (too few tracks to
-    measure ``k``): ``r^3`` of the last ``gap`` frames is fitted by a line in time, slope ``-c``;
-    when it falls by two standard errors, ``k = c / (3 (1 - u_0))`` from it, ``r_end`` the fit at
-    the last detection.  At most ``2 gap`` frames after the last detection, never
-    past the movie.  ``frame`` and ``time_s`` move alike."""
+    ripening law ``law`` (:func:`_lsw`, ``d(r^3)/dt = 3 k (r / r_c - 1)``) when it is determined
+    (:attr:`_Lsw.known`): every detection of the last ``gap`` frames gives the time the law,
+    integrated from its radius, takes the particle to zero,
+    ``t = r_c^3 (-u^2/2 - u - ln(1 - u)) / k`` (``u = r / r_c``; none above the critical radius),
+    and the estimates are averaged with inverse-variance weights (:meth:`_Lsw.extinction`).
+    Without a determined law (too few tracks, too short a movie to measure ``k``): ``r^3`` of the
+    last ``gap`` frames is fitted by a line in time, slope ``-c``; when it falls by two standard
+    errors, ``k = c / (3 (1 - u_0))`` from it, ``r_end`` the fit at the last detection.  At most
+    ``2 gap`` frames after the last detection, never past the movie.  ``frame`` and ``time_s``
+    move alike."""
     sel = np.flatnonzero((events["kind"] == "vanish").to_numpy())
     if not sel.size or win.gap <= 0 or times.size < 2 or not np.isfinite(times).all():
         return events
@@ -563,11 +611,9 @@ def _extinction(events: pd.DataFrame, ids: np.ndarray, det: Detections, kseq: np
         rows = rows[kseq[rows] > k_last - win.gap]
         t = times[kseq[rows]]
         if known:
-            end = law.end_radius(det.diam_nm[rows] / 2, t, kseq[rows])
-            rest = float(law.remaining(end, k_last)[0])
-            if not np.isfinite(rest):
+            t_ext = law.extinction(det.diam_nm[rows] / 2, t, kseq[rows])
+            if not np.isfinite(t_ext):
                 continue
-            t_ext = t[-1] + rest
         else:
             if rows.size < 4:
                 continue
