@@ -261,3 +261,34 @@ def test_law_used_only_when_determined(monkeypatch, n, frames, determined):
     if determined:
         assert sum(abs(a - b) for a, b in zip(van, gone)) < sum(
             abs(a - b) for a, b in zip(van_direct, gone))
+
+
+@pytest.mark.parametrize("mode", ["overlap", "centroid"])
+def test_piece_in_a_gap_is_the_particle(monkeypatch, mode):
+    """A particle drops out of the masks for 3 frames and shows a small piece of itself (inside
+    its disc) in the middle one: the pair linker's memory bridges the gap and the piece is a
+    1-frame trajectory of its own (it would take the particle's identity for that frame); it
+    joins the particle.  A piece outside the particle's disc stays apart."""
+    def frames_with(piece):
+        out = []
+        for f in range(40):
+            d = [STATIC]
+            if not 20 <= f < 23:
+                d.append((20, 30, 6))
+            elif f == 21:
+                d.append(piece)
+            out.append(d)
+        return movie(out)
+
+    labs, det = frames_with((21, 32, 2))
+    traj, events, _ = run(mode, labs, det)
+    assert len(events) == 0
+    assert traj.particle.nunique() == 2
+    assert len({pid(traj, f, 20, 30) for f in (19, 23)} | {pid(traj, 21, 21, 32)}) == 1
+    monkeypatch.setattr(temporal, "_fill_gaps", lambda *a: None)
+    traj0, _, _ = run(mode, labs, det)
+    assert traj0.particle.nunique() == 3  # without the step: a piece of its own
+    monkeypatch.undo()
+    labs, det = frames_with((20, 52, 2))  # 22 px away: beyond the disc and any step
+    traj, _, _ = run(mode, labs, det)
+    assert traj.particle.nunique() == 3

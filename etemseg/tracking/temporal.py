@@ -32,6 +32,9 @@ This module decides events over physical time windows (ms, converted with the fr
    has lasted ``confirm`` frames; an unconfirmed one (flicker at the detection limit, a spurious
    component) reports neither its appear nor its vanish, and is no coalescence parent: a
    coalescence left with fewer than two confirmed parents continues its confirmed parent.
+   An unconfirmed piece (shorter than ``confirm``) inside a confirmed trajectory's gap and
+   inside its disc is that trajectory (:func:`_fill_gaps`): a particle at the detection limit
+   that shows a small piece of itself while the pair linker's memory bridges its absence.
 4. **Delayed absorption.**  A vanish beside a neighbour that gains at least half its volume (and
    three robust standard deviations of its own volume noise; lower quartiles before and after, so
    frames joined in pixels or flickering do not count) within ``gap`` frames is a coalescence;
@@ -511,6 +514,59 @@ def _confirm(sg: _Segments, events: pd.DataFrame, win: Windows, n: int, dropped:
     return bad
 
 
+def _fill_gaps(sg: _Segments, bad: np.ndarray, win: Windows, maxd: float) -> None:
+    """Step 3b: an unconfirmed piece inside another trajectory's gap is that trajectory.
+
+    A particle at the detection limit (or losing contrast, or cut by the frame edge) may leave
+    the masks for a few frames and show a small piece of itself in one of them; the pair
+    linker's memory bridges the gap, and the piece is a short trajectory of its own, without
+    events (unconfirmed), that takes the particle's identity for a frame.  Such a piece (a group
+    shorter than ``confirm`` frames) joins a confirmed trajectory (unions in ``sg``) that has no
+    detection in the piece's frames but one within ``gap`` frames before and after it, when the
+    piece's centroid lies inside that trajectory's disc at its nearest detection (its
+    equivalent radius plus the diffusive step ``maxd sqrt(dt)``, sample frame; a piece of a
+    particle lies inside it, another particle cannot).  The nearest such trajectory; none when
+    none fits."""
+    root, first, last = _group_spans(sg)
+    live = np.flatnonzero((last >= 0) & bad)
+    if not live.size or sg.ids.size == 0:
+        return
+    k0 = sg.kseq[np.clip(first, 0, sg.kseq.size - 1)]
+    k1 = sg.kseq[np.clip(last, 0, None)]
+    short = live[(k1[live] - k0[live] + 1) <= max(win.confirm, 1)]
+    if not short.size:
+        return
+    row_root = root[sg.ids]
+    host_ok = ~bad[row_root]
+    tree = cKDTree(np.column_stack([sg.ys, sg.xs]))
+    reach = float(sg.det.radius.max()) + maxd * np.sqrt(win.gap + 1)
+    for g in short.tolist():
+        rows = np.flatnonzero(row_root == g)
+        frames = set(sg.kseq[rows].tolist())
+        a, b = int(k0[g]), int(k1[g])
+        yc, xc = float(sg.ys[rows].mean()), float(sg.xs[rows].mean())
+        near = np.asarray(tree.query_ball_point([yc, xc], reach), np.int64)
+        near = near[host_ok[near] & (sg.kseq[near] >= a - win.gap) & (sg.kseq[near] <= b + win.gap)]
+        best = None
+        for h in np.unique(row_root[near]).tolist():
+            hr = near[row_root[near] == h]
+            kh = sg.kseq[hr]
+            if frames & set(kh.tolist()) or not ((kh < a).any() and (kh > b).any()):
+                continue
+            own = np.flatnonzero(row_root == h)  # the host's detections in the piece's frames?
+            if frames & set(sg.kseq[own].tolist()):
+                continue
+            j = hr[np.argmin(np.minimum(np.abs(kh - a), np.abs(kh - b)))]
+            dt = min(abs(int(sg.kseq[j]) - a), abs(int(sg.kseq[j]) - b))
+            d = float(np.hypot(sg.ys[j] - yc, sg.xs[j] - xc))
+            if d <= sg.det.radius[j] + maxd * np.sqrt(dt) and (best is None or d < best[0]):
+                best = (d, h)
+        if best is not None:
+            sg.union(g, best[1])
+            root[root == g] = root[best[1]]
+            row_root = root[sg.ids]
+
+
 def _group_spans(sg: _Segments) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Root of every segment, and the first / last row of every root's group."""
     root = np.array([sg.find(s) for s in range(sg.first.size)])
@@ -565,7 +621,9 @@ def consolidate(det: Detections, kseq: np.ndarray, cum: np.ndarray, ids: np.ndar
     if win.gap > 0:
         _close_gaps(sg, events, win, maxd, dropped, law, times)
     if win.confirm > 0:
-        _confirm(sg, events, win, n, dropped, fragment)
+        bad = _confirm(sg, events, win, n, dropped, fragment)
+        if win.gap > 0:
+            _fill_gaps(sg, bad, win, maxd)
     root, first, last = _group_spans(sg)
     live = last >= 0
     order = np.argsort(first[live], kind="stable")
