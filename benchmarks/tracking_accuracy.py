@@ -12,6 +12,10 @@ nucleation) and one of two mask sources (``--masks``):
   :func:`etemseg.io.store.window_means`) labelled by the ``default`` preset at the pixel size
   (:func:`etemseg.stages.pseudolabel.pseudolabel_stack`): what the tracker sees at the
   workflow's start.
+* ``cnn``: the same realistic movie segmented as the workflow's CNN does -- ``unet4-norm``
+  trained with the demo's settings on the windowed pseudo-labels of 48 frames spread over the
+  movie, then run on every windowed frame and thresholded as ``etemseg infer`` does
+  (:func:`benchmarks.cnn_masks.cnn_stack`): the masks the tracker sees in production.
 
 Masks are cached in ``benchmarks/out/cache`` (bit-packed, keyed by every parameter that changes
 them).  They are measured by the pipeline's :func:`etemseg.analysis.measure.measure_stack`
@@ -58,6 +62,8 @@ from etemseg.analysis.scoring import score_tracks_against_truth  # noqa: E402
 from etemseg.io.store import DEFAULT_WINDOW_MS, frames_in_window, window_means  # noqa: E402
 from etemseg.stages.pseudolabel import PRESETS, pseudolabel_stack  # noqa: E402
 from etemseg.synth import SynthParams, simulate, simulate_tracks  # noqa: E402
+from benchmarks.accuracy import demo_train_settings  # noqa: E402
+from benchmarks.cnn_masks import cnn_stack  # noqa: E402
 from etemseg.tracking import link_movie  # noqa: E402
 from tests.degrade import Degrade, degraded_masks  # noqa: E402
 
@@ -65,7 +71,7 @@ from tests.degrade import Degrade, degraded_masks  # noqa: E402
 MEASURE_MIN_AREA_PX = 20
 
 
-MASK_SOURCES = ("degraded", "pseudo")
+MASK_SOURCES = ("degraded", "pseudo", "cnn")
 CACHE = Path(__file__).parent / "out" / "cache"
 
 
@@ -108,6 +114,9 @@ def cached_masks(source: str, p: SynthParams, deg: Degrade, window_ms: float) ->
     packed ``.npy``; the key holds every parameter that changes them)."""
     if source == "degraded":
         what = json.dumps(deg.__dict__, sort_keys=True)
+    elif source == "cnn":
+        what = json.dumps({"window_ms": window_ms, "preset": PRESETS["default"].to_dict(),
+                           "arch": "unet4-norm", "train": demo_train_settings()}, sort_keys=True)
     else:
         what = json.dumps({"window_ms": window_ms, "preset": PRESETS["default"].to_dict()},
                           sort_keys=True)
@@ -117,7 +126,10 @@ def cached_masks(source: str, p: SynthParams, deg: Degrade, window_ms: float) ->
     shape = (p.frames, p.height, p.width)
     if path.exists():
         return np.unpackbits(np.load(path), count=int(np.prod(shape))).reshape(shape).astype(bool)
-    masks = degraded_stack(p, deg) if source == "degraded" else pseudo_stack(p, window_ms)
+    if source == "cnn":
+        masks = cnn_stack(p, window_ms)
+    else:
+        masks = degraded_stack(p, deg) if source == "degraded" else pseudo_stack(p, window_ms)
     CACHE.mkdir(parents=True, exist_ok=True)
     np.save(path, np.packbits(masks.ravel()))
     return masks
@@ -127,7 +139,7 @@ def make_movie(seed: int, frames: int, size: int, ripening: float, deg: Degrade,
                source: str = "degraded", window_ms: float = DEFAULT_WINDOW_MS) -> dict:
     """Simulate one movie, make its masks (``source``: ``degraded`` truth, or ``pseudo``-labels
     of the realistic imaging mode) and measure them; returns masks, detections, truth tables."""
-    imaging = "realistic" if source == "pseudo" else "mass-thickness"
+    imaging = "mass-thickness" if source == "degraded" else "realistic"
     p = SynthParams(frames=frames, height=size, width=size, seed=seed, ripening_rate=ripening,
                     imaging=imaging)
     t0 = time.perf_counter()
@@ -543,7 +555,9 @@ def main() -> None:
     ap.add_argument("--seeds", default="1,2,3")
     ap.add_argument("--masks", default="degraded",
                     help="comma list of mask sources: degraded (truth through tests/degrade.py), "
-                    "pseudo (realistic imaging, the pseudolabel stage's masks)")
+                    "pseudo (realistic imaging, the pseudolabel stage's masks), "
+                    "cnn (realistic imaging, unet4-norm trained on the movie's own pseudo-labels: "
+                    "benchmarks/cnn_masks.py)")
     ap.add_argument("--window-ms", type=float, default=DEFAULT_WINDOW_MS,
                     help="pseudo masks: temporal window of the pseudolabel stage, ms")
     ap.add_argument("--ripening", type=float, default=20.0, help="synth ripening_rate, nm^3/s")
