@@ -32,11 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from etemseg.io.store import frames_in_window, window_means  # noqa: E402
+from etemseg.io.store import DEFAULT_WINDOW_MS, frames_in_window, window_means  # noqa: E402
 from etemseg.synth import SynthParams, simulate  # noqa: E402
-
-#: the workflow's default temporal window (``train``/``pseudolabel``/``infer`` ``window_ms``)
-DEFAULT_WINDOW_MS = 12.5
 
 
 def simulated_frames(p: SynthParams) -> tuple[np.ndarray, np.ndarray]:
@@ -53,12 +50,11 @@ def cnn_stack(p: SynthParams, window_ms: float = DEFAULT_WINDOW_MS, *, arch: str
               log=print) -> np.ndarray:
     """(T, H, W) bool masks of the movie ``p`` (or of its ``frames``) by ``arch`` trained on the
     movie's own windowed pseudo-labels; see the module docstring."""
-    from benchmarks.accuracy import train_on_pseudo
+    from benchmarks.accuracy import model_probabilities, train_on_pseudo
     from etemseg.nn.checkpoint import normalise_frames
     from etemseg.nn.models import parse_arch, work_factor_of
     from etemseg.nn.training import masks_from_probabilities
     from etemseg.stages.pseudolabel import PRESETS, pseudolabel_stack
-    from benchmarks.accuracy import model_probabilities
 
     t0 = time.perf_counter()
     if frames is None:

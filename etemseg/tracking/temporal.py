@@ -209,6 +209,13 @@ def _undo_transients(sg: _Segments, events: pd.DataFrame, win: Windows,
             dropped[e] = dropped[m] = True
 
 
+def _lsw_integral(u):
+    """``F(u) = -u^2/2 - u - ln(1 - u)``, ``0 <= u < 1``: the LSW law
+    ``d(r^3)/dt = 3 k (r / r_c - 1)`` integrated from ``u = r / r_c`` to extinction takes
+    ``r_c^3 F(u) / k`` (``F`` rises from 0 at ``u = 0`` to infinity at 1)."""
+    return -u * u / 2 - u - np.log1p(-u)
+
+
 @dataclass(frozen=True)
 class _Lsw:
     """The movie's ripening law, ``d(r^3)/dt = 3 k (r / r_c - 1)`` (LSW, diffusion limited):
@@ -256,9 +263,9 @@ class _Lsw:
         t, te, rc = t[ok], te[ok], self.rc[layer[ok]]
         goal = self.k * np.maximum(float(np.median(te)) - t, 0.0) / rc ** 3  # F(u) to invert
         lo, hi = np.zeros(t.size), np.ones(t.size)
-        for _ in range(40):  # F(u) = -u^2/2 - u - ln(1 - u) rises from 0 at u = 0 to inf at 1
+        for _ in range(40):  # bisection: _lsw_integral rises from 0 at u = 0 to inf at 1
             u = (lo + hi) / 2
-            below = -u * u / 2 - u - np.log1p(-u) < goal
+            below = _lsw_integral(u) < goal
             lo, hi = np.where(below, u, lo), np.where(below, hi, u)
         u = np.clip((lo + hi) / 2, 0.05, 1.0)  # floor: a detection is never of a point
         w = ((1 - u) / u ** 2) ** 2
@@ -276,7 +283,7 @@ class _Lsw:
         u = r / np.where(rc > 0, rc, np.nan)
         ok = np.isfinite(u) & (u < 1)
         u = np.clip(u[ok], 0.0, 1 - 1e-9)
-        out[ok] = rc[ok] ** 3 * (-u * u / 2 - u - np.log1p(-u)) / self.k
+        out[ok] = rc[ok] ** 3 * _lsw_integral(u) / self.k
         return out
 
 
@@ -536,12 +543,14 @@ def _fill_gaps(sg: _Segments, bad: np.ndarray, win: Windows, maxd: float) -> Non
     short = live[(k1[live] - k0[live] + 1) <= max(win.confirm, 1)]
     if not short.size:
         return
-    row_root = root[sg.ids]
+    row_root = root[sg.ids]          # the group of every row (a piece that joins takes its host's)
     host_ok = ~bad[row_root]
+    rows_of = pd.Series(np.arange(row_root.size)).groupby(row_root).indices
+    occupied = set(zip(row_root.tolist(), sg.kseq.tolist()))   # (group, frame) with a detection
     tree = cKDTree(np.column_stack([sg.ys, sg.xs]))
     reach = float(sg.det.radius.max()) + maxd * np.sqrt(win.gap + 1)
     for g in short.tolist():
-        rows = np.flatnonzero(row_root == g)
+        rows = rows_of[g]
         frames = set(sg.kseq[rows].tolist())
         a, b = int(k0[g]), int(k1[g])
         yc, xc = float(sg.ys[rows].mean()), float(sg.xs[rows].mean())
@@ -551,20 +560,18 @@ def _fill_gaps(sg: _Segments, bad: np.ndarray, win: Windows, maxd: float) -> Non
         for h in np.unique(row_root[near]).tolist():
             hr = near[row_root[near] == h]
             kh = sg.kseq[hr]
-            if frames & set(kh.tolist()) or not ((kh < a).any() and (kh > b).any()):
-                continue
-            own = np.flatnonzero(row_root == h)  # the host's detections in the piece's frames?
-            if frames & set(sg.kseq[own].tolist()):
-                continue
+            if any((h, f) in occupied for f in frames) or not ((kh < a).any() and (kh > b).any()):
+                continue                 # the host is seen in the piece's frames, or not around it
             j = hr[np.argmin(np.minimum(np.abs(kh - a), np.abs(kh - b)))]
             dt = min(abs(int(sg.kseq[j]) - a), abs(int(sg.kseq[j]) - b))
             d = float(np.hypot(sg.ys[j] - yc, sg.xs[j] - xc))
             if d <= sg.det.radius[j] + maxd * np.sqrt(dt) and (best is None or d < best[0]):
                 best = (d, h)
         if best is not None:
-            sg.union(g, best[1])
-            root[root == g] = root[best[1]]
-            row_root = root[sg.ids]
+            h = best[1]
+            sg.union(g, h)
+            row_root[rows] = h
+            occupied.update((h, f) for f in frames)
 
 
 def _group_spans(sg: _Segments) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -686,7 +693,7 @@ def _extinction(events: pd.DataFrame, ids: np.ndarray, det: Detections, kseq: np
                 if (same & ~det.border).any() else float(np.cbrt(max(b, 1e-9)))
             u0 = min(float(np.cbrt(max(b, 0.0))) / max(rc, 1e-9), 0.9)
             k_lsw = -a / (3 * (1 - u0))
-            t_ext = t[-1] + rc ** 3 * (-u0 * u0 / 2 - u0 - np.log1p(-u0)) / k_lsw
+            t_ext = t[-1] + rc ** 3 * _lsw_integral(u0) / k_lsw
         k = int(np.clip(np.searchsorted(times, t_ext), k_last + 1,
                         min(k_last + reach, n - 1)))
         frame_of[e] += k - (k_last + 1)
