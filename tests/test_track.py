@@ -118,12 +118,14 @@ def test_overlap_pairs_contingency_and_shift():
         overlap_pairs(a, b[:5])
 
 
-@pytest.mark.parametrize("shift", [(0, 0), (1, -2), (-3, 4)])
-def test_overlap_pairs_matches_reference(shift):
+@pytest.mark.parametrize("level", [0.1, 0.9])  # 0.9: sparse, most 8 x 8 tiles of la are empty
+@pytest.mark.parametrize("shift", [(0, 0), (1, -2), (-3, 4), (9, -13), (-8, 8)])
+def test_overlap_pairs_matches_reference(shift, level):
     rng = np.random.default_rng(7)
     smooth = [ndimage.gaussian_filter(rng.standard_normal((70, 90)), 2) for _ in range(2)]
-    la, _ = ndimage.label(smooth[0] > 0.1, np.ones((3, 3)))
-    lb, _ = ndimage.label(smooth[1] > 0.1, np.ones((3, 3)))
+    smooth = [s / s.std() for s in smooth]
+    la, _ = ndimage.label(smooth[0] > level, np.ones((3, 3)))
+    lb, _ = ndimage.label(smooth[1] > level, np.ones((3, 3)))
     dy, dx = shift
     h, w = la.shape
     a = la[max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)]

