@@ -211,22 +211,32 @@ def cmd_measure(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from etemseg.io.atomic import guard_output, is_etemseg_parquet
-    from etemseg.analysis.measure import empty_table, write_parquet
+    from etemseg.analysis.measure import (empty_table, particles_digest, write_overlaps,
+                                          write_parquet)
     from etemseg.stages.measure import measure_chunk, open_stores, resolve_min_area
 
-    guard_output(args.out, inputs=[args.frames, args.masks], own=is_etemseg_parquet,
-                 what="particle table")
+    outs = [(args.out, "particle table")]
+    if args.overlaps is not None:
+        outs.append((args.overlaps, "frame-overlaps table"))
+    for path, what in outs:
+        guard_output(path, inputs=[args.frames, args.masks], own=is_etemseg_parquet, what=what)
     masks, frames, ps = open_stores(args.masks, args.frames)
     min_area = resolve_min_area(args.min_area_px, args.min_area_nm2, ps,
                                 movie=args.movie or str(args.masks))
     chunks = [args.chunk] if args.chunk is not None else range(masks.n_chunks)
-    parts = [measure_chunk(masks, frames, k, movie=args.movie, model=args.model,
-                           min_area_px=min_area) for k in chunks]
+    got = [measure_chunk(masks, frames, k, movie=args.movie, model=args.model,
+                         min_area_px=min_area, overlaps=args.overlaps is not None)
+           for k in chunks]
+    parts = [g[0] if args.overlaps is not None else g for g in got]
     parts = [p for p in parts if len(p)]
     table = pd.concat(parts, ignore_index=True) if parts else empty_table(args.movie, args.model)
     meta = {"movie": args.movie, "model": args.model, "pixel_size_nm": masks.pixel_size_nm,
             "chunk": args.chunk, "frames_store": str(args.frames), "mask_store": str(args.masks),
             "min_area_px": min_area, "min_area_nm2": args.min_area_nm2}
+    if args.overlaps is not None:  # paired with the table by its digest (the track stage checks)
+        write_overlaps(pd.concat([g[1] for g in got], ignore_index=True), args.overlaps,
+                       metadata={**meta, "connectivity": 8,
+                                 "particles_digest": particles_digest(table)})
     write_parquet(table, args.out, metadata=meta)
     log.info("%s: %d particles in %d frames", args.out, len(table), table["frame"].nunique())
     return 0
@@ -546,6 +556,9 @@ def _args_measure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-area-nm2", type=float, default=None,
                    help="drop smaller components, nm²; replaces --min-area-px when the movie has "
                         "a pixel size (else --min-area-px, with a warning)")
+    p.add_argument("--overlaps", type=Path, metavar="PATH",
+                   help="also write the frame-overlaps table (pixels shared by the particles of "
+                        "consecutive frames, for the track stage) to this Parquet file")
 
 
 def _args_evaluate(p: argparse.ArgumentParser) -> None:

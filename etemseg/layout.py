@@ -13,7 +13,7 @@ pattern and a concrete path) and by the library and notebooks (with real names):
     models/{model}/{model.pt,metrics.csv,curve.png,checkpoint.pt}
     results/{movie}/{model}/{prob,mask}.zarr        inference
     results/{movie}/{model}/receipts/infer/chunk-{k}.json
-    results/{movie}/{model}/particles/chunk-{k}.parquet
+    results/{movie}/{model}/particles/{chunk,overlaps}-{k}.parquet   detections, frame overlaps
     results/{movie}/{model}/{trajectories,events,frames}.parquet   tracking (one set)
     results/{movie}/{model}/{eval,sintering}/ ; track_scores.json
     results/{movie}/{model}/sintering/{sizes,ripening,mobility,relaxation}.parquet, kinetics.png
@@ -114,8 +114,19 @@ def particles_dir(movie: str, model: str) -> str:
     return f"{product_dir(movie, model)}/particles"
 
 
+#: File names, within :func:`particles_dir`, of a time chunk's detections and frame overlaps.
+PARTICLES_CHUNK = "chunk-{k}.parquet"
+OVERLAPS_CHUNK = "overlaps-{k}.parquet"
+
+
 def particles_chunk(movie: str, model: str, k) -> str:
-    return f"{particles_dir(movie, model)}/chunk-{k}.parquet"
+    return f"{particles_dir(movie, model)}/{PARTICLES_CHUNK.format(k=k)}"
+
+
+def overlaps_chunk(movie: str, model: str, k) -> str:
+    """The frame-overlaps table of chunk ``k`` (pairs into its frames; ``etemseg measure
+    --overlaps``), read by the track stage instead of labelling every mask again."""
+    return f"{particles_dir(movie, model)}/{OVERLAPS_CHUNK.format(k=k)}"
 
 
 def track_table(movie: str, model: str, table: str) -> str:

@@ -20,8 +20,11 @@ from etemseg.analysis.measure import (
     empty_table,
     measure_frame,
     measure_stack,
+    particles_digest,
+    read_overlaps,
     read_parquet_metadata,
     read_parquet_units,
+    write_overlaps,
     write_parquet,
 )
 from etemseg.stages.measure import measure_chunk, resolve_min_area
@@ -402,3 +405,91 @@ def test_measure_with_min_area_nm2(tmp_path, caplog):
     assert sum("min_area_nm2 = " in r.getMessage() for r in caplog.records) == 1
     assert main(["--quiet", "measure", str(fs.path), str(ms.path), str(un / "bad.parquet"),
                  "--min-area-nm2", "-1"]) == 2
+
+
+# ------------------------------------------------------------------------------------------
+# frame overlaps (the evidence of mask-overlap linking, recorded by the measure stage)
+
+
+def moving_masks(t: int = 7, h: int = 60, w: int = 75, seed: int = 1) -> np.ndarray:
+    """Blobs that change and move a little from frame to frame (smoothed 3-D noise)."""
+    from scipy import ndimage
+
+    sm = ndimage.gaussian_filter(np.random.default_rng(seed).standard_normal((t, h, w)),
+                                 (1, 2, 2))
+    return (sm > 0.15 * sm.std()).astype(np.uint8)
+
+
+def reference_overlaps(masks: np.ndarray, frame0: int, connectivity: int, min_area: int
+                       ) -> pd.DataFrame:
+    """Pairs of skimage labels of consecutive frames sharing pixels, counted pixel by pixel."""
+    labs = [sk_label(m > 0, connectivity=connectivity) for m in masks]
+    rows = []
+    for f in range(len(masks) - 1):
+        a, b = labs[f].ravel(), labs[f + 1].ravel()
+        size_a, size_b = np.bincount(a), np.bincount(b)
+        both = (a > 0) & (b > 0)
+        for (la, lb), n in pd.Series(list(zip(a[both], b[both]))).value_counts().items():
+            if size_a[la] >= min_area and size_b[lb] >= min_area:
+                rows.append((frame0 + f, frame0 + f + 1, la, lb, n))
+    return (pd.DataFrame(rows, columns=["frame_a", "frame_b", "a", "b", "n_px"])
+            .sort_values(["frame_a", "a", "b"]).reset_index(drop=True).astype(np.int64))
+
+
+@pytest.mark.parametrize("connectivity", [1, 2])
+@pytest.mark.parametrize("min_area", [0, 5])
+def test_measure_stack_overlaps_match_label_images(connectivity, min_area):
+    masks = moving_masks()
+    args = dict(time_s=np.arange(6.0), pixel_size_nm=PS, movie="m", connectivity=connectivity,
+                min_area_px=min_area)
+    table, ov = measure_stack(masks[1:], None, frame0=11, overlaps=True, prev_mask=masks[0],
+                              **args)
+    ref = reference_overlaps(masks, 10, connectivity, min_area)
+    assert len(ref) > 50
+    pd.testing.assert_frame_equal(ov, ref)
+    # the labels are the particle table's
+    keys = set(zip(table["frame"], table["label"]))
+    assert set(zip(ov["frame_b"], ov["b"])) <= keys
+    first = ov["frame_a"] == 10  # the previous frame's particles are not in this table
+    assert set(zip(ov["frame_a"][~first], ov["a"][~first])) <= keys
+    # the same particle table as without overlaps; no prev_mask: the first pair is left out
+    pd.testing.assert_frame_equal(table, measure_stack(masks[1:], None, frame0=11, **args))
+    _, ov1 = measure_stack(masks[1:], None, frame0=11, overlaps=True, **args)
+    pd.testing.assert_frame_equal(ov1, ref[ref["frame_a"] > 10].reset_index(drop=True))
+    # blank blocks and blank previous frames give empty tables with the columns
+    blank = np.zeros_like(masks[1:])
+    for m, prev in ((blank, masks[0]), (masks[1:2], blank[0])):
+        _, e = measure_stack(m, None, frame0=0, time_s=np.arange(len(m), dtype=float),
+                             pixel_size_nm=PS, movie="m", overlaps=True, prev_mask=prev)
+        assert len(e) == 0 and list(e.columns) == ["frame_a", "frame_b", "a", "b", "n_px"]
+    with pytest.raises(ValueError, match="prev_mask"):
+        measure_stack(masks[1:], None, frame0=11, overlaps=True, prev_mask=masks[0, :5], **args)
+
+
+def test_measure_chunk_overlaps_cross_blocks_and_chunks(tmp_path):
+    masks = moving_masks(t=10, h=40, w=56, seed=4)
+    masks[6] = 0  # a blank frame inside chunk 1
+    frames = random_frames(masks.shape, seed=9)
+    fs, ms = make_stores(tmp_path, frames, masks, chunk_frames=4, zarr_chunk_frames=2)
+    ref = reference_overlaps(masks, 0, 2, 3)
+    got = [measure_chunk(ms, fs, k, movie="mv", min_area_px=3, overlaps=True) for k in range(3)]
+    for k, (table, ov) in enumerate(got):
+        pd.testing.assert_frame_equal(table, measure_chunk(ms, fs, k, movie="mv", min_area_px=3))
+        t0, t1 = ms.chunk_bounds(k)
+        want = ref[(ref["frame_b"] >= t0) & (ref["frame_b"] < t1)].reset_index(drop=True)
+        pd.testing.assert_frame_equal(ov, want)
+    # written with the digest of its particle table, read back checked
+    path = write_overlaps(got[1][1], tmp_path / "overlaps-1.parquet",
+                          metadata={"particles_digest": particles_digest(got[1][0])})
+    pd.testing.assert_frame_equal(read_overlaps(path, frames=(4, 8)), got[1][1])
+    assert read_parquet_metadata(path)["particles_digest"] == particles_digest(got[1][0])
+    assert particles_digest(got[1][0]) != particles_digest(got[0][0])
+    assert read_parquet_units(path) == {"n_px": "px"}
+    with pytest.raises(InputFileError, match="outside its time chunk"):
+        read_overlaps(path, frames=(0, 4))
+    bad = got[1][1].copy()
+    bad.loc[0, "frame_b"] += 1
+    with pytest.raises(InputFileError, match="not consecutive"):
+        read_overlaps(write_overlaps(bad, tmp_path / "bad.parquet"))
+    with pytest.raises(InputFileError, match="not a frame-overlaps table.*no column 'frame_a'"):
+        read_overlaps(write_parquet(got[1][0], tmp_path / "particles.parquet"))

@@ -255,4 +255,5 @@ def test_rule_code_change_is_listed_by_list_changes_code(wd):
     smk.write_text(text.replace('"etemseg --quiet measure ', '"etemseg measure --quiet '))
 
     assert list_code_changes() == {
-        f"results/tiny/shallow-wide/particles/chunk-{k}.parquet" for k in range(3)}
+        f"results/tiny/shallow-wide/particles/{name}-{k}.parquet"
+        for k in range(3) for name in ("chunk", "overlaps")}

@@ -409,6 +409,40 @@ def test_link_with_overlap_table_equals_link_movie():
     assert e3.kind.tolist() == ["coalescence"]
 
 
+def test_measured_overlaps_link_as_label_images():
+    """The zero-shift overlaps the measure stage records give the edges of the label images:
+    alone where no pair drifted by a whole pixel; with the label images of the pairs that did,
+    and only of those."""
+    still = [[(20, 20 + 1.5 * f, 6), (20, 50 - 1.5 * f, 6), STATIC] for f in range(6)]
+    still += [[(20, 35, (2 * 216) ** (1 / 3)), STATIC]] * 3
+    centres = [(15, 20), (40, 25), (25, 50), (45, 60)]
+    jumpy = [[(y, x + 3.0 * max(f - 3, 0), 3) for y, x in centres] for f in range(8)]
+    for frames, shape, moved in ((still, (64, 96), False), (jumpy, (64, 120), True)):
+        labs, det = movie(frames, shape=shape)
+        ov = overlap_table(lambda f: labs[f], range(len(labs)))  # no drift: at the same place
+        asked = []
+
+        def src(f):
+            asked.append(f)
+            return labs[f]
+
+        want = run("overlap", labs, det)
+        got = link_movie(det, src, frame_shape=shape, all_frames=np.arange(len(labs)),
+                         overlaps=ov)
+        for a, b in zip(want, got):
+            pd.testing.assert_frame_equal(a, b)
+        assert asked == sorted(set(asked))  # each label image once, in order
+        assert (asked and asked[0] > 0) if moved else asked == []  # frame 0 has not moved
+        if moved:
+            with pytest.raises(EtemsegError, match="drifted by a whole pixel"):
+                link_movie(det, None, frame_shape=shape, overlaps=ov)
+        else:
+            got = link_movie(det, None, frame_shape=shape, all_frames=np.arange(len(labs)),
+                             overlaps=ov)
+            pd.testing.assert_frame_equal(want[0], got[0])
+            assert want[1]["kind"].tolist() == got[1]["kind"].tolist() == ["coalescence"]
+
+
 def test_events_arrow_schema_and_empty_inputs():
     labs, det = movie([[STATIC]] * 3)
     traj, events, fr = run("overlap", labs, det)
@@ -534,3 +568,63 @@ def test_tracking_imports_no_stage():
                 continue
             for name in names:
                 assert not name.startswith(("etemseg.stages", "etemseg.cli")), (path.name, name)
+
+
+# ------------------------------------------------------------------------------------------
+# the track stage reads the overlaps the measure stage recorded
+
+
+def test_track_stage_uses_recorded_overlaps(tmp_path, caplog):
+    import logging
+
+    from etemseg.cli import main
+    from etemseg.io.store import MovieStore, create_store
+    from etemseg.stages.track import track_movie
+
+    frames = [[(20, 20 + 1.5 * f, 6), (20, 50 - 1.5 * f, 6), STATIC] for f in range(6)]
+    frames += [[(20, 35, (2 * 216) ** (1 / 3)), STATIC]] * 4
+    labs, _ = movie(frames)
+    create_store(tmp_path / "frames.zarr", n_frames=len(labs), frame_shape=labs[0].shape,
+                 dtype=np.uint16, chunk_frames=4, fps=FPS, pixel_size_nm=PS,
+                 zarr_chunk_frames=2)
+    fs = MovieStore.open(tmp_path / "frames.zarr", mode="r+")
+    fs.array[...] = 100
+    ms = fs.like(tmp_path / "mask.zarr", np.uint8)
+    ms.array[...] = np.stack(labs) > 0
+    parts = tmp_path / "particles"
+
+    def measure(k, overlaps=True):
+        extra = ["--overlaps", str(parts / f"overlaps-{k}.parquet")] if overlaps else []
+        assert main(["--quiet", "measure", str(fs.path), str(ms.path),
+                     str(parts / f"chunk-{k}.parquet"), "--chunk", str(k), "--min-area-px", "5",
+                     *extra]) == 0
+
+    def track():
+        return track_movie(fs.path, ms.path, parts, movie="m", model="x")
+
+    for k in range(ms.n_chunks):
+        measure(k)
+    with caplog.at_level(logging.INFO, logger="etemseg.stages.track"):
+        recorded = track()
+        assert not caplog.records
+        assert recorded[1]["kind"].tolist() == ["coalescence"]
+        (parts / "overlaps-0.parquet").unlink()
+        missing = track()
+        assert "overlaps-0.parquet is missing" in caplog.text
+        for a, b in zip(recorded, missing):
+            pd.testing.assert_frame_equal(a, b)
+        measure(0)
+        # the masks of chunk 1 change and only its detections are measured again: its overlaps
+        # belong to the old masks and are not used
+        ms.array[5] = paint(labs[0].shape, [STATIC]) > 0
+        measure(1, overlaps=False)
+        caplog.clear()
+        stale = track()
+        assert "overlaps-1.parquet was not measured with chunk-1.parquet" in caplog.text
+        measure(1)
+        caplog.clear()
+        fresh = track()
+        assert not caplog.records
+    for a, b in zip(stale, fresh):
+        pd.testing.assert_frame_equal(a, b)
+    assert len(fresh[0]) == len(recorded[0]) - 2

@@ -35,6 +35,7 @@ metadata); a chunk without particles still writes a valid file with the same sch
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -54,6 +55,7 @@ from etemseg.io.parquet import write_table
 
 __all__ = [
     "COLUMNS",
+    "OVERLAP_COLUMNS",
     "UNITS",
     "SCHEMA",
     "empty_table",
@@ -62,6 +64,9 @@ __all__ = [
     "write_parquet",
     "read_parquet_units",
     "read_particle_table",
+    "particles_digest",
+    "read_overlaps",
+    "write_overlaps",
     "read_parquet_metadata",
 ]
 
@@ -175,6 +180,15 @@ def _runs(fgf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return change[0::2], change[1::2]
 
 
+def _range_pairs(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every ``(i, j)`` with ``lo[i] <= j < hi[i]``: (P,) int64 each, ordered by ``i`` then
+    ``j`` (the result of one ``searchsorted`` range query per run)."""
+    cnt = np.maximum(hi - lo, 0)
+    i = np.repeat(np.arange(lo.size), cnt)
+    j = np.repeat(lo - np.cumsum(cnt) + cnt, cnt) + np.arange(int(cnt.sum()))
+    return i, j
+
+
 def _link_runs(starts: np.ndarray, ends: np.ndarray, row: int, connectivity: int
                ) -> tuple[int, np.ndarray]:
     """Connected components of the runs: ``(n, comp)``, ``comp`` (n_runs,) ids 0..n-1.
@@ -188,11 +202,8 @@ def _link_runs(starts: np.ndarray, ends: np.ndarray, row: int, connectivity: int
     side_lo, side_hi = ("left", "right") if connectivity == 2 else ("right", "left")
     lo = np.searchsorted(ends + row, starts, side=side_lo)   # first j reaching run i
     hi = np.searchsorted(starts + row, ends, side=side_hi)   # first j beyond run i
-    cnt = np.maximum(hi - lo, 0)
-    total = int(cnt.sum())
-    i = np.repeat(np.arange(n_runs), cnt)
-    j = np.repeat(lo - np.cumsum(cnt) + cnt, cnt) + np.arange(total)
-    graph = coo_matrix((np.ones(total, dtype=np.int8), (i, j)), shape=(n_runs, n_runs)).tocsr()
+    i, j = _range_pairs(lo, hi)
+    graph = coo_matrix((np.ones(i.size, dtype=np.int8), (i, j)), shape=(n_runs, n_runs)).tocsr()
     n, comp = connected_components(graph, directed=False)
     comp = comp.astype(np.int64, copy=False)
     running = np.maximum.accumulate(comp)
@@ -253,8 +264,7 @@ def _component_sums(lab: _Labelled, frames: np.ndarray | None) -> dict[str, np.n
 
     Returns (m,) arrays, m = ``lab.n``: ``count`` (int64 px), ``s_x``, ``s_y``, ``s_xx``,
     ``s_yy``, ``s_xy`` (float64 sums of pixel coordinates, exact integers), ``s_i`` (float64
-    sum of frame values, None without frames), ``touches`` (bool) and ``frame_of`` (int64 frame
-    index within the block).
+    sum of frame values, None without frames) and ``touches`` (bool).
     """
     T, Hp, Wp = lab.fg.shape
     H, W = Hp - 2, Wp - 2
@@ -288,10 +298,73 @@ def _component_sums(lab: _Labelled, frames: np.ndarray | None) -> dict[str, np.n
         sums["s_i"] = None
     edge_run = (run_x == 0) | (run_x + length == W) | (run_y == 0) | (run_y == H - 1)
     sums["touches"] = np.bincount(comp[edge_run], minlength=m) > 0
-    # components are numbered in raster order: the first run of each gives its frame
-    first_run = np.flatnonzero(np.diff(np.maximum.accumulate(comp), prepend=-1))
-    sums["frame_of"] = run_t[first_run]
     return sums
+
+
+def _frame_ids(lab: _Labelled) -> tuple[np.ndarray, np.ndarray]:
+    """``(frame_of, local)``, (m,) int64: every component's frame within the block and its id in
+    that frame (1..n, raster order: the id ``skimage.measure.label`` gives it)."""
+    # components are numbered in raster order: the first run of each gives its frame
+    first_run = np.flatnonzero(np.diff(np.maximum.accumulate(lab.comp), prepend=-1))
+    frame_of = lab.starts[first_run] // lab.fg[0].size
+    local = np.arange(lab.n) - np.searchsorted(frame_of, frame_of, side="left") + 1
+    return frame_of, local
+
+
+# --------------------------------------------------------------------------------------------
+# overlaps of consecutive frames
+# --------------------------------------------------------------------------------------------
+
+#: Columns of a frame-overlaps table (``measure_stack(..., overlaps=True)``), all int64.
+OVERLAP_COLUMNS: tuple[str, ...] = ("frame_a", "frame_b", "a", "b", "n_px")
+
+
+def _shared_runs(sa: np.ndarray, ea: np.ndarray, sb: np.ndarray, eb: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Runs ``[sa, ea)`` against runs ``[sb, eb)`` (flat indices, each sorted and disjoint):
+    ``(i, j, n)`` for every pair sharing ``n > 0`` pixels."""
+    i, j = _range_pairs(np.searchsorted(eb, sa, side="right"),   # first b ending after a starts
+                        np.searchsorted(sb, ea, side="left"))    # first b starting after a ends
+    return i, j, np.minimum(ea[i], eb[j]) - np.maximum(sa[i], sb[j])
+
+
+def _sum_pairs(ca: np.ndarray, cb: np.ndarray, n: np.ndarray, m_b: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` summed per component pair ``(ca, cb)``, ``cb < m_b``: the pairs, sorted, and sums."""
+    key, inv = np.unique(ca * m_b + cb, return_inverse=True)
+    return key // m_b, key % m_b, np.bincount(inv.reshape(-1), n, minlength=key.size
+                                              ).astype(np.int64)
+
+
+def _overlap_table(lab: _Labelled | None, prev: _Labelled | None, frame0: int,
+                   min_area_px: int) -> pd.DataFrame:
+    """Pixels shared at the same place by the components (of >= ``min_area_px``) of
+    consecutive frames of a labelled block, and of ``prev`` (the frame before) and its first."""
+    cols: list[list[np.ndarray]] = [[], [], [], []]  # frame_a, a, b, n_px
+    if lab is not None:
+        size = lab.fg[0].size
+        frame_of, local = _frame_ids(lab)
+        big = np.bincount(lab.comp, lab.ends - lab.starts, minlength=lab.n) >= min_area_px
+        pairs = []
+        if prev is not None:  # runs of frame -1 against those of frame 0 (a prefix of the runs)
+            first = np.searchsorted(lab.starts, size)
+            i, j, n = _shared_runs(prev.starts, prev.ends, lab.starts[:first], lab.ends[:first])
+            p_big = np.bincount(prev.comp, prev.ends - prev.starts, minlength=prev.n)
+            pairs.append((prev.comp[i], lab.comp[j], n, np.full(prev.n, -1),
+                          _frame_ids(prev)[1], p_big >= min_area_px))
+        # every run moved one frame on meets the runs of the next frame at the same pixels
+        i, j, n = _shared_runs(lab.starts + size, lab.ends + size, lab.starts, lab.ends)
+        pairs.append((lab.comp[i], lab.comp[j], n, frame_of, local, big))
+        for ca, cb, n, fa_of, la_of, a_big in pairs:
+            ca, cb, n = _sum_pairs(ca, cb, n, lab.n)
+            ok = a_big[ca] & big[cb]
+            ca, cb = ca[ok], cb[ok]
+            for col, v in zip(cols, (fa_of[ca], la_of[ca], local[cb], n[ok])):
+                col.append(v)
+    fa, a, b, n = (np.concatenate(c).astype(np.int64) if c else np.zeros(0, np.int64)
+                   for c in cols)
+    return pd.DataFrame({"frame_a": fa + frame0, "frame_b": fa + frame0 + 1, "a": a, "b": b,
+                         "n_px": n})
 
 
 def _perimeters(lab: _Labelled, connectivity: int) -> np.ndarray:
@@ -360,29 +433,20 @@ def _ellipse(n: np.ndarray, sx: np.ndarray, sy: np.ndarray, sxx: np.ndarray, syy
     return 4.0 * np.sqrt(l1), 4.0 * np.sqrt(l2), ecc, orient
 
 
-def _measure(masks: np.ndarray, frames: np.ndarray | None, *, frame0: int, time_s: np.ndarray,
-             pixel_size_nm: float | None, movie: str, min_area_px: int, connectivity: int,
-             warn: bool, model: str = "") -> pd.DataFrame:
-    """:func:`measure_stack` (``warn``: log the missing pixel size)."""
-    masks, frames, time_s = _check_block(masks, frames, time_s)
-    ps = _check_pixel_size(pixel_size_nm, warn=warn)
-    connectivity = _check_connectivity(connectivity)
-    movie = str(movie)
-    if 0 in masks.shape:
-        return empty_table(movie, model)
-    lab = _label_runs(masks, connectivity)
+def _measure(lab: _Labelled | None, frames: np.ndarray | None, *, frame0: int,
+             time_s: np.ndarray, ps: float, movie: str, min_area_px: int, connectivity: int,
+             model: str = "") -> pd.DataFrame:
+    """The particle table of a labelled block (:func:`measure_stack`, arguments checked)."""
     if lab is None:
         return empty_table(movie, model)
     sums = _component_sums(lab, frames)
     perim = _perimeters(lab, connectivity)
+    frame_of, local = _frame_ids(lab)  # block-global component ids -> frame, id in the frame
+    local = local.astype(np.int32)
     m = lab.n
-    del lab
 
     # ---- per-component properties ------------------------------------------------------------
     keep = np.arange(m)
-    frame_of = sums["frame_of"]
-    # component ids are global over the block; the frame-local id counts from the frame's first
-    local = (keep - np.searchsorted(frame_of, frame_of, side="left") + 1).astype(np.int32)
     n = sums["count"]
     sel = n >= max(int(min_area_px), 0)
     keep, frame_of, local, n = keep[sel], frame_of[sel], local[sel], n[sel]
@@ -419,7 +483,9 @@ def _measure(masks: np.ndarray, frames: np.ndarray | None, *, frame0: int, time_
 def measure_stack(masks: np.ndarray, frames: np.ndarray | None, *, frame0: int,
                   time_s: np.ndarray, pixel_size_nm: float | None, movie: str,
                   min_area_px: int = 0, connectivity: int = 2, model: str = "",
-                  warn_uncalibrated: bool = True) -> pd.DataFrame:
+                  warn_uncalibrated: bool = True, overlaps: bool = False,
+                  prev_mask: np.ndarray | None = None
+                  ) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
     """Measure every particle of a block of frames, vectorised over the whole block.
 
     Parameters
@@ -436,18 +502,19 @@ def measure_stack(masks: np.ndarray, frames: np.ndarray | None, *, frame0: int,
     pixel_size_nm : float or None
         Pixel size, nm/px. None (uncalibrated movie): every ``*_nm`` column is NaN and a warning
         is logged; the ``*_px`` columns and the dimensionless ones stay valid.
-    movie : str
-        Movie name written in the ``movie`` column.
+    movie, model : str
+        Written in the ``movie`` and ``model`` columns.
     min_area_px : int
         Drop components with fewer pixels (0 or 1: keep all). The ``label`` of the survivors is
         still their id in the full frame labelling, so it may have gaps.
     connectivity : {1, 2}
         1: 4-connected components, 2: 8-connected (default, as :func:`skimage.measure.label`).
-    model : str
-        Model name written in the ``model`` column.
     warn_uncalibrated : bool
-        Log the warning for ``pixel_size_nm=None`` (a caller measuring many blocks of one movie
-        warns once itself).
+        Log the warning for ``pixel_size_nm=None`` (False: the caller warns once per movie).
+    overlaps : bool
+        Also return the frame-overlaps table of the block (below).
+    prev_mask : (H, W) array, optional
+        The mask of frame ``frame0 - 1``, for the overlaps of its particles with ``masks[0]``'s.
 
     Returns
     -------
@@ -462,6 +529,11 @@ def measure_stack(masks: np.ndarray, frames: np.ndarray | None, *, frame0: int,
         ``+-pi/4`` when the two second moments are equal), ``perimeter`` (4-connected boundary
         estimator) and ``intensity_mean``; lengths are scaled by ``pixel_size_nm``.
         No rows (but all columns and dtypes) when there is no particle.
+    overlaps : pandas.DataFrame, only with ``overlaps=True``
+        :data:`OVERLAP_COLUMNS` (int64): particles ``a`` of ``frame_a`` and ``b`` of ``frame_b =
+        frame_a + 1`` (``label`` ids, both >= ``min_area_px``) share ``n_px`` pixels at the same
+        place; sorted by (frame_a, a, b).  From the run-length labelling (every run against the
+        runs of the next frame), so the tracker need not label the masks again.
 
     Notes
     -----
@@ -480,9 +552,25 @@ def measure_stack(masks: np.ndarray, frames: np.ndarray | None, *, frame0: int,
     ConfigError
         Invalid ``pixel_size_nm`` or ``connectivity``.
     """
-    return _measure(masks, frames, frame0=frame0, time_s=time_s, pixel_size_nm=pixel_size_nm,
-                    movie=movie, min_area_px=min_area_px, connectivity=connectivity,
-                    warn=warn_uncalibrated, model=model)
+    masks, frames, time_s = _check_block(masks, frames, time_s)
+    connectivity = _check_connectivity(connectivity)
+    lab = None if 0 in masks.shape else _label_runs(masks, connectivity)
+    table = _measure(lab, frames, frame0=frame0, time_s=time_s, movie=str(movie), model=model,
+                     ps=_check_pixel_size(pixel_size_nm, warn=warn_uncalibrated),
+                     min_area_px=min_area_px, connectivity=connectivity)
+    return (table, _overlap_table(lab, _label_prev(prev_mask, masks.shape[1:], connectivity),
+                                  int(frame0), max(int(min_area_px), 0))) if overlaps else table
+
+
+def _label_prev(prev_mask: np.ndarray | None, shape: tuple[int, ...], connectivity: int
+                ) -> _Labelled | None:
+    """The labelling of the frame before a block (None without one), checked to be (H, W)."""
+    if prev_mask is None or 0 in shape:
+        return None
+    prev_mask = np.asarray(prev_mask)
+    if prev_mask.shape != shape:
+        raise ValueError(f"prev_mask shape {prev_mask.shape} does not match the frames {shape}")
+    return _label_runs(prev_mask[None], connectivity)
 
 
 def measure_frame(mask: np.ndarray, frame: np.ndarray | None, *, pixel_size_nm: float | None,
@@ -597,30 +685,87 @@ def read_particle_table(path: str | Path, *, frames: tuple[int, int] | None = No
         labels < 1 or frames outside ``frames``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputFileError(path, "does not exist" if not path.exists() else "is not a file")
-    schema = _read_schema(path)
-    for field in SCHEMA:
-        if field.name not in schema.names:
-            raise InputFileError(path, f"not a particle table from `etemseg measure` (no column "
-                                       f"{field.name!r})")
-        typ = schema.field(field.name).type
-        if not (typ == field.type or (pa.types.is_string(field.type)
-                                      and (pa.types.is_large_string(typ)
-                                           or pa.types.is_string_view(typ)))):
-            raise InputFileError(path, f"column {field.name!r} has type {typ}, not {field.type}; "
-                                       "not a particle table from `etemseg measure`")
-    try:
-        df = pd.read_parquet(path, engine="pyarrow", page_checksum_verification=True)
-    except (OSError, pa.ArrowException, ValueError, EOFError) as exc:
-        reason = (str(exc).strip().splitlines() or [""])[0][:160] or type(exc).__name__
-        raise InputFileError(path, f"damaged Parquet file ({reason})") from exc
+    df = _read_checked(path, SCHEMA, "particle table")
     if len(df):
         if (df["label"] < 1).any():
             raise InputFileError(path, "holds labels < 1 (0 is background); damaged table?")
         lo, hi = int(df["frame"].min()), int(df["frame"].max())
         if frames is not None and not (frames[0] <= lo and hi < frames[1]):
             raise InputFileError(path, f"holds frames {lo}..{hi}, outside its time chunk "
+                                       f"({frames[0]}..{frames[1] - 1})")
+    return df
+
+
+def _read_checked(path: Path, schema: pa.Schema, what: str) -> pd.DataFrame:
+    """The Parquet file ``path`` as a DataFrame, checked to hold every column of ``schema`` with
+    its type (``what`` names the table in the :class:`InputFileError` raised otherwise)."""
+    if not path.is_file():
+        raise InputFileError(path, "does not exist" if not path.exists() else "is not a file")
+    found = _read_schema(path)
+    for field in schema:
+        if field.name not in found.names:
+            raise InputFileError(path, f"not a {what} from `etemseg measure` (no column "
+                                       f"{field.name!r})")
+        typ = found.field(field.name).type
+        if not (typ == field.type or (pa.types.is_string(field.type)
+                                      and (pa.types.is_large_string(typ)
+                                           or pa.types.is_string_view(typ)))):
+            raise InputFileError(path, f"column {field.name!r} has type {typ}, not {field.type}; "
+                                       f"not a {what} from `etemseg measure`")
+    try:
+        return pd.read_parquet(path, engine="pyarrow", page_checksum_verification=True)
+    except (OSError, pa.ArrowException, ValueError, EOFError) as exc:
+        reason = (str(exc).strip().splitlines() or [""])[0][:160] or type(exc).__name__
+        raise InputFileError(path, f"damaged Parquet file ({reason})") from exc
+
+
+def particles_digest(df: pd.DataFrame) -> str:
+    """Digest of a particle table's rows (``frame``, ``label``, ``area_px``): a frame-overlaps
+    table records the one of the particle table measured with it, so that a reader can refuse to
+    pair overlaps with the detections of another measurement."""
+    h = hashlib.sha256()
+    for c in ("frame", "label", "area_px"):
+        h.update(np.ascontiguousarray(df[c].to_numpy(np.int64)).tobytes())
+    return h.hexdigest()[:16]
+
+
+#: The Parquet schema of a frame-overlaps table (``etemseg measure --overlaps``).
+OVERLAP_SCHEMA: pa.Schema = pa.schema([pa.field(c, pa.int64()) for c in OVERLAP_COLUMNS])
+
+
+def write_overlaps(df: pd.DataFrame, path: str | Path, *, metadata: dict | None = None) -> Path:
+    """Write a frame-overlaps table (:data:`OVERLAP_COLUMNS`) atomically as zstd Parquet."""
+    return write_table(df[list(OVERLAP_COLUMNS)], path, metadata=metadata,
+                       schema=OVERLAP_SCHEMA)
+
+
+def read_overlaps(path: str | Path, *, frames: tuple[int, int] | None = None) -> pd.DataFrame:
+    """Read and check a frame-overlaps table written by :func:`write_overlaps`.
+
+    Parameters
+    ----------
+    path : path
+        An ``overlaps-{k}.parquet``.
+    frames : (int, int), optional
+        ``[t0, t1)``: every ``frame_b`` must lie in it (the pairs into the frames of a chunk).
+
+    Raises
+    ------
+    InputFileError
+        Naming ``path``: missing, unreadable or damaged, a column missing or of another type,
+        a pair of frames that are not consecutive, labels < 1, no shared pixel, or a
+        ``frame_b`` outside ``frames``.
+    """
+    path = Path(path)
+    df = _read_checked(path, OVERLAP_SCHEMA, "frame-overlaps table")[list(OVERLAP_COLUMNS)]
+    if len(df):
+        if (df["frame_b"] != df["frame_a"] + 1).any():
+            raise InputFileError(path, "pairs frames that are not consecutive; damaged table?")
+        if (df[["a", "b", "n_px"]].to_numpy() < 1).any():
+            raise InputFileError(path, "holds labels or pixel counts < 1; damaged table?")
+        lo, hi = int(df["frame_b"].min()), int(df["frame_b"].max())
+        if frames is not None and not (frames[0] <= lo and hi < frames[1]):
+            raise InputFileError(path, f"pairs into frames {lo}..{hi}, outside its time chunk "
                                        f"({frames[0]}..{frames[1] - 1})")
     return df
 

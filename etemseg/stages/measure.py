@@ -17,10 +17,11 @@ import logging
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from etemseg.scales import area_px
-from etemseg.analysis.measure import empty_table, measure_stack
+from etemseg.analysis.measure import OVERLAP_COLUMNS, empty_table, measure_stack
 from etemseg.errors import ConfigError, InputFileError, is_number
 from etemseg.io.store import MovieStore
 
@@ -82,7 +83,8 @@ def open_stores(mask_store: MovieStore | str | Path, frame_store: MovieStore | s
 def measure_chunk(mask_store: MovieStore | str | Path, frame_store: MovieStore | str | Path,
                   k: int, *, movie: str, min_area_px: int = 20,
                   min_area_nm2: float | None = None, connectivity: int = 2,
-                  model: str = "") -> pd.DataFrame:
+                  model: str = "", overlaps: bool = False
+                  ) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
     """Measure the particles of time chunk ``k``, streaming one Zarr chunk of frames at a time.
 
     Parameters
@@ -100,6 +102,12 @@ def measure_chunk(mask_store: MovieStore | str | Path, frame_store: MovieStore |
     min_area_nm2 : float, optional
         Minimum component area in nm²; on a calibrated movie it replaces ``min_area_px``
         (:func:`resolve_min_area`).
+    overlaps : bool
+        Also return the chunk's frame-overlaps table: the pixels shared at the same place by the
+        particles of every frame of the chunk and of the frame before it (the previous chunk's
+        last frame is read for the first), from the labelling the measurement makes anyway
+        (:func:`~etemseg.analysis.measure.measure_stack`).  The track stage links by them
+        instead of labelling every mask again.
 
     Returns
     -------
@@ -107,6 +115,9 @@ def measure_chunk(mask_store: MovieStore | str | Path, frame_store: MovieStore |
         Rows of every frame of the chunk (columns :data:`etemseg.analysis.measure.COLUMNS`);
         times in s from the frame store's ``time_s``, lengths in nm from its pixel size (or the
         mask store's when the frames have none; NaN with a logged warning when neither has one).
+    pandas.DataFrame, only with ``overlaps``
+        :data:`~etemseg.analysis.measure.OVERLAP_COLUMNS` of the pairs ``(f - 1, f)``, ``f`` in
+        the chunk.
 
     Raises
     ------
@@ -123,14 +134,24 @@ def measure_chunk(mask_store: MovieStore | str | Path, frame_store: MovieStore |
                     masks.path)
     masks.chunk_bounds(k)  # ConfigError when k is out of range
     time_s = frames.time_s()
-    parts = []
+    t0 = masks.chunk_bounds(k)[0]
+    prev = masks.read(t0 - 1, t0)[0] if overlaps and t0 > 0 else None
+    parts, pairs = [], []
     for b0, block in masks.read_chunk(k):
         b1 = b0 + len(block)
-        parts.append(measure_stack(block, frames.read(b0, b1), frame0=b0,
-                                   time_s=time_s[b0:b1], pixel_size_nm=ps, movie=movie,
-                                   min_area_px=min_area_px, connectivity=connectivity,
-                                   model=model, warn_uncalibrated=False))
+        got = measure_stack(block, frames.read(b0, b1), frame0=b0, time_s=time_s[b0:b1],
+                            pixel_size_nm=ps, movie=movie, min_area_px=min_area_px,
+                            connectivity=connectivity, model=model, warn_uncalibrated=False,
+                            overlaps=overlaps, prev_mask=prev)
+        if overlaps:
+            got, ov = got
+            pairs.append(ov)
+            prev = block[-1] if len(block) else prev
+        parts.append(got)
     parts = [p for p in parts if len(p)]
-    if not parts:
-        return empty_table(movie, model)
-    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+    table = (empty_table(movie, model) if not parts
+             else pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0])
+    if not overlaps:
+        return table
+    return table, (pd.concat(pairs, ignore_index=True) if pairs
+                   else pd.DataFrame({c: np.zeros(0, np.int64) for c in OVERLAP_COLUMNS}))

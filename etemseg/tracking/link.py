@@ -18,7 +18,8 @@ from etemseg.errors import EtemsegError
 from etemseg.tracking.detections import Detections, frame_sequence, frame_times
 from etemseg.tracking.drift import drift_columns, drift_table
 from etemseg.tracking.neighbours import mutual_nearest, near_pairs
-from etemseg.tracking.overlap import Edges, OverlapTable, disc_edges, label_edges, table_edges
+from etemseg.tracking.overlap import (Edges, OverlapTable, disc_edges, label_edges,
+                                      measured_edges, table_edges)
 from etemseg.tracking.params import LinkParams
 from etemseg.tracking.summary import (EVENTS_SCHEMA, events_table, frames_table,
                                       trajectories_table)
@@ -113,7 +114,8 @@ def link_movie(detections: pd.DataFrame,
                min_absorbed_volume: float = LinkParams.min_absorbed_volume,
                memory: int = LinkParams.memory, gap_ms: float = LinkParams.gap_ms,
                persist_ms: float = LinkParams.persist_ms,
-               confirm_ms: float = LinkParams.confirm_ms, reid_ms: float = LinkParams.reid_ms
+               confirm_ms: float = LinkParams.confirm_ms, reid_ms: float = LinkParams.reid_ms,
+               overlaps: OverlapTable | None = None
                ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Link a whole movie, streaming frame pairs, and summarise every frame.
 
@@ -142,6 +144,12 @@ def link_movie(detections: pd.DataFrame,
     fps : float, optional
     max_disp_nm, min_overlap, min_absorbed_volume, memory, gap_ms, persist_ms, confirm_ms, reid_ms
         See :class:`~etemseg.tracking.LinkParams`.
+    overlaps : pandas.DataFrame, optional
+        Mask overlaps *at the same place* of consecutive frames, as ``etemseg measure
+        --overlaps`` records them (``frame_a``, ``frame_b``, ``a``, ``b``, ``n_px``): the
+        evidence of every pair whose drift step rounds to zero pixels, so that only the pairs
+        that moved need label images (:func:`~etemseg.tracking.overlap.measured_edges`; same
+        result as from the label images).
 
     Returns
     -------
@@ -161,7 +169,9 @@ def link_movie(detections: pd.DataFrame,
     cum = drift_df[["dy_px", "dx_px"]].to_numpy(float)
     shape = tuple(int(v) for v in frame_shape) if frame_shape is not None else None
     edges = None
-    if label_source is not None:
+    if overlaps is not None:
+        edges, shape = measured_edges(det, seq, drift_df, overlaps, label_source, shape)
+    elif label_source is not None:
         edges, shape = label_edges(det, seq, drift_df, label_source, shape)
     ids, events = _link_all(det, seq, cum, times, params, edges)
     traj = trajectories_table(det, seq, cum, ids)

@@ -25,8 +25,8 @@ from etemseg.tracking.detections import Detections, check_frames
 from etemseg.tracking.drift import rounded_shift, shift_steps
 from etemseg.tracking.neighbours import near_pairs
 
-__all__ = ["Edges", "OverlapTable", "check_labels", "disc_edges", "label_edges", "overlap_arrays",
-           "overlap_pairs", "overlap_table", "table_edges"]
+__all__ = ["Edges", "OverlapTable", "check_labels", "disc_edges", "label_edges",
+           "measured_edges", "overlap_arrays", "overlap_pairs", "overlap_table", "table_edges"]
 
 #: Type of the overlaps table of :func:`overlap_table` / :func:`~etemseg.tracking.link.link`: a
 #: DataFrame with int64 columns ``frame_a``, ``frame_b``, ``a``, ``b``, ``n_px``.
@@ -266,7 +266,8 @@ def overlap_table(label_source: Callable[[int], np.ndarray], frames: Iterable[in
 
 
 def label_edges(det: Detections, seq: np.ndarray, drift: pd.DataFrame,
-                label_source: Callable[[int], np.ndarray], shape: tuple[int, int] | None
+                label_source: Callable[[int], np.ndarray], shape: tuple[int, int] | None,
+                pairs: Iterable[int] | None = None
                 ) -> tuple[Edges, tuple[int, int] | None]:
     """Mask-overlap edges of every pair of consecutive frames, streaming the label images.
 
@@ -285,6 +286,8 @@ def label_edges(det: Detections, seq: np.ndarray, drift: pd.DataFrame,
         ``label_source(frame)`` returns that frame's (H, W) integer label image.
     shape : (int, int) or None
         Expected ``(H, W)``; None: that of the first label image.
+    pairs : iterable of int, optional
+        Only the pairs ``(seq[k - 1], seq[k])`` of these ``k`` (increasing); default all.
 
     Returns
     -------
@@ -294,33 +297,88 @@ def label_edges(det: Detections, seq: np.ndarray, drift: pd.DataFrame,
         The frame shape (None for a movie without frames).
     """
     shifts = shift_steps(seq, drift)
-    parts_a, parts_b, parts_n = [], [], []
-    prev = None
-    for k in range(seq.size):
+
+    def labels(k: int) -> np.ndarray:
+        nonlocal shape
         f = int(seq[k])
         lab = check_labels(label_source(f), f"label_source({f})")
         if shape is None:
             shape = lab.shape
         elif lab.shape != shape:
             raise EtemsegError(f"label_source({f}): shape {lab.shape}, expected {shape}")
-        if prev is not None:
-            fa = int(seq[k - 1])
-            sa, sb = det.rows(fa), det.rows(f)
-            if sa.stop > sa.start and sb.stop > sb.start:
-                a, b, nn = overlap_arrays(prev, lab, rounded_shift(shifts[k]),
-                                          int(det.label[sa.stop - 1]),
-                                          int(det.label[sb.stop - 1]))
-                ra, rb = det.rows_of_labels(fa, a), det.rows_of_labels(f, b)
-                ok = (ra >= 0) & (rb >= 0)
-                parts_a.append(ra[ok])
-                parts_b.append(rb[ok])
-                parts_n.append(nn[ok].astype(float))
-        prev = lab
+        return lab
+
+    ks = range(1, seq.size) if pairs is None else pairs
+    if pairs is None and seq.size == 1:
+        labels(0)  # the shape of a one-frame movie
+    parts_a, parts_b, parts_n = [], [], []
+    held_k, held = -1, None
+    for k in ks:
+        k = int(k)
+        prev = held if held_k == k - 1 else labels(k - 1)
+        held_k, held = k, labels(k)
+        fa, fb = int(seq[k - 1]), int(seq[k])
+        sa, sb = det.rows(fa), det.rows(fb)
+        if sa.stop > sa.start and sb.stop > sb.start:
+            a, b, nn = overlap_arrays(prev, held, rounded_shift(shifts[k]),
+                                      int(det.label[sa.stop - 1]), int(det.label[sb.stop - 1]))
+            ra, rb = det.rows_of_labels(fa, a), det.rows_of_labels(fb, b)
+            ok = (ra >= 0) & (rb >= 0)
+            parts_a.append(ra[ok])
+            parts_b.append(rb[ok])
+            parts_n.append(nn[ok].astype(float))
+    return _joined(parts_a, parts_b, parts_n), shape
+
+
+def _joined(parts_a: list, parts_b: list, parts_n: list) -> Edges:
+    """Edges from lists of parts (empty edges for none)."""
     e = np.zeros(0, np.int64)
-    edges = (np.concatenate(parts_a) if parts_a else e,
-             np.concatenate(parts_b) if parts_b else e,
-             np.concatenate(parts_n) if parts_n else np.zeros(0))
-    return edges, shape
+    return (np.concatenate(parts_a) if parts_a else e,
+            np.concatenate(parts_b) if parts_b else e,
+            np.concatenate(parts_n) if parts_n else np.zeros(0))
+
+
+def measured_edges(det: Detections, seq: np.ndarray, drift: pd.DataFrame,
+                   overlaps: OverlapTable, label_source: Callable[[int], np.ndarray] | None,
+                   shape: tuple[int, int] | None) -> tuple[Edges, tuple[int, int] | None]:
+    """Mask-overlap edges from the overlaps the measurement wrote, label images where needed.
+
+    The measure stage records the pixels shared *at the same place* by the particles of
+    consecutive frames (``etemseg measure --overlaps``).  That is the evidence of every frame
+    pair whose drift step rounds to ``(0, 0)`` -- at 400 frames/s nearly all; the pairs that
+    moved by a whole pixel or more are compared shifted from their label images
+    (:func:`label_edges`).  The edges are those :func:`label_edges` gives for all pairs.
+
+    Parameters
+    ----------
+    det, seq, drift, shape
+        As :func:`label_edges`.
+    overlaps : OverlapTable
+        Zero-shift overlaps of consecutive frames of ``seq`` (``frame_a``, ``frame_b``, ``a``,
+        ``b``, ``n_px``).
+    label_source : callable or None
+        Label images for the moved pairs; None is refused when there is one.
+
+    Raises
+    ------
+    EtemsegError
+        A pair moved by a whole pixel and there are no label images, or the table is invalid
+        (:func:`table_edges`).
+    """
+    steps = shift_steps(seq, drift)
+    moved = np.flatnonzero(np.any(np.round(steps) != 0, axis=1))  # as rounded_shift rounds
+    keep = ~np.isin(overlaps["frame_b"].to_numpy(np.int64), seq[moved])
+    ra, rb, nn = table_edges(det, seq, overlaps[keep] if not keep.all() else overlaps)
+    if moved.size == 0:
+        return (ra, rb, nn), shape
+    if label_source is None:
+        raise EtemsegError(f"{moved.size} frame pairs drifted by a whole pixel or more (first: "
+                           f"frames {int(seq[moved[0] - 1])}-{int(seq[moved[0]])}); their "
+                           "overlaps need the label images")
+    (la, lb, ln), shape = label_edges(det, seq, drift, label_source, shape, pairs=moved)
+    ra, rb, nn = _joined([ra, la], [rb, lb], [nn, ln])
+    order = np.lexsort((rb, ra))  # the order of label_edges: by frame pair, then rows
+    return (ra[order], rb[order], nn[order]), shape
 
 
 def table_edges(det: Detections, seq: np.ndarray, overlaps: OverlapTable) -> Edges:

@@ -1,4 +1,5 @@
-# Per-chunk particle measurement into Parquet (one row per particle per frame).
+# Per-chunk particle measurement into Parquet (one row per particle per frame), with the
+# pixels the particles of consecutive frames share (read by the track rule).
 
 
 rule measure_chunk:
@@ -6,7 +7,8 @@ rule measure_chunk:
         masks=layout.receipt("infer", "{movie}", "{k}", model="{model}"),
         frames=layout.receipt("ingest", "{movie}", "{k}"),
     output:
-        layout.particles_chunk("{movie}", "{model}", "{k}"),
+        particles=layout.particles_chunk("{movie}", "{model}", "{k}"),
+        overlaps=layout.overlaps_chunk("{movie}", "{model}", "{k}"),
     log:
         layout.log("{movie}", "{model}", "measure", "chunk-{k}"),
     conda:
@@ -20,6 +22,7 @@ rule measure_chunk:
         masks=lambda w: layout.mask_store(w.movie, w.model),
         options=measure_options,
     shell:
-        "etemseg --quiet measure {params.frames:q} {params.masks:q} {output:q}"
+        "etemseg --quiet measure {params.frames:q} {params.masks:q} {output.particles:q}"
+        " --overlaps {output.overlaps:q}"
         " --chunk {wildcards.k} --movie {wildcards.movie} --model {wildcards.model}"
         " {params.options} > {log:q} 2>&1"

@@ -4,7 +4,12 @@
 
 rule track:
     input:
-        lambda w: [layout.particles_chunk(w.movie, w.model, k) for k in movie_chunks(w.movie)],
+        particles=lambda w: [
+            layout.particles_chunk(w.movie, w.model, k) for k in movie_chunks(w.movie)
+        ],
+        overlaps=lambda w: [
+            layout.overlaps_chunk(w.movie, w.model, k) for k in movie_chunks(w.movie)
+        ],
     output:
         **{t: layout.track_table("{movie}", "{model}", t) for t in layout.TRACK_TABLES},
     log:
