@@ -13,7 +13,9 @@ the same masks in ONE process pinned to one CPU core with every thread pool limi
 Reported per size: frames/s and particles/s of both, the speed-up, the tracemalloc peak of one
 ``measure_stack`` call (untimed pass), and the max abs difference per column between the two
 tables (orientation also modulo pi, which is how the two agree for shapes whose second moments
-are equal up to rounding).  Prints a table and writes JSON.
+are equal up to rounding).  Also the extra time of the frame overlaps recorded while measuring
+(``overlaps=True``) against the track stage labelling every mask again to count them.  Prints a
+table and writes JSON.
 
     python benchmarks/measure.py                      # 16 frames per size, ~1 minute
     python benchmarks/measure.py --frames 4 --sizes 1024x1024
@@ -92,6 +94,26 @@ def max_diffs(df, ref) -> tuple[dict[str, float], int]:
     return diffs, int(np.sum(np.abs(d) > 1e-6))
 
 
+def relabel_overlaps(masks: np.ndarray) -> float:
+    """Seconds the track stage spends without recorded overlaps: label every mask again
+    (``ndimage.label``, 8-connected, as ``etemseg.stages.track.label_source``) and count the
+    overlaps of every consecutive pair (:func:`etemseg.tracking.overlap.overlap_arrays`)."""
+    from scipy import ndimage
+
+    from etemseg.tracking.overlap import overlap_arrays
+
+    lab = ndimage.label(masks[0] > 0, structure=np.ones((3, 3), bool))[0]
+    overlap_arrays(lab, lab, (0, 0))  # warm-up: the compiled kernel's load
+    prev = None
+    t0 = time.perf_counter()
+    for m in masks:
+        lab = ndimage.label(m > 0, structure=np.ones((3, 3), bool))[0]
+        if prev is not None:
+            overlap_arrays(prev, lab, (0, 0))
+        prev = lab
+    return time.perf_counter() - t0
+
+
 def bench_size(h: int, w: int, args: argparse.Namespace) -> dict:
     """One result row: measure_stack vs the per-frame baseline on a simulated (T, h, w) movie."""
     from etemseg.analysis.measure import measure_stack
@@ -114,6 +136,13 @@ def bench_size(h: int, w: int, args: argparse.Namespace) -> dict:
         t0 = time.perf_counter()
         df = ours()
         t_ours.append(time.perf_counter() - t0)
+    t_ov = []
+    for _ in range(args.repeat):  # the same with the frame overlaps (etemseg measure --overlaps)
+        t0 = time.perf_counter()
+        measure_stack(masks, images, frame0=0, time_s=time_s, pixel_size_nm=ps, movie="bench",
+                      overlaps=True)
+        t_ov.append(time.perf_counter() - t0)
+    t_relabel = relabel_overlaps(masks)
     t_ref = []
     for _ in range(args.baseline_repeat):
         t0 = time.perf_counter()
@@ -135,6 +164,8 @@ def bench_size(h: int, w: int, args: argparse.Namespace) -> dict:
         "ours_frames_per_s": p.frames / s_ours, "regionprops_frames_per_s": p.frames / s_ref,
         "ours_particles_per_s": n / s_ours, "regionprops_particles_per_s": n / s_ref,
         "speedup": s_ref / s_ours, "ours_peak_mb": peak_mb,
+        "overlaps_ms_per_frame": (statistics.median(t_ov) - s_ours) / p.frames * 1e3,
+        "relabel_overlaps_ms_per_frame": t_relabel / p.frames * 1e3,
         "ours_peak_mb_per_frame": peak_mb / p.frames,
         "max_abs_diff": diffs, "orientation_off_by_pi": n_orient_pi,
     }
@@ -158,6 +189,12 @@ def print_table(rows: list[dict]) -> None:
         print(f"{c:<24} " + " ".join(f"{r['max_abs_diff'][c]:>10.2g}" for r in rows))
     print(f"{'orientation off by pi':<24} "
           + " ".join(f"{r['orientation_off_by_pi']:>10}" for r in rows))
+    print()
+    print("frame overlaps for the track stage, ms per frame: recorded while measuring "
+          "(measure_stack overlaps=True, extra) vs labelled again in the track stage")
+    for r in rows:
+        print(f"{r['size']:>10}  recorded +{r['overlaps_ms_per_frame']:.2f}  "
+              f"labelled again {r['relabel_overlaps_ms_per_frame']:.2f}")
 
 
 def main() -> None:

@@ -235,6 +235,17 @@ def test_second_movie_with_default_training_set_retrains_but_keeps_first_movie_u
     assert first == PER_MODEL, first
 
 
+def test_new_masks_of_a_chunk_remeasure_it_and_the_next(wd):
+    """The measure job of chunk k also reads chunk k - 1's last mask (the overlaps into its first
+    frame): new masks of chunk 1 re-measure chunks 1 and 2, never chunk 0."""
+    receipt = wd / "results" / "tiny" / "shallow-wide" / "receipts" / "infer" / "chunk-1.json"
+    receipt.write_text(receipt.read_text() + "\n")  # as a new infer job of chunk 1 would
+    left = pending(summary(wd))
+    measured = {f for f, (rule, _) in left.items() if rule == "measure_chunk"}
+    assert measured == {f"results/tiny/shallow-wide/particles/{name}-{k}.parquet"
+                        for k in (1, 2) for name in ("chunk", "overlaps")}
+
+
 def test_rule_code_change_is_listed_by_list_changes_code(wd):
     """Editing a rule's shell command: ``--list-changes code`` names that rule's outputs only."""
     for name in ("workflow", "envs"):  # the Snakefile's includes, schema, report and conda envs

@@ -245,6 +245,13 @@ def infer_options(wildcards):
     return " ".join(_cli_options(infer_settings(wildcards.movie)))
 
 
+def previous_chunk_masks(wildcards):
+    """The infer receipt of the chunk before (none for chunk 0): the measure job reads that
+    chunk's last mask for the overlaps into its own first frame."""
+    k = int(wildcards.k)
+    return [layout.receipt("infer", wildcards.movie, k - 1, model=wildcards.model)] if k else []
+
+
 def measure_options(wildcards):
     """`measure` settings with the movie's own `movies.NAME.measure` overrides."""
     return " ".join(_cli_options({**MEASURE, **movie_cfg(wildcards.movie).get("measure", {})}))

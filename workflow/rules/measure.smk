@@ -6,6 +6,7 @@ rule measure_chunk:
     input:
         masks=layout.receipt("infer", "{movie}", "{k}", model="{model}"),
         frames=layout.receipt("ingest", "{movie}", "{k}"),
+        previous_masks=previous_chunk_masks,
     output:
         particles=layout.particles_chunk("{movie}", "{model}", "{k}"),
         overlaps=layout.overlaps_chunk("{movie}", "{model}", "{k}"),
