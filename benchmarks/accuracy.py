@@ -356,9 +356,10 @@ def real_image_tiles(frame: np.ndarray, tiles: int = 2) -> np.ndarray:
                      for i in range(tiles) for j in range(tiles)])
 
 
-def run_realdata(data: Path, archs: list[str], figures: Path | None) -> list[dict]:
+def run_realdata(data: Path, archs: list[str], figures: Path | None,
+                 preset: str = "default") -> list[dict]:
     """Detection P/R/F1 against the boxes of every real micrograph in ``data``: the
-    pseudo-labels (``default`` at the scale :mod:`etemseg.scales` estimates, as
+    pseudo-labels (``preset`` at the scale :mod:`etemseg.scales` estimates, as
     ``etemseg pseudolabel`` labels an uncalibrated movie) and each model in ``archs`` trained
     on the image's own pseudo-labels (its four quadrants as frames, one held out; the demo's
     settings) and run on the whole image as ``etemseg infer``. Measured, never tuned on."""
@@ -370,17 +371,16 @@ def run_realdata(data: Path, archs: list[str], figures: Path | None) -> list[dic
     from etemseg.nn.checkpoint import normalise_frames
     from etemseg.nn.models import parse_arch, work_factor_of
     from etemseg.nn.training import masks_from_probabilities
-    from etemseg.scales import scale_for_movie
-    from etemseg.stages.pseudolabel import PRESETS, pseudolabel_fast
+    from etemseg.stages.pseudolabel import PRESETS, pseudolabel_fast, resolve_for_movie
 
     rows = []
     for image in sorted(data.glob("*.jpg")):
         frame, boxes = load(image)
         raw = np.rint(frame).astype(np.uint16)
-        ps = scale_for_movie(None, raw[None], expected_diameter_nm=5.0)[
-            "effective_pixel_size_nm"] or 0.18
-        pseudo = (pseudolabel_fast(raw, PRESETS["default"].resolved(ps)) > 0).astype(np.uint8)
-        masks, notes = {"pseudo:default": pseudo}, {}
+        params, info = resolve_for_movie(PRESETS[preset], None, raw[None])
+        ps = info["effective_pixel_size_nm"] or 0.18
+        pseudo = (pseudolabel_fast(raw, params) > 0).astype(np.uint8)
+        masks, notes = {f"pseudo:{preset}": pseudo}, {}
         for arch in archs:
             t0 = time.perf_counter()
             # the image normalised as a whole (as the inference engine normalises the frame it
@@ -501,6 +501,8 @@ def main() -> None:
     parser.add_argument("--real-models", default="unet4-norm,single-filter",
                         help="architectures trained on each real image's own pseudo-labels "
                              "('' for none)")
+    parser.add_argument("--real-labels", default="default",
+                        help="pseudo-label preset of the real images (and of their models)")
     parser.add_argument("--figures", type=Path, default=ROOT / "benchmarks" / "out",
                         help="folder of the real images' contour pictures")
     parser.add_argument("--quick", action="store_true",
@@ -534,7 +536,7 @@ def main() -> None:
     real = []
     if any(args.realdata.glob("*.jpg")):
         real = run_realdata(args.realdata, [a for a in args.real_models.split(",") if a],
-                            args.figures)
+                            args.figures, args.real_labels)
         print_real_table(real)
     else:
         print(f"real data skipped: no images in {args.realdata}")
