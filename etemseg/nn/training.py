@@ -56,7 +56,7 @@ LOSSES = ("ce", "ce_dice", "bootstrap")
 #: Values of ``TrainConfig.relabel``.
 RELABEL_MODES = ("union", "model")
 #: Values of ``TrainConfig.keep_best_by``.
-KEEP_BEST_BY = ("auto", "f1", "mask_f1", "loss")
+KEEP_BEST_BY = ("auto", "f1", "loss")
 #: ``keep_best_by="auto"`` ranks epochs by validation F1 only when the validation frames hold at
 #: least this many labelled particles (8-connected label components): the F1 is a proportion
 #: over the particles, so its standard error is about ``0.5 / sqrt(n)``; with fewer than 25 it
@@ -140,7 +140,6 @@ class TrainConfig:
         epoch).
     keep_best_by : str
         The score ``keep_best`` ranks epochs by: ``f1`` (validation F1 at p > 0.5, highest),
-        ``mask_f1`` (validation F1 of the masks inference makes, :func:`validation_scores`),
         ``loss`` (validation loss, lowest) or ``auto`` (default): ``f1`` when the validation
         frames hold at least :data:`MIN_VAL_PARTICLES` labelled particles, else ``loss``
         (:func:`ranking_score`).  With few particles in the validation frames the F1 at p > 0.5
@@ -676,45 +675,28 @@ def class_weights(data: TrainingData, cfg: TrainConfig) -> torch.Tensor | None:
 
 @torch.no_grad()
 def validation_scores(model, data: TrainingData, cfg: TrainConfig, device, weight) -> dict:
-    """Loss and pixel precision/recall/F1 on full validation frames: ``val_f1`` etc. of the
-    particle probability > 0.5, ``val_mask_f1`` of the masks ``etemseg infer`` makes by default
-    (:func:`masks_from_probabilities`: per-frame Otsu, featureless frames empty).
+    """Loss and pixel precision/recall/F1 (particle probability > 0.5) on full validation frames.
 
     ``data.labels`` are the loss's labels (:func:`loss_targets`): pixels labelled :data:`IGNORE`
     count in neither the loss nor the scores."""
     model.eval()
     val = data.val[:cfg.max_val_frames]
-    counts = np.zeros((2, 3), np.int64)      # rows: p > 0.5, inference masks; tp, fp, fn
+    tp = fp = fn = 0
     loss = 0.0
     for i in val:
         x = torch.from_numpy(data.images[i].astype(np.float32))[None, None].to(device)
         y = torch.from_numpy(data.labels[i].astype(np.int64))[None].to(device)
         logits = model(x).float()
         loss += float(segmentation_loss(logits, y, cfg, weight))
-        prob = torch.softmax(logits, 1)[:, 1].cpu().numpy()
-        masks = (logits.argmax(1).cpu().numpy(),
-                 masks_from_probabilities(prob, work_factor_of(model)))
-        label = data.labels[i][None]
-        for row, pred in zip(counts, masks):
-            row += pixel_counts(pred == 1, label)
+        pred = logits.argmax(1)
+        tp += int(((pred == 1) & (y == 1)).sum())
+        fp += int(((pred == 1) & (y == 0)).sum())
+        fn += int(((pred == 0) & (y == 1)).sum())
     model.train()
-    (tp, fp, fn), (mtp, mfp, mfn) = counts.tolist()     # plain ints: the checkpoint's history
-    return {"val_loss": loss / max(len(val), 1), "val_f1": _f1(tp, fp, fn),
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
+    return {"val_loss": loss / max(len(val), 1), "val_f1": f1,
             "val_precision": tp / (tp + fp) if tp + fp else 1.0,
-            "val_recall": tp / (tp + fn) if tp + fn else 1.0,
-            "val_mask_f1": _f1(mtp, mfp, mfn)}
-
-
-def pixel_counts(pred: np.ndarray, label: np.ndarray) -> np.ndarray:
-    """True positives, false positives, false negatives (pixels) of a boolean prediction
-    against 0/1 labels; pixels labelled :data:`IGNORE` are left out."""
-    pos, neg = label == 1, label == 0
-    return np.array([np.count_nonzero(pred & pos), np.count_nonzero(pred & neg),
-                     np.count_nonzero(~pred & pos)], np.int64)
-
-
-def _f1(tp: int, fp: int, fn: int) -> float:
-    return float(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else 1.0
+            "val_recall": tp / (tp + fn) if tp + fn else 1.0}
 
 
 def save_checkpoint(ckpt: dict, path: str | Path) -> None:
@@ -855,13 +837,10 @@ class TrainingRun:
         self.epochs_done = int(row["epoch"])
         if by == "loss":
             better = row["val_loss"] < self.best.get("loss", math.inf)
-        elif by == "mask_f1":
-            better = row["val_mask_f1"] > self.best.get("mask_f1", -1.0)
         else:
             better = row["val_f1"] > self.best["f1"]
         if better:
-            self.best = {"f1": row["val_f1"], "loss": row["val_loss"],
-                         "mask_f1": row.get("val_mask_f1", -1.0), "epoch": self.epochs_done,
+            self.best = {"f1": row["val_f1"], "loss": row["val_loss"], "epoch": self.epochs_done,
                          "state": {k: v.detach().cpu().clone()
                                    for k, v in self.model.state_dict().items()}}
 
