@@ -475,12 +475,9 @@ def test_resolution_arithmetic(caplog):
 
 
 def test_default_preset_at_018_is_todays_px_recipe():
-    """Resolved without frames, the default is the former px recipe: its local background
-    scales with the particles, so it is off (radius 0) until frames show them."""
     default = PRESETS["default"]
-    scaled = replace(DEFAULT_PX_BEFORE, background_per_diameter=1.0)
-    assert default.resolved(0.18) == scaled and scaled.background_radius_px == 0
-    assert default.pixel_only() == scaled                 # the fallback without a scale
+    assert default.resolved(0.18) == DEFAULT_PX_BEFORE
+    assert default.pixel_only() == DEFAULT_PX_BEFORE      # the fallback without a scale
     assert default.resolved(0.18).physical == ()
     img, _ = sim_frame(256, 256)
     for impl in (pseudolabel_fast, pseudolabel_reference):
@@ -540,18 +537,14 @@ def test_resolve_for_movie(caplog):
     with caplog.at_level(logging.WARNING, logger="etemseg.scales"):
         params, info = resolve_for_movie(PRESETS["default"], None, frames)
     assert info["pixel_size_nm"] is None and info["source"] == "estimate"
-    radius = info["background"]["radius_px"]           # the particles' upper-quartile diameter
-    assert info["background"]["source"] == "particles" and radius > 0
-    assert params == replace(PRESETS["default"].resolved(info["effective_pixel_size_nm"]),
-                             background_radius_px=radius)
+    assert params == PRESETS["default"].resolved(info["effective_pixel_size_nm"])
     assert abs(info["effective_pixel_size_nm"] / 0.36 - 1) < 0.25
     assert any("estimated particle diameter" in r.getMessage() for r in caplog.records)
     caplog.clear()
     blank = np.random.default_rng(1).poisson(100, (3, 128, 128)).astype(np.uint16)
     with caplog.at_level(logging.WARNING, logger="etemseg.scales"):
         params, info = resolve_for_movie(PRESETS["default"], None, blank)
-    assert params == replace(DEFAULT_PX_BEFORE, background_per_diameter=1.0)
-    assert info["effective_pixel_size_nm"] is None and params.background_radius_px == 0
+    assert params == DEFAULT_PX_BEFORE and info["effective_pixel_size_nm"] is None
     assert any(r.levelno == logging.WARNING for r in caplog.records)
     paper, info = resolve_for_movie(PRESETS["paper"], None, None)   # px only: nothing to do
     assert paper == PRESETS["paper"] and info["source"] == "px"
@@ -616,8 +609,8 @@ def test_thick_patch_is_not_a_particle(impl):
     img, particles, patch = patch_frame()
     thick = PX["thick-support"]
     assert thick.background_radius_px == 28 and PX["default"].background_radius_px == 0
-    off = replace(thick, background_radius_px=0)
-    assert off == PX["default"]                  # resolved without frames: no local background
+    off = replace(thick, background_radius_px=0, background_per_diameter=0.0)
+    assert off == PX["default"]
     with_bg, without = impl(img, thick).astype(bool), impl(img, off).astype(bool)
     interior = ndi_erode(patch, morphology.disk(10)) & ~ndi_dilate(
         particles, morphology.disk(12))
@@ -694,7 +687,5 @@ def test_background_radius_without_a_diameter_is_the_floor(caplog):
         params, info = resolve_for_movie(PRESETS["thick-support"], 0.18, blank)
     assert params.background_radius_px == 28 and info["background"]["source"] == "fixed"
     assert any("no particle diameter" in r.getMessage() for r in caplog.records)
-    params, info = resolve_for_movie(PRESETS["default"], 0.18, blank)  # no floor: off
-    assert params.background_radius_px == 0 and info["background"]["source"] == "fixed"
-    params, info = resolve_for_movie(PRESETS["paper"], 0.18, blank)    # not scaled: not read
+    params, info = resolve_for_movie(PRESETS["default"], 0.18, blank)  # off: nothing read
     assert params.background_radius_px == 0 and "background" not in info

@@ -129,13 +129,12 @@ class PseudoLabelParams:
         particle narrower than about the disk keeps its full depth, also where it sits on such a
         patch.  Should be about the largest particle diameter in px.
     background_per_diameter : float
-        Not in the paper (0: the radius is ``background_radius_px`` as given).  > 0: the local
-        background's radius scales with the movie's particles: :func:`resolve_for_movie`, given
-        some of the movie's frames, raises ``background_radius_px`` to this multiple of the
-        upper-quartile particle diameter, px, that :func:`etemseg.scales.blob_scale` finds in
-        them (``background_radius_px`` / ``_nm`` is the floor, used alone where no diameter is
-        found; with a floor of 0 the local background is then off, as it is for parameters
-        resolved without frames).  The closing fills a dark region
+        Not in the paper (0: the radius is ``background_radius_px`` as given).  With the local
+        background on (``background_radius_px`` or ``background_radius_nm`` > 0), its radius
+        scales with the movie's particles: :func:`resolve_for_movie` raises it to this multiple
+        of the upper-quartile particle diameter, px, that :func:`etemseg.scales.blob_scale`
+        finds in the movie's first frames (``background_radius_px`` / ``_nm`` is then the
+        floor, used alone where no diameter is found).  The closing fills a dark region
         narrower than twice the radius, so 1.0 keeps particles up to twice the upper-quartile
         diameter (eight times its volume: the growth of a sintering movie) and takes wider dark
         regions for support.
@@ -220,7 +219,8 @@ class PseudoLabelParams:
     def scales_with_particles(self) -> bool:
         """Whether the local background's radius follows the movie's particle diameter (the
         radius then needs a few of the movie's frames, :func:`resolve_for_movie`)."""
-        return self.background_per_diameter > 0
+        on = self.background_radius_px > 0 or bool(self.background_radius_nm)
+        return on and self.background_per_diameter > 0
 
     def pixel_only(self) -> PseudoLabelParams:
         """These parameters with every nm field cleared: the px fields as they are."""
@@ -336,16 +336,15 @@ def params_from_preset(preset: str, overrides: dict[str, Any] | None = None
 #: ``"paper"``: the published recipe in px, no extras (pixel F1 ~0.86 on the demo movie).  Its
 #: lengths are bound to the magnification of the paper's movies (~0.18 nm/px, ~5 nm particles);
 #: at another magnification use ``"default"`` or set the nm fields.
-#: ``"default"``: the recipe plus detrended mirror padding against the edge losses, hole filling,
-#: a minimum area, in nm: at 0.18 nm/px it resolves exactly to the px values it also holds
+#: ``"default"``: the recipe plus detrended mirror padding against the edge losses, hole filling
+#: and a minimum area, in nm: at 0.18 nm/px it resolves exactly to the px values it also holds
 #: (sigma 2 px, opening radius 5 px, min area 30 px, pad 48 px; pixel F1 ~0.92 on the demo movie,
-#: ``SynthParams()``), the px fallback when the pixel size is unknown and cannot be estimated;
-#: and, given the movie's frames (:func:`resolve_for_movie`, as the stage does), the local
-#: background with a radius of the movie's upper-quartile particle diameter
-#: (``background_per_diameter`` 1.0; thick, uneven supports such as carbon black; off where no
-#: diameter is found and for parameters resolved without frames).
-#: ``"thick-support"``: ``"default"`` with a floor of 5 nm under that radius
-#: (``background_radius_nm``; 28 px at 0.18 nm/px), used alone where no diameter is found.
+#: ``SynthParams()``), the px fallback when the pixel size is unknown and cannot be estimated.
+#: ``"thick-support"``: ``"default"`` plus the local background (``background_radius_nm`` 5 nm,
+#: 28 px at 0.18 nm/px) for thick, uneven supports such as carbon black: dark regions wider than
+#: about 10 nm are taken for support, so particles of more than ~10 nm diameter are lost too
+#: (a 12 nm particle at 0.18 nm/px is; raise ``background_radius_nm`` to about the largest
+#: particle diameter).  Not the default for that reason.
 PRESETS: dict[str, PseudoLabelParams] = {
     "paper": PseudoLabelParams(
         sigma=2.0, opening_radius=5, threshold="otsu", polarity="dark", min_area_px=0,
@@ -353,7 +352,7 @@ PRESETS: dict[str, PseudoLabelParams] = {
     ),
     "default": PseudoLabelParams(
         sigma=2.0, opening_radius=5, threshold="otsu", polarity="dark", min_area_px=30,
-        fill_holes=True, border_pad_px=48, background_per_diameter=1.0,
+        fill_holes=True, border_pad_px=48,
         sigma_nm=0.36, opening_radius_nm=0.9, min_area_nm2=0.972, border_pad_nm=8.64,
     ),
     "thick-support": PseudoLabelParams(
@@ -1076,7 +1075,7 @@ def particle_scaled_background(params: PseudoLabelParams, frames_sample: np.ndar
                           "upper_quartile_diameter_px": q75}
     if q75 is None:
         log.warning("pseudolabel: no particle diameter found for the local background; its "
-                    "radius stays %d px%s", floor, " (off)" if not floor else "")
+                    "radius stays %d px", floor)
     return replace(params, background_radius_px=int(radius))
 
 
