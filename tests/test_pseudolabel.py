@@ -689,3 +689,32 @@ def test_background_radius_without_a_diameter_is_the_floor(caplog):
     assert any("no particle diameter" in r.getMessage() for r in caplog.records)
     params, info = resolve_for_movie(PRESETS["default"], 0.18, blank)  # off: nothing read
     assert params.background_radius_px == 0 and "background" not in info
+
+
+class _CalibratedStore:
+    """The part of a calibrated MovieStore that ``PseudolabelStage.resolve`` reads."""
+
+    def __init__(self, frames: np.ndarray, pixel_size_nm: float):
+        self.frames, self.pixel_size_nm = frames, pixel_size_nm
+        self.n_frames, self.meta, self.group = len(frames), {}, {}
+
+    def chunk_bounds(self, k: int) -> tuple[int, int]:
+        return 0, self.n_frames
+
+    def read(self, t0: int, t1: int) -> np.ndarray:
+        return self.frames[t0:t1].astype(np.float32)
+
+
+def test_stage_reads_frames_of_a_calibrated_movie_for_a_scaled_background():
+    from etemseg.stages.pseudolabel import PseudolabelStage
+
+    frames, _ = disc_movie(20)
+    src = _CalibratedStore(frames, 0.18)
+    stage = PseudolabelStage("f.zarr", "p.zarr", preset="thick-support",
+                             params=PRESETS["thick-support"])
+    params, info = stage.resolve(src)
+    assert info["frames_used"] == [0, 4] and info["background"]["source"] == "particles"
+    assert params.background_radius_px > 20 / 0.18 / 2
+    plain = PseudolabelStage("f.zarr", "p.zarr", preset="default", params=PRESETS["default"])
+    params, info = plain.resolve(src)                 # calibrated, no scaled background: no read
+    assert "frames_used" not in info and params == PX["default"]
