@@ -1031,7 +1031,8 @@ def resolve_for_movie(params: PseudoLabelParams, pixel_size_nm: float | None,
     info : dict
         :func:`etemseg.scales.scale_for_movie`'s record (``pixel_size_nm``, ``source``,
         ``effective_pixel_size_nm``, ...); ``source`` is ``"px"`` when ``params`` has no nm
-        fields.
+        fields; ``background`` where the local background scales with the particles
+        (:func:`particle_scaled_background`).
     """
     from etemseg.scales import scale_for_movie
 
@@ -1101,9 +1102,11 @@ class PseudolabelStage(ChunkStage):
 
     The lengths are resolved once, when the store is created (:func:`resolve_for_movie`: at the
     frame store's ``pixel_size_nm``, else at a scale estimated from up to :data:`SCALE_FRAMES`
-    frames of time chunk 0), and recorded in the store's attributes: ``params`` (the px values
-    every chunk uses), ``params_nm`` (the parameters as given, nm fields included) and
-    ``scale`` (how the pixel size was found).  Chunk jobs read ``params`` back from the store.
+    frames of time chunk 0; those frames also give the particle diameter of a local background
+    that scales with it, calibrated or not), and recorded in the store's attributes:
+    ``params`` (the px values every chunk uses), ``params_nm`` (the parameters as given, nm
+    fields included) and ``scale`` (how the pixel size was found).  Chunk jobs read ``params``
+    back from the store.
 
     Parameters
     ----------
