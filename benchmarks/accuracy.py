@@ -69,12 +69,19 @@ Segmenter = Callable[[np.ndarray, float], np.ndarray]
 
 
 def pseudo_segmenter(preset: str) -> Segmenter:
-    """The pseudo-labeller with ``preset`` resolved at the movie's pixel size (fast path)."""
+    """The pseudo-labeller with ``preset`` resolved at the movie's pixel size (fast path); a
+    local background that scales with the particles takes their diameter from the first
+    ``SCALE_FRAMES`` frames, as the stage does from a movie's first chunk."""
 
     def segment(frames: np.ndarray, pixel_size_nm: float) -> np.ndarray:
-        from etemseg.stages.pseudolabel import PRESETS, pseudolabel_stack, resolve_for_movie
+        from etemseg.stages.pseudolabel import (
+            PRESETS,
+            SCALE_FRAMES,
+            pseudolabel_stack,
+            resolve_for_movie,
+        )
 
-        params, _ = resolve_for_movie(PRESETS[preset], pixel_size_nm, None)
+        params, _ = resolve_for_movie(PRESETS[preset], pixel_size_nm, frames[:SCALE_FRAMES])
         return pseudolabel_stack(frames, params) > 0
 
     return segment
@@ -141,13 +148,15 @@ def model_masks(model, arch, frames: np.ndarray) -> np.ndarray:
 _PSEUDO_CACHE: dict = {}
 
 
-def cached_pseudo(frames: np.ndarray, pixel_size_nm: float) -> np.ndarray:
-    """``pseudo:default`` labels of ``frames`` (computed once per case)."""
-    key = (id(frames), frames.shape, pixel_size_nm)
+def cached_pseudo(frames: np.ndarray, pixel_size_nm: float, preset: str = "default"
+                  ) -> np.ndarray:
+    """``pseudo:PRESET`` labels of ``frames`` (computed once per case)."""
+    key = (id(frames), frames.shape, pixel_size_nm, preset)
     if key not in _PSEUDO_CACHE or _PSEUDO_CACHE[key][0] is not frames:
-        _PSEUDO_CACHE.clear()      # (the frames are kept: a later case's array cannot reuse id)
+        if any(k[:3] != key[:3] for k in _PSEUDO_CACHE):
+            _PSEUDO_CACHE.clear()  # (the frames are kept: a later case's array cannot reuse id)
         _PSEUDO_CACHE[key] = (frames,
-                              pseudo_segmenter("default")(frames, pixel_size_nm).astype(np.uint8))
+                              pseudo_segmenter(preset)(frames, pixel_size_nm).astype(np.uint8))
     return _PSEUDO_CACHE[key][1]
 
 
@@ -157,12 +166,14 @@ _MODEL_CACHE: dict = {}
 
 
 def model_segmenter(arch: str, **settings) -> Segmenter:
-    """``arch`` trained on the case's own ``pseudo:default`` labels (the demo's training
+    """``arch`` trained on the case's own pseudo-labels (``labels``, below; the demo's training
     settings with ``settings`` on top, seed 0), then run on the frames as ``etemseg infer``.
 
     ``infer_min_area_nm2`` in ``settings`` is not a training field: the masks' minimum component
-    area in nm² (``infer.settings.min_area_nm2``) instead of the default 20 px."""
+    area in nm² (``infer.settings.min_area_nm2``) instead of the default 20 px; nor is
+    ``labels``: the pseudo-label preset trained on (default ``default``)."""
     min_area_nm2 = settings.pop("infer_min_area_nm2", None)
+    preset = settings.pop("labels", "default")
 
     def segment(frames: np.ndarray, pixel_size_nm: float) -> np.ndarray:
         from etemseg.morphology import remove_small_components
@@ -170,12 +181,14 @@ def model_segmenter(arch: str, **settings) -> Segmenter:
         from etemseg.nn.models import parse_arch
         from etemseg.scales import area_px
 
-        key = (id(frames), frames.shape, pixel_size_nm, arch, json.dumps(settings, sort_keys=True))
+        key = (id(frames), frames.shape, pixel_size_nm, arch, preset,
+               json.dumps(settings, sort_keys=True))
         if key not in _MODEL_CACHE or _MODEL_CACHE[key][0] is not frames:
             if any(k[:3] != key[:3] or v[0] is not frames for k, v in _MODEL_CACHE.items()):
                 _MODEL_CACHE.clear()      # another case: free the models
             _MODEL_CACHE[key] = (frames, train_on_pseudo(normalise_frames(frames),
-                                                         cached_pseudo(frames, pixel_size_nm),
+                                                         cached_pseudo(frames, pixel_size_nm,
+                                                                       preset),
                                                          pixel_size_nm, arch, settings))
         masks = model_masks(_MODEL_CACHE[key][1], parse_arch(arch), frames) > 0
         if min_area_nm2 is not None:
@@ -208,6 +221,7 @@ DEFAULT_SEGMENTERS = "pseudo:default;model:unet4-norm;model:single-filter"
 SEGMENTERS: dict[str, Segmenter] = {
     "pseudo:default": pseudo_segmenter("default"),
     "pseudo:paper": pseudo_segmenter("paper"),
+    "pseudo:thick-support": pseudo_segmenter("thick-support"),
     "model:unet4-norm": model_segmenter("unet4-norm"),
     "model:unet4": model_segmenter("unet4"),
     "model:shallow-wide": model_segmenter("shallow-wide"),
@@ -342,9 +356,10 @@ def real_image_tiles(frame: np.ndarray, tiles: int = 2) -> np.ndarray:
                      for i in range(tiles) for j in range(tiles)])
 
 
-def run_realdata(data: Path, archs: list[str], figures: Path | None) -> list[dict]:
+def run_realdata(data: Path, archs: list[str], figures: Path | None,
+                 preset: str = "default") -> list[dict]:
     """Detection P/R/F1 against the boxes of every real micrograph in ``data``: the
-    pseudo-labels (``default`` at the scale :mod:`etemseg.scales` estimates, as
+    pseudo-labels (``preset`` at the scale :mod:`etemseg.scales` estimates, as
     ``etemseg pseudolabel`` labels an uncalibrated movie) and each model in ``archs`` trained
     on the image's own pseudo-labels (its four quadrants as frames, one held out; the demo's
     settings) and run on the whole image as ``etemseg infer``. Measured, never tuned on."""
@@ -356,17 +371,16 @@ def run_realdata(data: Path, archs: list[str], figures: Path | None) -> list[dic
     from etemseg.nn.checkpoint import normalise_frames
     from etemseg.nn.models import parse_arch, work_factor_of
     from etemseg.nn.training import masks_from_probabilities
-    from etemseg.scales import scale_for_movie
-    from etemseg.stages.pseudolabel import PRESETS, pseudolabel_fast
+    from etemseg.stages.pseudolabel import PRESETS, pseudolabel_fast, resolve_for_movie
 
     rows = []
     for image in sorted(data.glob("*.jpg")):
         frame, boxes = load(image)
         raw = np.rint(frame).astype(np.uint16)
-        ps = scale_for_movie(None, raw[None], expected_diameter_nm=5.0)[
-            "effective_pixel_size_nm"] or 0.18
-        pseudo = (pseudolabel_fast(raw, PRESETS["default"].resolved(ps)) > 0).astype(np.uint8)
-        masks, notes = {"pseudo:default": pseudo}, {}
+        params, info = resolve_for_movie(PRESETS[preset], None, raw[None])
+        ps = info["effective_pixel_size_nm"] or 0.18
+        pseudo = (pseudolabel_fast(raw, params) > 0).astype(np.uint8)
+        masks, notes = {f"pseudo:{preset}": pseudo}, {}
         for arch in archs:
             t0 = time.perf_counter()
             # the image normalised as a whole (as the inference engine normalises the frame it
@@ -487,6 +501,8 @@ def main() -> None:
     parser.add_argument("--real-models", default="unet4-norm,single-filter",
                         help="architectures trained on each real image's own pseudo-labels "
                              "('' for none)")
+    parser.add_argument("--real-labels", default="default",
+                        help="pseudo-label preset of the real images (and of their models)")
     parser.add_argument("--figures", type=Path, default=ROOT / "benchmarks" / "out",
                         help="folder of the real images' contour pictures")
     parser.add_argument("--quick", action="store_true",
@@ -520,7 +536,7 @@ def main() -> None:
     real = []
     if any(args.realdata.glob("*.jpg")):
         real = run_realdata(args.realdata, [a for a in args.real_models.split(",") if a],
-                            args.figures)
+                            args.figures, args.real_labels)
         print_real_table(real)
     else:
         print(f"real data skipped: no images in {args.realdata}")

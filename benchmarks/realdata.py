@@ -8,8 +8,9 @@ labelled as a user's uncalibrated movie would be, and as before lengths were phy
 * ``default, estimated scale``: ``PRESETS["default"]`` (lengths in nm) resolved at the scale that
   :mod:`etemseg.scales` estimates from the image (what ``etemseg pseudolabel`` does for a movie
   without calibration);
-* ``thick-support, estimated scale``: ``PRESETS["thick-support"]`` (the default plus a 5 nm local
-  background, for thick supports such as carbon black) at the same scale;
+* ``thick-support, estimated scale``: ``PRESETS["thick-support"]`` (the default plus a local
+  background of radius the upper-quartile particle diameter found, at least 5 nm, for thick
+  supports such as carbon black) at the same scale;
 * ``default at 0.18 nm/px``: the same preset at the demo's pixel size (= the former pixel values);
 * ``paper``: the published recipe (pixel values).
 
@@ -29,8 +30,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from etemseg.scales import scale_for_movie
-from etemseg.stages.pseudolabel import PRESETS, pseudolabel_fast
+from etemseg.stages.pseudolabel import PRESETS, pseudolabel_fast, resolve_for_movie
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parents[1] / "shared" / "realdata" / "pt-carbon-hrtem"
@@ -68,18 +68,19 @@ def run(data: Path) -> list[dict]:
         frame, boxes = load(image)
         box_px = float(np.median(np.sqrt((boxes[:, 1] - boxes[:, 0])
                                          * (boxes[:, 3] - boxes[:, 2]))))
-        info = scale_for_movie(None, frame[None], expected_diameter_nm=5.0)
-        est = info.get("effective_pixel_size_nm") or 0.18
-        variants = {"default, estimated scale": PRESETS["default"].resolved(est),
-                    "thick-support, estimated scale": PRESETS["thick-support"].resolved(est),
-                    "default at 0.18 nm/px": PRESETS["default"].resolved(0.18),
-                    "paper": PRESETS["paper"]}
+        variants, info = {}, {}
+        for preset in ("default", "thick-support"):
+            variants[f"{preset}, estimated scale"], info = resolve_for_movie(
+                PRESETS[preset], None, frame[None])
+        variants.update({"default at 0.18 nm/px": PRESETS["default"].resolved(0.18),
+                         "paper": PRESETS["paper"]})
         for name, params in variants.items():
             t0 = time.perf_counter()
             mask = pseudolabel_fast(frame, params)
             rows.append({"image": image.name, "variant": name, "median_box_px": round(box_px, 1),
                          "estimated_diameter_px": info.get("estimated_diameter_px"),
                          "sigma_px": params.sigma, "opening_radius_px": params.opening_radius,
+                         "background_radius_px": params.background_radius_px,
                          "min_area_px": params.min_area_px, "seconds": round(
                              time.perf_counter() - t0, 2), **detection_scores(mask > 0, boxes)})
     return rows

@@ -114,9 +114,30 @@ def test_keep_best_by_loss_skips_a_degenerate_first_epoch():
         kept[by] = run.best["epoch"]
         assert run.best["state"] is not None
     assert kept == {"f1": 1, "loss": 3}
-    assert TrainConfig().keep_best_by == "f1"
+    assert TrainConfig().keep_best_by == "auto"
     with pytest.raises(ConfigError, match="keep_best_by"):
         TrainConfig(keep_best_by="val").validate()
+
+
+def test_keep_best_auto_ranks_by_loss_when_validation_has_few_particles():
+    """``auto``: F1 ranks epochs only with at least MIN_VAL_PARTICLES labelled particles in the
+    validation frames (its standard error ~0.5 / sqrt(n) is then <= 0.1); a held-out part with
+    a handful of particles (a quadrant of thick carbon) is ranked by the validation loss."""
+    from etemseg.nn.training import (MIN_VAL_PARTICLES, ranking_score, validation_particles)
+
+    few = disks_data()                                 # 3 validation frames x <= 4 disks
+    n_few = validation_particles(few, TrainConfig())
+    assert 0 < n_few < MIN_VAL_PARTICLES
+    many = disks_data(n=40)                            # 12 validation frames
+    assert validation_particles(many, TrainConfig()) >= MIN_VAL_PARTICLES
+    assert ranking_score(few, TrainConfig()) == "loss"
+    assert ranking_score(many, TrainConfig()) == "f1"
+    assert ranking_score(few, TrainConfig(keep_best_by="f1")) == "f1"
+    assert ranking_score(many, TrainConfig(keep_best_by="loss")) == "loss"
+    run = Trainer(few, TrainConfig(**FAST)).fit()
+    assert run.final["saved_by"] == "loss"
+    losses = [h["val_loss"] for h in run.history]
+    assert run.final["saved_epoch"] == 1 + int(np.argmin(losses))
 
 
 def test_batches_are_deterministic_and_labels_follow_images():

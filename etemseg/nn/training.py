@@ -55,6 +55,13 @@ log = logging.getLogger(__name__)
 LOSSES = ("ce", "ce_dice", "bootstrap")
 #: Values of ``TrainConfig.relabel``.
 RELABEL_MODES = ("union", "model")
+#: Values of ``TrainConfig.keep_best_by``.
+KEEP_BEST_BY = ("auto", "f1", "loss")
+#: ``keep_best_by="auto"`` ranks epochs by validation F1 only when the validation frames hold at
+#: least this many labelled particles (8-connected label components): the F1 is a proportion
+#: over the particles, so its standard error is about ``0.5 / sqrt(n)``; with fewer than 25 it
+#: exceeds 0.1, more than the epochs of a training differ by, and the ranking is noise.
+MIN_VAL_PARTICLES = 25
 #: Label value left out of the loss (``TrainConfig.ignore_margin_px``).
 IGNORE = 255
 #: Weight of the given label in the ``bootstrap`` loss (Reed et al. 2015, hard bootstrapping).
@@ -132,11 +139,13 @@ class TrainConfig:
         Save the weights of the epoch with the best validation score (else those of the last
         epoch).
     keep_best_by : str
-        The score ``keep_best`` ranks epochs by: ``f1`` (validation F1 at p > 0.5, highest) or
-        ``loss`` (validation loss, lowest).  With few particles in the validation frames the F1
-        at p > 0.5 is 0 for every epoch whose network is still cautious there, and an
-        undertrained first epoch that marks everything dark (precision ~0.05) scores highest;
-        the loss ranks such an epoch last.
+        The score ``keep_best`` ranks epochs by: ``f1`` (validation F1 at p > 0.5, highest),
+        ``loss`` (validation loss, lowest) or ``auto`` (default): ``f1`` when the validation
+        frames hold at least :data:`MIN_VAL_PARTICLES` labelled particles, else ``loss``
+        (:func:`ranking_score`).  With few particles in the validation frames the F1 at p > 0.5
+        is 0 for every epoch whose network is still cautious there, and an undertrained first
+        epoch that marks everything dark (precision ~0.05) scores highest; the loss ranks such
+        an epoch last.
     loss : str
         ``ce`` (cross-entropy, paper), ``ce_dice`` (cross-entropy plus the soft Dice loss of the
         particle class) or ``bootstrap`` (hard bootstrapping, Reed et al. 2015: the target is
@@ -179,7 +188,7 @@ class TrainConfig:
     device: str = "auto"
     max_val_frames: int = 64
     keep_best: bool = True
-    keep_best_by: str = "f1"
+    keep_best_by: str = "auto"
     loss: str = "ce"
     ignore_margin_px: int = 0
     self_training_rounds: int = 0
@@ -208,7 +217,7 @@ class TrainConfig:
             "level_augment": is_number(self.level_augment) and 0 <= self.level_augment <= 100,
             "max_val_frames": self.max_val_frames >= 1,
             "loss": self.loss in LOSSES,
-            "keep_best_by": self.keep_best_by in ("f1", "loss"),
+            "keep_best_by": self.keep_best_by in KEEP_BEST_BY,
             "ignore_margin_px": _is_int(self.ignore_margin_px) and self.ignore_margin_px >= 0,
             "self_training_rounds": (_is_int(self.self_training_rounds)
                                      and self.self_training_rounds >= 0),
@@ -628,6 +637,31 @@ def relabel(model: torch.nn.Module, data: TrainingData, cfg: TrainConfig,
     return masks
 
 
+def validation_particles(data: TrainingData, cfg: TrainConfig) -> int:
+    """Labelled particles (8-connected components of ``data.labels``) in the validation frames
+    that :func:`validation_scores` scores (the first ``cfg.max_val_frames``)."""
+    from scipy import ndimage as ndi
+
+    eight = np.zeros((3, 3, 3), bool)
+    eight[1] = True                         # 8-connected within a frame, not across frames
+    labels = data.labels[data.val[:cfg.max_val_frames]] == 1
+    return int(ndi.label(labels, structure=eight)[1]) if labels.size else 0
+
+
+def ranking_score(data: TrainingData, cfg: TrainConfig) -> str:
+    """The score ``keep_best`` ranks epochs by: ``cfg.keep_best_by``, where ``auto`` is ``f1``
+    with at least :data:`MIN_VAL_PARTICLES` validation particles (:func:`validation_particles`)
+    and ``loss`` with fewer (logged)."""
+    if cfg.keep_best_by != "auto":
+        return cfg.keep_best_by
+    n = validation_particles(data, cfg)
+    if n >= MIN_VAL_PARTICLES:
+        return "f1"
+    log.info("keep_best: %d labelled particle(s) in the validation frames (< %d): epochs are "
+             "ranked by validation loss, not F1", n, MIN_VAL_PARTICLES)
+    return "loss"
+
+
 def class_weights(data: TrainingData, cfg: TrainConfig) -> torch.Tensor | None:
     """Cross-entropy class weights: None (paper), or [1, w] with w given or balanced (w=0)."""
     if cfg.particle_weight is None:
@@ -849,8 +883,10 @@ def open_run(data: TrainingData, cfg: TrainConfig, device: torch.device,
 # training
 # --------------------------------------------------------------------------------------------
 
-def model_meta(run: TrainingRun, data: TrainingData, cfg: TrainConfig, started: float) -> dict:
-    """The model file's metadata (everything but the weights) of a finished run."""
+def model_meta(run: TrainingRun, data: TrainingData, cfg: TrainConfig, started: float, *,
+               rank_by: str | None = None) -> dict:
+    """The model file's metadata (everything but the weights) of a finished run; ``rank_by``
+    is what ``keep_best`` ranked epochs by (default :func:`ranking_score`)."""
     arch = parse_arch(cfg.model)
     history = run.history
     factor = resolve_work_factor(cfg, data)
@@ -877,6 +913,7 @@ def model_meta(run: TrainingRun, data: TrainingData, cfg: TrainConfig, started: 
                  "val_sources": [data.sources[i] for i in data.val] if data.sources else []},
         "history": history,
         "saved_epoch": run.best["epoch"] if cfg.keep_best else cfg.total_epochs,
+        "saved_by": (rank_by or ranking_score(data, cfg)) if cfg.keep_best else "last",
         "val_f1": run.best["f1"] if cfg.keep_best else history[-1]["val_f1"],
         "training_time_s": round(sum(h["epoch_s"] for h in history), 3),
         "wall_time_s_this_run": round(time.perf_counter() - started, 3),
@@ -930,6 +967,8 @@ class Trainer:
         self.checkpoint_path = Path(checkpoint) if checkpoint is not None else None
         self.device = pick_device(cfg.device)
         self.run = open_run(data, cfg, self.device, self.checkpoint_path)
+        #: what ``keep_best`` ranks epochs by (:func:`ranking_score`)
+        self.rank_by = ranking_score(data, cfg)
         self.tensors: tuple[torch.Tensor, torch.Tensor] | None = None
         #: ``data`` with the labels the loss sees (this round's, uncertain band ignored)
         self.train_data = data
@@ -952,7 +991,7 @@ class Trainer:
             if epoch // cfg.epochs > run.round:
                 self.start_round(epoch // cfg.epochs)
             row = self.train_epoch(epoch)
-            run.record(row, cfg.keep_best_by)
+            run.record(row, self.rank_by)
             if run.epochs_done == total:
                 run.finish(self.model_meta())
             self.save_checkpoint()
@@ -1039,7 +1078,7 @@ class Trainer:
 
     def model_meta(self) -> dict:
         """The model file's metadata of the finished run (:func:`model_meta`)."""
-        return model_meta(self.run, self.data, self.cfg, self.started)
+        return model_meta(self.run, self.data, self.cfg, self.started, rank_by=self.rank_by)
 
     def save_checkpoint(self) -> None:
         """Save the run to the checkpoint file (nothing when training in memory)."""

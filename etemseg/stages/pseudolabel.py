@@ -53,6 +53,7 @@ __all__ = [
     "background_depth",
     "label_chunk",
     "params_from_preset",
+    "particle_scaled_background",
     "prepare_frame",
     "pseudolabel_fast",
     "pseudolabel_reference",
@@ -122,11 +123,21 @@ class PseudoLabelParams:
         found; the pad should exceed the largest particle diameter in px.
     background_radius_px : int
         Not in the paper (0 there: off).  Cap the basin depth ``d`` by the depth below the local
-        background, :func:`background_depth` (an upper percentile of the smoothed frame within
-        a disk of this radius): a dark region wider than the disk (a thick patch of the
+        background, :func:`background_depth` (a grey closing of the smoothed frame with a disk
+        of this radius): a dark region wider than the disk (a thick patch of the
         support, e.g. carbon black) is not a particle however deep a basin it is, while a
         particle narrower than about the disk keeps its full depth, also where it sits on such a
         patch.  Should be about the largest particle diameter in px.
+    background_per_diameter : float
+        Not in the paper (0: the radius is ``background_radius_px`` as given).  With the local
+        background on (``background_radius_px`` or ``background_radius_nm`` > 0), its radius
+        scales with the movie's particles: :func:`resolve_for_movie` raises it to this multiple
+        of the upper-quartile particle diameter, px, that :func:`etemseg.scales.blob_scale`
+        finds in the movie's first frames (``background_radius_px`` / ``_nm`` is then the
+        floor, used alone where no diameter is found).  The closing fills a dark region
+        narrower than twice the radius, so 1.0 keeps particles up to twice the upper-quartile
+        diameter (eight times its volume: the growth of a sintering movie) and takes wider dark
+        regions for support.
     sigma_nm : float or None
         Physical twin of ``sigma``, nm (> 0).
     opening_radius_nm : float or None
@@ -154,6 +165,7 @@ class PseudoLabelParams:
     fill_holes: bool = False
     border_pad_px: int = 0
     background_radius_px: int = 0
+    background_per_diameter: float = 0.0
     sigma_nm: float | None = None
     opening_radius_nm: float | None = None
     min_area_nm2: float | None = None
@@ -187,6 +199,9 @@ class PseudoLabelParams:
                 or not 0 <= self.background_radius_px <= BACKGROUND_RADIUS_MAX_PX):
             raise bad("background_radius_px",
                       f"must be an integer in [0, {BACKGROUND_RADIUS_MAX_PX}]")
+        if (not is_number(self.background_per_diameter)
+                or not 0 <= self.background_per_diameter <= 100):
+            raise bad("background_per_diameter", "must be a finite number in [0, 100]")
         for name in NM_TWINS:
             value = getattr(self, name)
             if value is None:
@@ -199,6 +214,13 @@ class PseudoLabelParams:
     def physical(self) -> tuple[str, ...]:
         """Names of the nm fields that are set (empty once :meth:`resolved`)."""
         return tuple(name for name in NM_TWINS if getattr(self, name) is not None)
+
+    @property
+    def scales_with_particles(self) -> bool:
+        """Whether the local background's radius follows the movie's particle diameter (the
+        radius then needs a few of the movie's frames, :func:`resolve_for_movie`)."""
+        on = self.background_radius_px > 0 or bool(self.background_radius_nm)
+        return on and self.background_per_diameter > 0
 
     def pixel_only(self) -> PseudoLabelParams:
         """These parameters with every nm field cleared: the px fields as they are."""
@@ -335,7 +357,7 @@ PRESETS: dict[str, PseudoLabelParams] = {
     ),
     "thick-support": PseudoLabelParams(
         sigma=2.0, opening_radius=5, threshold="otsu", polarity="dark", min_area_px=30,
-        fill_holes=True, border_pad_px=48, background_radius_px=28,
+        fill_holes=True, border_pad_px=48, background_radius_px=28, background_per_diameter=1.0,
         sigma_nm=0.36, opening_radius_nm=0.9, min_area_nm2=0.972, border_pad_nm=8.64,
         background_radius_nm=5.0,
     ),
@@ -992,8 +1014,9 @@ def resolve_for_movie(params: PseudoLabelParams, pixel_size_nm: float | None,
     pixel_size_nm : float or None
         The movie's pixel size, nm/px.
     frames_sample : numpy.ndarray or None
-        A few ``(T, H, W)`` frames; read only when ``pixel_size_nm`` is None and ``params``
-        has nm fields.
+        A few ``(T, H, W)`` frames; read when ``pixel_size_nm`` is None and ``params`` has nm
+        fields, and for the particle diameter of a local background that scales with it
+        (:func:`particle_scaled_background`).
     expected_diameter_nm : float
         Particle diameter, nm, an uncalibrated movie is assumed to show (the nm defaults are
         physical for ~5 nm Au particles).
@@ -1008,18 +1031,53 @@ def resolve_for_movie(params: PseudoLabelParams, pixel_size_nm: float | None,
     info : dict
         :func:`etemseg.scales.scale_for_movie`'s record (``pixel_size_nm``, ``source``,
         ``effective_pixel_size_nm``, ...); ``source`` is ``"px"`` when ``params`` has no nm
-        fields.
+        fields; ``background`` where the local background scales with the particles
+        (:func:`particle_scaled_background`).
     """
     from etemseg.scales import scale_for_movie
 
     params.validate()
     if not params.physical:
-        return params, {"pixel_size_nm": pixel_size_nm, "source": "px",
-                        "effective_pixel_size_nm": None}
+        info = {"pixel_size_nm": pixel_size_nm, "source": "px", "effective_pixel_size_nm": None}
+        return particle_scaled_background(params, frames_sample, info), info
     info = scale_for_movie(pixel_size_nm, frames_sample, polarity=params.polarity,
                            expected_diameter_nm=expected_diameter_nm)
     ps = info["effective_pixel_size_nm"]
-    return (params.pixel_only() if ps is None else params.resolved(ps)), info
+    out = params.pixel_only() if ps is None else params.resolved(ps)
+    return particle_scaled_background(out, frames_sample, info), info
+
+
+def particle_scaled_background(params: PseudoLabelParams, frames_sample: np.ndarray | None,
+                               info: dict[str, Any]) -> PseudoLabelParams:
+    """``params`` (px) with the local background's radius raised to
+    ``background_per_diameter`` times the movie's upper-quartile particle diameter, px.
+
+    The diameter is the 75th percentile of :func:`etemseg.scales.blob_scale`'s blob diameters:
+    of ``info["blobs"]`` when the scale estimate already found them, else of
+    ``frames_sample``.  The radius given (px, resolved from nm) is the floor; without a diameter
+    it is used alone.  ``info["background"]`` records the choice (``radius_px``, ``source``
+    ``"particles"`` or ``"fixed"``, ``upper_quartile_diameter_px``).  Unchanged when the
+    radius does not scale (:attr:`PseudoLabelParams.scales_with_particles`).
+    """
+    from etemseg.scales import blob_scale
+
+    if not params.scales_with_particles:
+        return params
+    blobs = info.get("blobs")
+    if (blobs is None or blobs.get("spread_px") is None) and frames_sample is not None:
+        blobs = blob_scale(frames_sample, params.polarity).to_dict()
+    q75 = None if blobs is None or blobs.get("spread_px") is None else blobs["spread_px"][1]
+    floor = params.background_radius_px
+    radius = floor if q75 is None else max(floor, _clip(
+        "background_radius_px", round_half_up(params.background_per_diameter * q75),
+        BACKGROUND_RADIUS_MAX_PX))
+    info["background"] = {"radius_px": int(radius), "floor_px": int(floor),
+                          "source": "fixed" if q75 is None else "particles",
+                          "upper_quartile_diameter_px": q75}
+    if q75 is None:
+        log.warning("pseudolabel: no particle diameter found for the local background; its "
+                    "radius stays %d px", floor)
+    return replace(params, background_radius_px=int(radius))
 
 
 #: Frames of the first time chunk the stage estimates an uncalibrated movie's scale from.
@@ -1044,9 +1102,11 @@ class PseudolabelStage(ChunkStage):
 
     The lengths are resolved once, when the store is created (:func:`resolve_for_movie`: at the
     frame store's ``pixel_size_nm``, else at a scale estimated from up to :data:`SCALE_FRAMES`
-    frames of time chunk 0), and recorded in the store's attributes: ``params`` (the px values
-    every chunk uses), ``params_nm`` (the parameters as given, nm fields included) and
-    ``scale`` (how the pixel size was found).  Chunk jobs read ``params`` back from the store.
+    frames of time chunk 0; those frames also give the particle diameter of a local background
+    that scales with it, calibrated or not), and recorded in the store's attributes:
+    ``params`` (the px values every chunk uses), ``params_nm`` (the parameters as given, nm
+    fields included) and ``scale`` (how the pixel size was found).  Chunk jobs read ``params``
+    back from the store.
 
     Parameters
     ----------
@@ -1089,7 +1149,9 @@ class PseudolabelStage(ChunkStage):
     def resolve(self, src: MovieStore) -> tuple[PseudoLabelParams, dict[str, Any]]:
         """The px parameters for the movie ``src`` and the scale record (see the class)."""
         sample = None
-        if src.pixel_size_nm is None and self.params.physical and src.n_frames:
+        needs = ((src.pixel_size_nm is None and self.params.physical)
+                 or self.params.scales_with_particles)
+        if needs and src.n_frames:
             t0, t1 = src.chunk_bounds(0)
             sample = _first_frames(src, t0, min(t1, t0 + SCALE_FRAMES))
         params, info = resolve_for_movie(self.params, src.pixel_size_nm, sample,
