@@ -114,7 +114,7 @@ def test_keep_best_by_loss_skips_a_degenerate_first_epoch():
         kept[by] = run.best["epoch"]
         assert run.best["state"] is not None
     assert kept == {"f1": 1, "loss": 3}
-    assert TrainConfig().keep_best_by == "auto"
+    assert TrainConfig().keep_best_by == "f1"
     with pytest.raises(ConfigError, match="keep_best_by"):
         TrainConfig(keep_best_by="val").validate()
 
@@ -130,11 +130,12 @@ def test_keep_best_auto_ranks_by_loss_when_validation_has_few_particles():
     assert 0 < n_few < MIN_VAL_PARTICLES
     many = disks_data(n=40)                            # 12 validation frames
     assert validation_particles(many, TrainConfig()) >= MIN_VAL_PARTICLES
-    assert ranking_score(few, TrainConfig()) == "loss"
-    assert ranking_score(many, TrainConfig()) == "f1"
-    assert ranking_score(few, TrainConfig(keep_best_by="f1")) == "f1"
+    auto = TrainConfig(keep_best_by="auto")
+    assert ranking_score(few, auto) == "loss"
+    assert ranking_score(many, auto) == "f1"
+    assert ranking_score(few, TrainConfig()) == "f1"  # the default
     assert ranking_score(many, TrainConfig(keep_best_by="loss")) == "loss"
-    run = Trainer(few, TrainConfig(**FAST)).fit()
+    run = Trainer(few, TrainConfig(**{**FAST, "keep_best_by": "auto"})).fit()
     assert run.final["saved_by"] == "loss"
     losses = [h["val_loss"] for h in run.history]
     assert run.final["saved_epoch"] == 1 + int(np.argmin(losses))
