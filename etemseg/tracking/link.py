@@ -81,7 +81,9 @@ def link(detections: pd.DataFrame, *, overlaps: OverlapTable | None = None,
     -------
     trajectories : pandas.DataFrame
         The detections sorted by (frame, label) with ``particle`` (int64 trajectory id >= 1) in
-        front and ``x_sample_nm``, ``y_sample_nm`` (position minus cumulative drift) appended.
+        front and ``x_sample_nm``, ``y_sample_nm`` (position minus cumulative drift) and
+        ``trusted`` (bool: the trajectory looked like a particle and may report events; see
+        ``min_diameter_nm``, ``confirm_ms``) appended.
     events : pandas.DataFrame
         ``kind`` (one of :data:`~etemseg.tracking.EVENT_KINDS`), ``frame`` (int64), ``time_s``,
         ``parents`` and ``children`` (lists of int64 ids; parents exist in the previous present

@@ -55,7 +55,7 @@ class LinkParams:
     trust_ms : float
         How long (first to last detection) a trajectory must last for its appear / vanish to be
         reported, ms, however it began (``confirm_ms`` only covers trajectories born by an
-        appear / enter, and also removes coalescence parents).  0 = off.  Default 40.
+        appear / enter, and also removes coalescence parents).  0 = off.  Default 25.
     """
 
     max_disp_nm: float = 1.0
@@ -67,7 +67,7 @@ class LinkParams:
     confirm_ms: float = 10.0
     reid_ms: float = 1000.0
     min_diameter_nm: float = 1.6
-    trust_ms: float = 40.0
+    trust_ms: float = 25.0
 
     def validate(self) -> None:
         """Raise :class:`~etemseg.errors.ConfigError` naming the first bad field."""
