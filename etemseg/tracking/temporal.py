@@ -520,14 +520,15 @@ def _confirm(sg: _Segments, events: pd.DataFrame, win: Windows, n: int, dropped:
     root, first, last = _group_spans(sg)
     k0 = np.where(last >= 0, sg.kseq[np.clip(first, 0, max(sg.kseq.size - 1, 0))], 0)
     k1 = np.where(last >= 0, sg.kseq[np.clip(last, 0, None)], 0)
-    brief = (k1 - k0 + 1 < win.trust) & (k0 > 0) & (k1 < n - 1) & (last >= 0)
+    inner = (k0 > 0) & (k1 < n - 1) & (last >= 0)  # neither cut by the movie's start nor end
+    brief = (k1 - k0 + 1 < win.trust) & inner
     kinds = events["kind"].to_numpy(object)
     born = np.zeros(root.size, bool)  # the group's first segment starts by an appear / enter
     for s_ in np.flatnonzero(sg.first >= 0):
         if sg.first[s_] == first[root[s_]]:
             e = sg.start_ev[s_]
             born[root[s_]] = e >= 0 and kinds[e] in ("appear", "enter")
-    short = (k1 - k0 + 1 < win.confirm) & (k0 > 0) & (k1 < n - 1) & (last >= 0) & born
+    short = (k1 - k0 + 1 < win.confirm) & inner & born
     bad = short[root] | np.isin(np.arange(root.size), list(fragment))
     if min_diameter_nm > 0:
         bad |= _never_sized(sg, root, min_diameter_nm)[root]
