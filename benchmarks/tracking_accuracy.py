@@ -36,6 +36,8 @@ computed by ``traccuracy`` and the same detections linked by ``laptrack`` (mergi
         --masks degraded,pseudo --legacy --ctc --diagnose
     python benchmarks/tracking_accuracy.py --frames 400 --seeds 1 --legacy   # quick
     python benchmarks/tracking_accuracy.py --seeds 11,12 --set reid_ms=500   # a linker option
+    python benchmarks/tracking_accuracy.py --masks cnn --seeds 11,12 --no-centroid \
+        --set min_diameter_nm=0 --set trust_ms=0     # without the track-level trust
 
 ``legacy`` is the frame-pair linker alone (``gap_ms = persist_ms = confirm_ms = reid_ms = 0``,
 memory 3 frames: the behaviour before the time windows); ``K_naive`` the per-frame mean of the
