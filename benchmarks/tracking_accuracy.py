@@ -36,6 +36,8 @@ computed by ``traccuracy`` and the same detections linked by ``laptrack`` (mergi
         --masks degraded,pseudo --legacy --ctc --diagnose
     python benchmarks/tracking_accuracy.py --frames 400 --seeds 1 --legacy   # quick
     python benchmarks/tracking_accuracy.py --seeds 11,12 --set reid_ms=500   # a linker option
+    python benchmarks/tracking_accuracy.py --masks cnn --seeds 11,12 --no-centroid \
+        --set min_diameter_nm=0 --set trust_ms=0     # without the track-level trust
 
 ``legacy`` is the frame-pair linker alone (``gap_ms = persist_ms = confirm_ms = reid_ms = 0``,
 memory 3 frames: the behaviour before the time windows); ``K_naive`` the per-frame mean of the
@@ -183,7 +185,9 @@ def score(case: dict, traj: pd.DataFrame, events: pd.DataFrame, tol_ms: float) -
     tr, lsw = s["tracking"], s["lsw"]
     m, t = lsw["measured"], lsw["truth"]
     k_t = t["K_nm3_per_s"]
+    trusted = _trusted_switches(case, traj, events, tol_ms)
     return {
+        **trusted,
         "coal_P": tr["coalescence"]["precision"], "coal_R": tr["coalescence"]["recall"],
         "coal_n": f"{tr['coalescence']['measured']}/{tr['coalescence']['truth']}",
         "van_P": tr["vanish"]["precision"], "van_R": tr["vanish"]["recall"],
@@ -198,6 +202,21 @@ def score(case: dict, traj: pd.DataFrame, events: pd.DataFrame, tol_ms: float) -
         "K_naive_covered": bool(lsw["naive"]["ci_low"] <= k_t <= lsw["naive"]["ci_high"]),
         "K_truth_in_frame": lsw["truth_in_frame"]["K_nm3_per_s"],
     }
+
+
+def _trusted_switches(case: dict, traj: pd.DataFrame, events: pd.DataFrame, tol_ms: float
+                      ) -> dict:
+    """Identity switches per 100 truth trajectories and matched detections counting only the
+    ``trusted`` trajectories (what a user who keeps those sees); empty without the column."""
+    from etemseg.analysis.scoring import score_tracking
+
+    if "trusted" not in traj:
+        return {}
+    tr = score_tracking(traj[traj["trusted"].astype(bool)], events, case["truth_particles"],
+                        case["truth_events"], tol_s=tol_ms / 1000.0)
+    return {"switches_per_100_trusted":
+            100 * tr["identity_switches"] / max(tr["truth_trajectories"], 1),
+            "matched_trusted": tr["matched_detections"] / max(tr["truth_detections"], 1)}
 
 
 # --------------------------------------------------------------------------------------------

@@ -310,7 +310,9 @@ def cmd_track(args: argparse.Namespace) -> int:
                                          overlap=not args.centroid_only,
                                          max_disp_nm=args.max_disp_nm, memory=args.memory,
                                          gap_ms=args.gap_ms, persist_ms=args.persist_ms,
-                                         confirm_ms=args.confirm_ms, reid_ms=args.reid_ms)
+                                         confirm_ms=args.confirm_ms, reid_ms=args.reid_ms,
+                                         min_diameter_nm=args.min_diameter_nm,
+                                         trust_ms=args.trust_ms)
     meta = {"movie": args.movie, "model": args.model,
             "pixel_size_nm": MovieStore.open(args.frames).pixel_size_nm,
             "linking": "centroid" if args.centroid_only else "mask overlap"}
@@ -603,6 +605,11 @@ def _args_track(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reid-ms", type=float, default=LinkParams.reid_ms,
                    help="longest time a lost particle (below the detection limit or out of view) "
                         "may be found again at its drift-corrected place, ms (needs --gap-ms > 0)")
+    p.add_argument("--min-diameter-nm", type=float, default=LinkParams.min_diameter_nm,
+                   help="a trajectory that never reaches this equivalent diameter off the frame "
+                        "border is flagged untrusted and reports no events, nm (0: off)")
+    p.add_argument("--trust-ms", type=float, default=LinkParams.trust_ms,
+                   help="a trajectory shorter than this reports no appear/vanish, ms (0: off)")
 
 
 def _args_sintering(p: argparse.ArgumentParser) -> None:

@@ -227,7 +227,7 @@ def test_appear_enter_exit(mode):
     for f in range(8):
         d = [STATIC]
         if f >= 3:
-            d.append((20, 30, 4))  # nucleates in the middle
+            d.append((20, 30, 5))  # nucleates in the middle (2 nm: above min_diameter_nm)
         if f >= 5:
             d.append((30, 1, 4))  # at the left border: drifts into view
         if f < 4:

@@ -132,6 +132,7 @@ def test_bad_input_gives_valid_tables(case):
         traj, events, fr = run(mode, labs, det)
         assert len(fr) == len(labs)
         assert "confidence" in events
+        assert "trusted" in traj and traj.trusted.dtype == bool
         kin = kinetics_tables({"trajectories": traj, "events": events})
         assert set(kin) == {"sizes", "ripening", "mobility", "relaxation"}
         fit = fit_lsw_tracked(traj, events)

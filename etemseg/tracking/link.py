@@ -47,6 +47,8 @@ def link(detections: pd.DataFrame, *, overlaps: OverlapTable | None = None,
          memory: int = LinkParams.memory, gap_ms: float = LinkParams.gap_ms,
          persist_ms: float = LinkParams.persist_ms, confirm_ms: float = LinkParams.confirm_ms,
          reid_ms: float = LinkParams.reid_ms,
+         min_diameter_nm: float = LinkParams.min_diameter_nm,
+         trust_ms: float = LinkParams.trust_ms,
          frame_shape: tuple[int, int] | None = None, all_frames: Iterable[int] | None = None,
          drift: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Link per-frame detections into trajectories, with coalescence / vanish / appear events.
@@ -62,7 +64,8 @@ def link(detections: pd.DataFrame, *, overlaps: OverlapTable | None = None,
         for the masks).
     pixel_size_nm : float, optional
         Inferred from ``x_nm / x_px`` when both are present.
-    max_disp_nm, min_overlap, min_absorbed_volume, memory, gap_ms, persist_ms, confirm_ms, reid_ms
+    max_disp_nm, min_overlap, min_absorbed_volume, memory, gap_ms, persist_ms, confirm_ms, \
+            reid_ms, min_diameter_nm, trust_ms
         See :class:`~etemseg.tracking.LinkParams` (the windows in ms are converted to frames
         with the movie's frame period, from ``time_s`` of the detections; 400 frames/s when
         unknown).
@@ -79,7 +82,9 @@ def link(detections: pd.DataFrame, *, overlaps: OverlapTable | None = None,
     -------
     trajectories : pandas.DataFrame
         The detections sorted by (frame, label) with ``particle`` (int64 trajectory id >= 1) in
-        front and ``x_sample_nm``, ``y_sample_nm`` (position minus cumulative drift) appended.
+        front and ``x_sample_nm``, ``y_sample_nm`` (position minus cumulative drift) and
+        ``trusted`` (bool: the trajectory looked like a particle and may report events; see
+        ``min_diameter_nm``, ``confirm_ms``) appended.
     events : pandas.DataFrame
         ``kind`` (one of :data:`~etemseg.tracking.EVENT_KINDS`), ``frame`` (int64), ``time_s``,
         ``parents`` and ``children`` (lists of int64 ids; parents exist in the previous present
@@ -96,13 +101,14 @@ def link(detections: pd.DataFrame, *, overlaps: OverlapTable | None = None,
     """
     params = LinkParams(max_disp_nm=max_disp_nm, min_overlap=min_overlap,
                         min_absorbed_volume=min_absorbed_volume, memory=memory, gap_ms=gap_ms,
-                        persist_ms=persist_ms, confirm_ms=confirm_ms, reid_ms=reid_ms)
+                        persist_ms=persist_ms, confirm_ms=confirm_ms, reid_ms=reid_ms,
+                        min_diameter_nm=min_diameter_nm, trust_ms=trust_ms)
     det, seq, drift_df, times = _prepare(detections, pixel_size_nm, frame_shape, all_frames,
                                          params, drift, None, None)
     cum = drift_df[["dy_px", "dx_px"]].to_numpy(float)
     edges = None if overlaps is None else table_edges(det, seq, overlaps)
-    ids, events = _link_all(det, seq, cum, times, params, edges)
-    return trajectories_table(det, seq, cum, ids), events
+    ids, events, trusted = _link_all(det, seq, cum, times, params, edges)
+    return trajectories_table(det, seq, cum, ids, trusted), events
 
 
 def link_movie(detections: pd.DataFrame,
@@ -115,6 +121,8 @@ def link_movie(detections: pd.DataFrame,
                memory: int = LinkParams.memory, gap_ms: float = LinkParams.gap_ms,
                persist_ms: float = LinkParams.persist_ms,
                confirm_ms: float = LinkParams.confirm_ms, reid_ms: float = LinkParams.reid_ms,
+               min_diameter_nm: float = LinkParams.min_diameter_nm,
+               trust_ms: float = LinkParams.trust_ms,
                overlaps: OverlapTable | None = None
                ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Link a whole movie, streaming frame pairs, and summarise every frame.
@@ -142,7 +150,8 @@ def link_movie(detections: pd.DataFrame,
         Time of each frame of ``all_frames``; else ``frame / fps``; else from the detections
         (linear fit over frames without detections).
     fps : float, optional
-    max_disp_nm, min_overlap, min_absorbed_volume, memory, gap_ms, persist_ms, confirm_ms, reid_ms
+    max_disp_nm, min_overlap, min_absorbed_volume, memory, gap_ms, persist_ms, confirm_ms, \
+            reid_ms, min_diameter_nm, trust_ms
         See :class:`~etemseg.tracking.LinkParams`.
     overlaps : pandas.DataFrame, optional
         Mask overlaps *at the same place* of consecutive frames, as ``etemseg measure
@@ -163,7 +172,8 @@ def link_movie(detections: pd.DataFrame,
         raise EtemsegError("link_movie: frame_shape is needed without label images")
     params = LinkParams(max_disp_nm=max_disp_nm, min_overlap=min_overlap,
                         min_absorbed_volume=min_absorbed_volume, memory=memory, gap_ms=gap_ms,
-                        persist_ms=persist_ms, confirm_ms=confirm_ms, reid_ms=reid_ms)
+                        persist_ms=persist_ms, confirm_ms=confirm_ms, reid_ms=reid_ms,
+                        min_diameter_nm=min_diameter_nm, trust_ms=trust_ms)
     det, seq, drift_df, times = _prepare(detections, pixel_size_nm, frame_shape, all_frames,
                                          params, None, time_s, fps)
     cum = drift_df[["dy_px", "dx_px"]].to_numpy(float)
@@ -173,8 +183,8 @@ def link_movie(detections: pd.DataFrame,
         edges, shape = measured_edges(det, seq, drift_df, overlaps, label_source, shape)
     elif label_source is not None:
         edges, shape = label_edges(det, seq, drift_df, label_source, shape)
-    ids, events = _link_all(det, seq, cum, times, params, edges)
-    traj = trajectories_table(det, seq, cum, ids)
+    ids, events, trusted = _link_all(det, seq, cum, times, params, edges)
+    traj = trajectories_table(det, seq, cum, ids, trusted)
     if shape is None:  # label images requested but the movie has no frame
         raise EtemsegError("link_movie: frame_shape is needed for a movie without frames")
     frames = frames_table(traj, frame_shape=shape, pixel_size_nm=det.ps, all_frames=seq,
@@ -244,7 +254,8 @@ def _moves(det: Detections, seq: np.ndarray, cum: np.ndarray, p: LinkParams) -> 
 
 
 def _link_all(det: Detections, seq: np.ndarray, cum: np.ndarray, times: np.ndarray,
-              p: LinkParams, edges: Edges | None) -> tuple[np.ndarray, pd.DataFrame]:
+              p: LinkParams, edges: Edges | None
+              ) -> tuple[np.ndarray, pd.DataFrame, np.ndarray]:
     """Link all frame pairs of a movie at once.
 
     Parameters
@@ -267,6 +278,9 @@ def _link_all(det: Detections, seq: np.ndarray, cum: np.ndarray, times: np.ndarr
         Trajectory id (>= 1) of every row.
     events : pandas.DataFrame
         The events table (:func:`~etemseg.tracking.summary.events_table`).
+    trusted : (N,) bool
+        The row's trajectory looked like a particle
+        (:func:`~etemseg.tracking.temporal.consolidate`).
     """
     mv = _moves(det, seq, cum, p)
     ia, ib, frac = _gated_edges(det, mv, p, edges)
@@ -283,8 +297,8 @@ def _link_all(det: Detections, seq: np.ndarray, cum: np.ndarray, times: np.ndarr
             born = np.setdiff1d(born, bb)
     ids = _trajectory_ids(len(det.frame), cont_a, cont_b)
     events = _events(det, mv, seq, times, ids, lost, born, groups)
-    win = windows_in_frames(times, p.gap_ms, p.persist_ms, p.confirm_ms, p.reid_ms)
-    return consolidate(det, mv.kseq, cum, ids, events, win, mv.maxd, times)
+    win = windows_in_frames(times, p.gap_ms, p.persist_ms, p.confirm_ms, p.reid_ms, p.trust_ms)
+    return consolidate(det, mv.kseq, cum, ids, events, win, mv.maxd, times, p.min_diameter_nm)
 
 
 def _gated_edges(det: Detections, mv: _Moves, p: LinkParams, edges: Edges | None

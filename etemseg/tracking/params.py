@@ -45,6 +45,17 @@ class LinkParams:
         movie's ripening law says it is gone by then.  Longer than ``gap_ms``, stricter gate;
         part of the gap closing (off with ``gap_ms = 0``).  0 = off (only ``gap_ms``).
         Default 1000.
+    min_diameter_nm : float
+        Smallest equivalent diameter, nm, a trajectory must reach at least once off the frame
+        border to be *trusted* (look like a particle): an untrusted trajectory (a spurious
+        component, a particle only ever seen at the detection limit) stays in the tables,
+        flagged ``trusted = False``, but reports no appear / vanish and is no coalescence
+        parent.  A trajectory only ever seen touching the border has no usable size and is
+        trusted.  0 = off.  Default 1.6.
+    trust_ms : float
+        How long (first to last detection) a trajectory must last for its appear / vanish to be
+        reported, ms, however it began (``confirm_ms`` only covers trajectories born by an
+        appear / enter, and also removes coalescence parents).  0 = off.  Default 25.
     """
 
     max_disp_nm: float = 1.0
@@ -55,6 +66,8 @@ class LinkParams:
     persist_ms: float = 25.0
     confirm_ms: float = 10.0
     reid_ms: float = 1000.0
+    min_diameter_nm: float = 1.6
+    trust_ms: float = 25.0
 
     def validate(self) -> None:
         """Raise :class:`~etemseg.errors.ConfigError` naming the first bad field."""
@@ -70,7 +83,9 @@ class LinkParams:
             raise bad("min_absorbed_volume", "must be in [0, 1]")
         if not is_int(self.memory) or self.memory < 0:
             raise bad("memory", "must be an integer >= 0")
-        for name in ("gap_ms", "persist_ms", "confirm_ms", "reid_ms"):
+        if not is_number(self.min_diameter_nm) or self.min_diameter_nm < 0:
+            raise bad("min_diameter_nm", "must be a finite number >= 0 (nm)")
+        for name in ("gap_ms", "persist_ms", "confirm_ms", "reid_ms", "trust_ms"):
             v = getattr(self, name)
             if not is_number(v) or v < 0:
                 raise bad(name, "must be a finite number >= 0 (ms)")

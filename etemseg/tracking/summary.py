@@ -49,8 +49,8 @@ EVENTS_SCHEMA = pa.schema(
 )
 
 
-def trajectories_table(det: Detections, seq: np.ndarray, cum: np.ndarray, ids: np.ndarray
-                       ) -> pd.DataFrame:
+def trajectories_table(det: Detections, seq: np.ndarray, cum: np.ndarray, ids: np.ndarray,
+                       trusted: np.ndarray | None = None) -> pd.DataFrame:
     """The detections with their trajectory ids and sample-frame positions.
 
     Parameters
@@ -62,20 +62,25 @@ def trajectories_table(det: Detections, seq: np.ndarray, cum: np.ndarray, ids: n
         Cumulative drift ``(dy, dx)`` px of every frame.
     ids : (N,) int
         Trajectory id of every detection row.
+    trusted : (N,) bool, optional
+        The row's trajectory looked like a particle (default: all).
 
     Returns
     -------
     pandas.DataFrame
         ``det.df`` (sorted by (frame, label)) with ``particle`` (int64) in front and
-        ``x_sample_nm``, ``y_sample_nm`` (position minus cumulative drift, nm) appended; columns
-        of those names already in the detections are replaced.
+        ``x_sample_nm``, ``y_sample_nm`` (position minus cumulative drift, nm) and ``trusted``
+        (bool, the same for every row of a trajectory; see
+        :attr:`~etemseg.tracking.LinkParams.min_diameter_nm`) appended; columns of those names
+        already in the detections are replaced.
     """
-    out = det.df.drop(columns=[c for c in ("particle", "x_sample_nm", "y_sample_nm")
+    out = det.df.drop(columns=[c for c in ("particle", "x_sample_nm", "y_sample_nm", "trusted")
                                if c in det.df.columns])
     out.insert(0, "particle", ids.astype(np.int64))
     c = cum[det.layers(seq)] if len(det.frame) else np.zeros((0, 2))
     out["x_sample_nm"] = (det.x - c[:, 1]) * det.ps
     out["y_sample_nm"] = (det.y - c[:, 0]) * det.ps
+    out["trusted"] = np.ones(len(det.frame), bool) if trusted is None else trusted.astype(bool)
     return out
 
 

@@ -32,6 +32,11 @@ This module decides events over physical time windows (ms, converted with the fr
    has lasted ``confirm`` frames; an unconfirmed one (flicker at the detection limit, a spurious
    component) reports neither its appear nor its vanish, and is no coalescence parent: a
    coalescence left with fewer than two confirmed parents continues its confirmed parent.
+   **Trust** goes the same way: a trajectory none of whose detections off the frame border
+   reaches ``min_diameter_nm`` never looked like a particle (a CNN false positive, a
+   component at the mask's area floor) and is treated as unconfirmed, however long it lasts;
+   one shorter than ``trust`` frames (however it began: a split piece, too) reports no appear /
+   vanish.  The rows of untrusted trajectories are flagged (``trusted`` False).
    An unconfirmed piece (shorter than ``confirm``) inside a confirmed trajectory's gap and
    inside its disc is that trajectory (:func:`_fill_gaps`): a particle at the detection limit
    that shows a small piece of itself while the pair linker's memory bridges its absence.
@@ -83,13 +88,15 @@ class Windows:
     persist: int
     confirm: int
     reid: int = 0
+    trust: int = 0
 
 
 def windows_in_frames(times: np.ndarray, gap_ms: float, persist_ms: float,
-                      confirm_ms: float, reid_ms: float = 0.0) -> Windows:
-    """Windows of ``gap_ms``, ``persist_ms``, ``confirm_ms``, ``reid_ms`` (ms) in frames of a
-    movie whose frames are at ``times`` (s); the frame period is the median step (the K2's 400
-    frames/s when the times are unknown).  Every window is at least 1 frame except a 0 ms one."""
+                      confirm_ms: float, reid_ms: float = 0.0, trust_ms: float = 0.0) -> Windows:
+    """Windows of ``gap_ms``, ``persist_ms``, ``confirm_ms``, ``reid_ms``, ``trust_ms`` (ms) in
+    frames of a movie whose frames are at ``times`` (s); the frame period is the median step (the
+    K2's 400 frames/s when the times are unknown).  Every window is at least 1 frame except a 0
+    ms one."""
     dt = np.diff(np.asarray(times, float))
     dt = dt[np.isfinite(dt) & (dt > 0)]
     period_ms = float(np.median(dt)) * 1000.0 if dt.size else 1000.0 / _CAMERA_FPS
@@ -97,7 +104,8 @@ def windows_in_frames(times: np.ndarray, gap_ms: float, persist_ms: float,
     def frames(ms: float) -> int:
         return 0 if ms <= 0 else max(1, int(round(ms / period_ms)))
 
-    return Windows(frames(gap_ms), frames(persist_ms), frames(confirm_ms), frames(reid_ms))
+    return Windows(frames(gap_ms), frames(persist_ms), frames(confirm_ms), frames(reid_ms),
+                   frames(trust_ms))
 
 
 class _Segments:
@@ -487,29 +495,50 @@ def _gap_candidates(sg: _Segments, ends: np.ndarray, starts: np.ndarray, win: Wi
     return ia[ok], ib[ok], gap[ok], cost[ok]
 
 
+def _never_sized(sg: _Segments, root: np.ndarray, min_diameter_nm: float) -> np.ndarray:
+    """(S + 1,) bool by group root: the group has detections off the frame border and none of
+    them reaches ``min_diameter_nm`` (equivalent diameter, nm); a group only seen touching the
+    border has no usable size and is not flagged."""
+    off = ~sg.det.border
+    g = root[sg.ids[off]]
+    dmax = np.zeros(root.size)
+    np.maximum.at(dmax, g, sg.det.diam_nm[off])
+    seen = np.zeros(root.size, bool)
+    seen[g] = True
+    return seen & (dmax < min_diameter_nm)
+
+
 def _confirm(sg: _Segments, events: pd.DataFrame, win: Windows, n: int, dropped: np.ndarray,
-             fragment: set[int]) -> np.ndarray:
-    """Step 3: hysteresis.  Returns the (S + 1,) bool *unconfirmed* flag of every segment's group
-    (born by an appear / enter, short and neither starting in the first nor ending in the last
-    frame; or a fragment); their appear / vanish events are dropped, and multi-particle events
-    lose them (unions in place)."""
+             fragment: set[int], min_diameter_nm: float = 0.0) -> np.ndarray:
+    """Step 3: hysteresis and trust.  Returns the (S + 1,) bool *untrusted* flag of every
+    segment: its group is unconfirmed (born by an appear / enter, shorter than ``win.confirm``
+    and neither starting in the first nor ending in the last frame), or a fragment, or never
+    particle-sized (:func:`_never_sized`); their appear / vanish events are dropped, and
+    multi-particle events lose them (unions in place).  A group shorter than ``win.trust``
+    (neither starting in the first nor ending in the last frame: its life is unknown) loses its
+    appear / vanish only."""
     root, first, last = _group_spans(sg)
     k0 = np.where(last >= 0, sg.kseq[np.clip(first, 0, max(sg.kseq.size - 1, 0))], 0)
     k1 = np.where(last >= 0, sg.kseq[np.clip(last, 0, None)], 0)
+    inner = (k0 > 0) & (k1 < n - 1) & (last >= 0)  # neither cut by the movie's start nor end
+    brief = (k1 - k0 + 1 < win.trust) & inner
     kinds = events["kind"].to_numpy(object)
     born = np.zeros(root.size, bool)  # the group's first segment starts by an appear / enter
     for s_ in np.flatnonzero(sg.first >= 0):
         if sg.first[s_] == first[root[s_]]:
             e = sg.start_ev[s_]
             born[root[s_]] = e >= 0 and kinds[e] in ("appear", "enter")
-    short = (k1 - k0 + 1 < win.confirm) & (k0 > 0) & (k1 < n - 1) & (last >= 0) & born
+    short = (k1 - k0 + 1 < win.confirm) & inner & born
     bad = short[root] | np.isin(np.arange(root.size), list(fragment))
+    if min_diameter_nm > 0:
+        bad |= _never_sized(sg, root, min_diameter_nm)[root]
     for e in range(len(events)):
         if dropped[e]:
             continue
         par, ch = sg.par[e], sg.ch[e]
         if kinds[e] in ("appear", "enter", "vanish", "exit"):
-            dropped[e] = bool(bad[(par + ch)[0]])
+            q = (par + ch)[0]
+            dropped[e] = bool(bad[q] or brief[root[q]])
         elif kinds[e] in ("coalescence", "split", "complex"):
             gp = [q for q in par if not bad[q]]
             gc = [q for q in ch if not bad[q]]
@@ -586,8 +615,8 @@ def _group_spans(sg: _Segments) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def consolidate(det: Detections, kseq: np.ndarray, cum: np.ndarray, ids: np.ndarray,
-                events: pd.DataFrame, win: Windows, maxd: float, times: np.ndarray
-                ) -> tuple[np.ndarray, pd.DataFrame]:
+                events: pd.DataFrame, win: Windows, maxd: float, times: np.ndarray,
+                min_diameter_nm: float = 0.0) -> tuple[np.ndarray, pd.DataFrame, np.ndarray]:
     """Consolidate the pair linker's trajectories and events over time (module docstring).
 
     Parameters
@@ -608,6 +637,8 @@ def consolidate(det: Detections, kseq: np.ndarray, cum: np.ndarray, ids: np.ndar
         Largest drift-corrected step between consecutive frames, px.
     times : (n,) float
         Time of every frame of the movie, s.
+    min_diameter_nm : float
+        Equivalent diameter, nm, a trajectory must reach off the border to be trusted (step 3).
 
     Returns
     -------
@@ -615,10 +646,13 @@ def consolidate(det: Detections, kseq: np.ndarray, cum: np.ndarray, ids: np.ndar
         Trajectory ids renumbered from 1 in order of their first row.
     events : pandas.DataFrame
         The events that hold, with the new ids and a ``confidence`` column.
+    trusted : (N,) bool
+        The row's trajectory holds a segment that is neither unconfirmed, nor a fragment, nor
+        never particle-sized (step 3; all True when step 3 is off).
     """
     n = times.size
     if not len(ids):
-        return ids, events
+        return ids, events, np.ones(0, bool)
     sg = _Segments(det, kseq, cum, ids, events)
     law = _lsw(det, kseq, ids, times, 2 * win.gap) if win.gap > 0 else None
     dropped = np.zeros(len(events), bool)
@@ -627,11 +661,15 @@ def consolidate(det: Detections, kseq: np.ndarray, cum: np.ndarray, ids: np.ndar
         _undo_transients(sg, events, win, dropped, fragment)
     if win.gap > 0:
         _close_gaps(sg, events, win, maxd, dropped, law, times)
-    if win.confirm > 0:
-        bad = _confirm(sg, events, win, n, dropped, fragment)
+    bad = np.zeros(sg.first.size, bool)
+    if win.confirm > 0 or win.trust > 0 or min_diameter_nm > 0:
+        bad = _confirm(sg, events, win, n, dropped, fragment, min_diameter_nm)
         if win.gap > 0:
             _fill_gaps(sg, bad, win, maxd)
     root, first, last = _group_spans(sg)
+    good = np.zeros(root.size, bool)
+    good[root[~bad]] = True
+    trusted = good[root[ids]]
     live = last >= 0
     order = np.argsort(first[live], kind="stable")
     final = np.zeros(root.size, np.int64)
@@ -640,7 +678,7 @@ def consolidate(det: Detections, kseq: np.ndarray, cum: np.ndarray, ids: np.ndar
     out = _rebuild(sg, events, dropped, root, first, last, final, win, n)
     if win.gap > 0:
         new_ids, out = _absorptions(det, kseq, cum, new_ids, out, win, maxd, times)
-    return new_ids, _extinction(out, new_ids, det, kseq, times, win, law)
+    return new_ids, _extinction(out, new_ids, det, kseq, times, win, law), trusted
 
 
 def _extinction(events: pd.DataFrame, ids: np.ndarray, det: Detections, kseq: np.ndarray,
