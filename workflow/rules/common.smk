@@ -96,8 +96,11 @@ def _scan_source(movie):
     rewrite the manifest (only the planning process does)."""
     src = movie_cfg(movie)["source"]
     try:
-        n = count_frames(src, fps=movie_fps(movie), manifest=layout.source_manifest(movie)
-                         if workflow.is_main_process else None)
+        n = count_frames(
+            src,
+            fps=movie_fps(movie),
+            manifest=layout.source_manifest(movie) if workflow.is_main_process else None,
+        )
     except ConfigError as exc:  # a bad setting of the movie, e.g. "fps: ..."
         raise ConfigError(f"movies.{movie}.{exc}") from None
     except EtemsegError as exc:  # the folder or a file in it: the message starts with the path
