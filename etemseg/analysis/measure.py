@@ -689,11 +689,18 @@ def read_particle_table(path: str | Path, *, frames: tuple[int, int] | None = No
     if len(df):
         if (df["label"] < 1).any():
             raise InputFileError(path, "holds labels < 1 (0 is background); damaged table?")
-        lo, hi = int(df["frame"].min()), int(df["frame"].max())
-        if frames is not None and not (frames[0] <= lo and hi < frames[1]):
-            raise InputFileError(path, f"holds frames {lo}..{hi}, outside its time chunk "
-                                       f"({frames[0]}..{frames[1] - 1})")
+        _check_in_chunk(path, df["frame"], frames, "holds frames")
     return df
+
+
+def _check_in_chunk(path: Path, frame: pd.Series, frames: tuple[int, int] | None,
+                    says: str) -> None:
+    """:class:`InputFileError` naming ``path`` when a ``frame`` lies outside ``[t0, t1)``
+    (``frames``; nothing to check when None): "``says`` lo..hi, outside its time chunk"."""
+    lo, hi = int(frame.min()), int(frame.max())
+    if frames is not None and not (frames[0] <= lo and hi < frames[1]):
+        raise InputFileError(path, f"{says} {lo}..{hi}, outside its time chunk "
+                                   f"({frames[0]}..{frames[1] - 1})")
 
 
 def _read_checked(path: Path, schema: pa.Schema, what: str) -> pd.DataFrame:
@@ -763,10 +770,7 @@ def read_overlaps(path: str | Path, *, frames: tuple[int, int] | None = None) ->
             raise InputFileError(path, "pairs frames that are not consecutive; damaged table?")
         if (df[["a", "b", "n_px"]].to_numpy() < 1).any():
             raise InputFileError(path, "holds labels or pixel counts < 1; damaged table?")
-        lo, hi = int(df["frame_b"].min()), int(df["frame_b"].max())
-        if frames is not None and not (frames[0] <= lo and hi < frames[1]):
-            raise InputFileError(path, f"pairs into frames {lo}..{hi}, outside its time chunk "
-                                       f"({frames[0]}..{frames[1] - 1})")
+        _check_in_chunk(path, df["frame_b"], frames, "pairs into frames")
     return df
 
 

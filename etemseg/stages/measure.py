@@ -17,11 +17,10 @@ import logging
 import math
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from etemseg.scales import area_px
-from etemseg.analysis.measure import OVERLAP_COLUMNS, empty_table, measure_stack
+from etemseg.analysis.measure import empty_table, measure_stack
 from etemseg.errors import ConfigError, InputFileError, is_number
 from etemseg.io.store import MovieStore
 
@@ -132,9 +131,8 @@ def measure_chunk(mask_store: MovieStore | str | Path, frame_store: MovieStore |
     if ps is None:
         log.warning("%s: no pixel size in %s or %s; nm columns are NaN", movie, frames.path,
                     masks.path)
-    masks.chunk_bounds(k)  # ConfigError when k is out of range
+    t0 = masks.chunk_bounds(k)[0]  # ConfigError when k is out of range
     time_s = frames.time_s()
-    t0 = masks.chunk_bounds(k)[0]
     prev = masks.read(t0 - 1, t0)[0] if overlaps and t0 > 0 else None
     parts, pairs = [], []
     for b0, block in masks.read_chunk(k):
@@ -146,12 +144,11 @@ def measure_chunk(mask_store: MovieStore | str | Path, frame_store: MovieStore |
         if overlaps:
             got, ov = got
             pairs.append(ov)
-            prev = block[-1] if len(block) else prev
+            prev = block[-1]
         parts.append(got)
     parts = [p for p in parts if len(p)]
     table = (empty_table(movie, model) if not parts
              else pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0])
     if not overlaps:
         return table
-    return table, (pd.concat(pairs, ignore_index=True) if pairs
-                   else pd.DataFrame({c: np.zeros(0, np.int64) for c in OVERLAP_COLUMNS}))
+    return table, pd.concat(pairs, ignore_index=True)  # a chunk has at least one block

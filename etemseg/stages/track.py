@@ -115,12 +115,11 @@ def read_chunk_overlaps(masks: MovieStore, particles_dir, tables: list[pd.DataFr
         if not path.is_file():
             log.info("%s is missing: labelling the masks for mask-overlap linking", path)
             return None
-        part = read_overlaps(path, frames=masks.chunk_bounds(k))
         if read_parquet_metadata(path).get("particles_digest") != particles_digest(table):
             log.warning("%s was not measured with %s: labelling the masks for mask-overlap "
                         "linking", path, PARTICLES_CHUNK.format(k=k))
             return None
-        parts.append(part)
+        parts.append(read_overlaps(path, frames=masks.chunk_bounds(k)))
     return pd.concat(parts, ignore_index=True)
 
 

@@ -19,7 +19,7 @@ from etemseg.tracking.neighbours import mutual_nearest
 from etemseg.tracking.params import LinkParams
 
 __all__ = ["drift_columns", "drift_table", "estimate_drift", "pair_steps", "rounded_shift",
-           "shift_steps"]
+           "rounded_steps", "shift_steps"]
 
 _DRIFT_COLUMNS = ("frame", "dy_px", "dx_px", "step_dy_px", "step_dx_px", "smooth_dy_px",
                   "smooth_dx_px", "n_matches")
@@ -244,6 +244,13 @@ def shift_steps(seq: np.ndarray, drift: pd.DataFrame | None) -> np.ndarray:
     return pair_steps(seq, drift)
 
 
+def rounded_steps(steps: np.ndarray) -> np.ndarray:
+    """``(dy, dx)`` steps, px (any leading shape), rounded to whole pixels (int64): the shifts
+    label images are compared by."""
+    return np.round(np.asarray(steps, float)).astype(np.int64)
+
+
 def rounded_shift(step: np.ndarray) -> tuple[int, int]:
-    """A ``(dy, dx)`` step, px, rounded to whole pixels."""
-    return int(np.round(step[0])), int(np.round(step[1]))
+    """One ``(dy, dx)`` step, px, rounded to whole pixels (:func:`rounded_steps`)."""
+    dy, dx = rounded_steps(step[:2])
+    return int(dy), int(dx)

@@ -22,7 +22,7 @@ import pandas as pd
 
 from etemseg.errors import EtemsegError
 from etemseg.tracking.detections import Detections, check_frames
-from etemseg.tracking.drift import rounded_shift, shift_steps
+from etemseg.tracking.drift import rounded_shift, rounded_steps, shift_steps
 from etemseg.tracking.neighbours import near_pairs
 
 __all__ = ["Edges", "OverlapTable", "check_labels", "disc_edges", "label_edges",
@@ -366,7 +366,7 @@ def measured_edges(det: Detections, seq: np.ndarray, drift: pd.DataFrame,
         (:func:`table_edges`).
     """
     steps = shift_steps(seq, drift)
-    moved = np.flatnonzero(np.any(np.round(steps) != 0, axis=1))  # as rounded_shift rounds
+    moved = np.flatnonzero(np.any(rounded_steps(steps) != 0, axis=1))
     keep = ~np.isin(overlaps["frame_b"].to_numpy(np.int64), seq[moved])
     ra, rb, nn = table_edges(det, seq, overlaps[keep] if not keep.all() else overlaps)
     if moved.size == 0:
