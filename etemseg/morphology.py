@@ -50,10 +50,12 @@ __all__ = [
     "gaussian_fast",
     "gaussian_into",
     "gaussian_kernel1d",
+    "histogram_above",
     "image_minmax",
     "li_threshold",
     "opening_disk_fast",
     "otsu_threshold",
+    "otsu_threshold_below",
     "pad_frame",
     "priority_flood",
     "remove_small_components",
@@ -743,6 +745,51 @@ def otsu_threshold(a, lo, hi, nbins):  # pragma: no cover - numba
     """``skimage.filters.threshold_otsu`` of an ``(H, W)`` float image (float64 result):
     ``nbins`` bins over ``[lo, hi]`` (the image range, :func:`image_minmax`), threshold = centre
     of the bin maximising the between-class variance (the first such bin)."""
+    return _otsu_below(a, lo, hi, np.inf, nbins)
+
+
+@numba.njit(cache=True, nogil=True)
+def histogram_above(a, lo, hi, nbins):  # pragma: no cover - numba
+    """Counts of the pixels ``lo < v <= hi`` of an ``(H, W)`` float image in ``nbins`` equal
+    bins over ``(lo, hi]`` (float64 counts)."""
+    h, w = a.shape
+    counts = np.zeros(nbins, np.float64)
+    lo64 = np.float64(lo)
+    hi64 = np.float64(hi)
+    if not hi64 > lo64:
+        return counts
+    scale = nbins / (hi64 - lo64)
+    for i in range(h):
+        row = a[i]
+        for j in range(w):
+            v = np.float64(row[j])
+            if v > lo64 and v <= hi64:
+                b = min(np.int64((v - lo64) * scale), nbins - 1)
+                counts[b] += 1.0
+    return counts
+
+
+@numba.njit(cache=True, nogil=True)
+def otsu_threshold_below(a, lo, cut, nbins):  # pragma: no cover - numba
+    """``skimage.filters.threshold_otsu(a[a <= cut])`` of an ``(H, W)`` float image whose
+    minimum is ``lo``: ``nbins`` bins over ``[lo, max(a[a <= cut])]``; ``cut`` when those
+    pixels are all equal (no second level)."""
+    h, w = a.shape
+    cut64 = np.float64(cut)
+    hi = np.float64(lo)
+    for i in range(h):
+        for j in range(w):
+            v = np.float64(a[i, j])
+            if v <= cut64 and v > hi:
+                hi = v
+    if not hi > np.float64(lo):
+        return cut64
+    return _otsu_below(a, lo, hi, cut64, nbins)
+
+
+@numba.njit(cache=True, nogil=True)
+def _otsu_below(a, lo, hi, cut, nbins):  # pragma: no cover - numba
+    """Otsu threshold of the pixels ``<= cut`` of ``a``, ``nbins`` bins over ``[lo, hi]``."""
     h, w = a.shape
     counts = np.zeros(nbins, np.float64)
     lo64 = np.float64(lo)
@@ -751,7 +798,10 @@ def otsu_threshold(a, lo, hi, nbins):  # pragma: no cover - numba
     for i in range(h):
         row = a[i]
         for j in range(w):
-            b = np.int64((np.float64(row[j]) - lo64) * scale)
+            v = np.float64(row[j])
+            if v > cut:
+                continue
+            b = np.int64((v - lo64) * scale)
             b = min(max(b, 0), nbins - 1)
             counts[b] += 1.0
     width = span / nbins

@@ -415,6 +415,7 @@ def test_stack_rejects_bad_method_and_shape():
         ("border_pad_nm", float("-inf")),
         ("background_radius_px", -1), ("background_radius_px", 3.5),
         ("background_radius_px", 5000), ("background_radius_nm", -1.0),
+        ("faint_noise_k", -0.5), ("faint_noise_k", float("nan")), ("faint_noise_k", "1"),
     ],
 )
 def test_params_validation_names_field(field, value):
@@ -442,7 +443,7 @@ def test_params_from_dict_roundtrip_and_unknown_key():
 #: ``PRESETS["default"]`` before its lengths were physical (px, magnification-bound).
 DEFAULT_PX_BEFORE = PseudoLabelParams(sigma=2.0, opening_radius=5, threshold="otsu",
                                       polarity="dark", min_area_px=30, fill_holes=True,
-                                      border_pad_px=48)
+                                      border_pad_px=48, faint_noise_k=1.75)
 
 
 def test_resolution_arithmetic(caplog):
@@ -561,6 +562,12 @@ def ndi_erode(mask: np.ndarray, footprint: np.ndarray) -> np.ndarray:
     return ndi.binary_erosion(mask, footprint)
 
 
+def ndi_label(mask: np.ndarray) -> int:
+    from scipy import ndimage as ndi
+
+    return int(ndi.label(mask, np.ones((3, 3), bool))[1])
+
+
 def ndi_dilate(mask: np.ndarray, footprint: np.ndarray) -> np.ndarray:
     from scipy import ndimage as ndi
 
@@ -610,7 +617,7 @@ def test_thick_patch_is_not_a_particle(impl):
     thick = PX["thick-support"]
     assert thick.background_radius_px == 28 and PX["default"].background_radius_px == 0
     off = replace(thick, background_radius_px=0, background_per_diameter=0.0)
-    assert off == PX["default"]
+    assert off == replace(PX["default"], faint_noise_k=0.0)
     with_bg, without = impl(img, thick).astype(bool), impl(img, off).astype(bool)
     interior = ndi_erode(patch, morphology.disk(10)) & ~ndi_dilate(
         particles, morphology.disk(12))
@@ -718,3 +725,80 @@ def test_stage_reads_frames_of_a_calibrated_movie_for_a_scaled_background():
     plain = PseudolabelStage("f.zarr", "p.zarr", preset="default", params=PRESETS["default"])
     params, info = plain.resolve(src)                 # calibrated, no scaled background: no read
     assert "frames_used" not in info and params == PX["default"]
+
+
+# --------------------------------------------------------------------------------------------
+# faint particles beside dark ones (faint_noise_k)
+# --------------------------------------------------------------------------------------------
+
+
+def faint_frame(seed: int = 0, faint: float = 0.12) -> tuple[np.ndarray, np.ndarray]:
+    """A 256 px frame: one very dark particle (60 % darker than the film, as a particle in a
+    strong diffraction condition) and five faint ones (``faint`` darker), 8 nm across at
+    0.18 nm/px, on a mildly textured film at 200 counts/px.  Returns (counts, truth labels)."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:256, :256].astype(float)
+    inten = 1 + 0.01 * ndi.gaussian_filter(rng.standard_normal((256, 256)), 1.5) / 0.19
+    labels = np.zeros((256, 256), np.int32)
+    centres = ((60, 60), (60, 190), (128, 128), (190, 60), (190, 190), (128, 30))
+    for i, (cy, cx) in enumerate(centres, 1):
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 < 22 ** 2
+        labels[disc] = i
+        inten[disc] *= 0.4 if i == 1 else 1 - faint
+    return rng.poisson(200 * ndi.gaussian_filter(inten, 1.0)).astype(np.uint16), labels
+
+
+@pytest.mark.parametrize("impl", [pseudolabel_fast, pseudolabel_reference])
+def test_faint_particles_beside_a_dark_one_are_found(impl):
+    """One Otsu split takes only the very dark particle; the second level adds the five faint
+    ones, each whole, and nothing else."""
+    img, labels = faint_frame()
+    on = impl(img, PX["default"]).astype(bool)
+    off = impl(img, replace(PX["default"], faint_noise_k=0.0)).astype(bool)
+    found = [i for i in range(1, 7) if off[labels == i].mean() > 0.5]
+    assert found == [1], found                         # the paper's single level
+    assert all(on[labels == i].mean() > 0.9 for i in range(1, 7))
+    assert f1(on, labels > 0) > 0.9, f1(on, labels > 0)
+    assert ndi_label(on) == 6                          # nothing of the film
+    assert np.array_equal(on[labels == 1], off[labels == 1])  # the dark one keeps its extent
+
+
+def test_faint_level_is_off_in_the_paper_preset_and_thick_support():
+    assert PRESETS["paper"].faint_noise_k == 0 and PRESETS["thick-support"].faint_noise_k == 0
+    assert PRESETS["default"].faint_noise_k > 0
+    img, labels = faint_frame()
+    assert pseudolabel_fast(img, PX["paper"])[labels > 1].mean() < 0.1
+
+
+def test_faint_level_adds_nothing_on_a_textured_film():
+    """A film whose texture makes basins as deep as faint particles (``disc_movie``): no valley
+    in the histogram below the first threshold, so the default labels equal the single level's."""
+    frames, _ = disc_movie(4)
+    off = replace(PX["default"], faint_noise_k=0.0)
+    for impl in (pseudolabel_fast, pseudolabel_reference):
+        for frame in frames[:2]:
+            assert np.array_equal(impl(frame, PX["default"]), impl(frame, off))
+
+
+def test_faint_level_needs_deep_components():
+    """Components of the second level shallower than ``faint_noise_k`` noise sigmas stay out."""
+    img, labels = faint_frame(faint=0.12)
+    deep = pseudolabel_fast(img, replace(PX["default"], faint_noise_k=100.0)).astype(bool)
+    assert deep[labels > 1].mean() < 0.1
+    assert deep[labels == 1].mean() > 0.9
+
+
+def test_otsu_below_and_histogram_above_equal_numpy():
+    rng = np.random.default_rng(3)
+    a = np.concatenate([rng.normal(0.1, 0.02, 5000), rng.normal(0.4, 0.03, 800),
+                        rng.normal(0.9, 0.02, 300)]).astype(np.float32).reshape(61, 100)
+    cut = 0.7
+    assert em.otsu_threshold_below(a, float(a.min()), cut, 256) == pytest.approx(
+        filters.threshold_otsu(a[a <= cut]), abs=1e-6)
+    flat = np.full((4, 4), 0.2, np.float32)
+    assert em.otsu_threshold_below(flat, float(flat.min()), 0.5, 256) == 0.5  # no second level
+    counts = em.histogram_above(a, 0.1, 0.7, 32)
+    ref, _ = np.histogram(a[(a > 0.1) & (a <= 0.7)], bins=32, range=(0.1, 0.7))
+    assert counts.sum() == ref.sum() and np.abs(counts - ref).max() <= 2  # bin-edge rounding

@@ -24,10 +24,12 @@ from etemseg.morphology import (
     flood_keys_reflood,
     gaussian_into,
     gaussian_kernel1d,
+    histogram_above,
     image_minmax,
     li_threshold,
     opening_disk_fast,
     otsu_threshold,
+    otsu_threshold_below,
     pad_frame,
     priority_flood,
     remove_small_inplace,
@@ -40,6 +42,8 @@ from etemseg.scales import _denoise, area_px, round_half_up
 __all__ = [
     "BACKGROUND_BLOCKS",
     "BACKGROUND_RADIUS_MAX_PX",
+    "FAINT_NOISE_K",
+    "FAINT_VALLEY",
     "HIGH_COVERAGE_WARN",
     "MAX_COVERAGE",
     "NOISE_FLOOR_K",
@@ -51,6 +55,7 @@ __all__ = [
     "PseudoLabelParams",
     "PseudolabelStage",
     "background_depth",
+    "faint_components",
     "label_chunk",
     "params_from_preset",
     "particle_scaled_background",
@@ -69,6 +74,14 @@ log = logging.getLogger("etemseg.stages.pseudolabel")
 QUANT_LEVELS = 65536
 #: Threshold (feature units) must exceed this many noise sigmas of the smoothed frame.
 NOISE_FLOOR_K = 0.65
+#: ``faint_noise_k`` of the ``default`` preset: a faint particle's deepest point must reach this
+#: many noise sigmas of the smoothed frame (chosen on simulated dev movies,
+#: ``docs/pseudolabelling.md``).  Off in ``thick-support``: on a thick, textured support the
+#: texture's basins are as deep as faint particles.
+FAINT_NOISE_K = 1.75
+#: ``faint_noise_k``'s valley test: the second class's fullest histogram bin must hold this many
+#: times the emptiest bin between it and the background (:func:`faint_components`).
+FAINT_VALLEY = 2.0
 #: Masks covering more than this fraction of the frame are returned empty.
 MAX_COVERAGE = 0.95
 #: Masks covering more than this fraction are kept but logged.
@@ -138,6 +151,14 @@ class PseudoLabelParams:
         narrower than twice the radius, so 1.0 keeps particles up to twice the upper-quartile
         diameter (eight times its volume: the growth of a sintering movie) and takes wider dark
         regions for support.
+    faint_noise_k : float
+        Not in the paper (0 there: off).  Faint particles beside dark ones: with diffraction
+        contrast one particle can be far darker than the others, and the one Otsu split then
+        separates it from everything else.  With ``faint_noise_k`` > 0 a second Otsu level is
+        taken on the (opened) feature below the first threshold; every component above that
+        level that the first threshold missed entirely is added when its deepest point is at
+        least ``faint_noise_k`` times the smoothed frame's noise (:func:`smoothed_noise`).
+        Particles the first threshold found keep their extent.  See :func:`faint_components`.
     sigma_nm : float or None
         Physical twin of ``sigma``, nm (> 0).
     opening_radius_nm : float or None
@@ -166,6 +187,7 @@ class PseudoLabelParams:
     border_pad_px: int = 0
     background_radius_px: int = 0
     background_per_diameter: float = 0.0
+    faint_noise_k: float = 0.0
     sigma_nm: float | None = None
     opening_radius_nm: float | None = None
     min_area_nm2: float | None = None
@@ -202,6 +224,8 @@ class PseudoLabelParams:
         if (not is_number(self.background_per_diameter)
                 or not 0 <= self.background_per_diameter <= 100):
             raise bad("background_per_diameter", "must be a finite number in [0, 100]")
+        if not is_number(self.faint_noise_k) or not 0 <= self.faint_noise_k <= 100:
+            raise bad("faint_noise_k", "must be a finite number in [0, 100]")
         for name in NM_TWINS:
             value = getattr(self, name)
             if value is None:
@@ -352,7 +376,7 @@ PRESETS: dict[str, PseudoLabelParams] = {
     ),
     "default": PseudoLabelParams(
         sigma=2.0, opening_radius=5, threshold="otsu", polarity="dark", min_area_px=30,
-        fill_holes=True, border_pad_px=48,
+        fill_holes=True, border_pad_px=48, faint_noise_k=FAINT_NOISE_K,
         sigma_nm=0.36, opening_radius_nm=0.9, min_area_nm2=0.972, border_pad_nm=8.64,
     ),
     "thick-support": PseudoLabelParams(
@@ -507,6 +531,75 @@ def _accept_threshold(t_norm: float, s_lo: float, s_hi: float, noise: float,
         )
         return False
     return True
+
+
+def faint_components(o: np.ndarray, t1: float, t2: float, s_lo: float, s_hi: float,
+                     noise: float, k: float) -> np.ndarray | None:
+    """Faint particles the first threshold missed: the second level of ``faint_noise_k``.
+
+    Two tests, both needed:
+
+    1. *the pixels below the first threshold are two classes*: in their histogram (64 bins over
+       ``(min(o), t1]``, the pixels at ``min(o)`` -- the flat background -- left out, a 3-bin
+       running mean) the fullest bin above ``t2`` holds at least :data:`FAINT_VALLEY` times the
+       emptiest bin below it, i.e. there is a valley at ``t2``.  On a textured support the
+       histogram falls steadily from the background and no level is taken;
+    2. *each added component is deep*: its deepest point reaches ``k`` noise sigmas.
+
+    Parameters
+    ----------
+    o : numpy.ndarray
+        ``(H, W)`` opened feature, rescaled from ``[s_lo, s_hi]`` to ``[0, 1]``.
+    t1 : float
+        The first threshold (``o > t1`` is the mask so far).
+    t2 : float
+        The second Otsu level, of the pixels ``o <= t1``.
+    s_lo, s_hi : float
+        Range of the feature before rescaling (grey-range units, as ``noise``).
+    noise : float
+        :func:`smoothed_noise` of the smoothed frame.
+    k : float
+        ``faint_noise_k``.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        ``(H, W)`` bool: every 8-connected component of ``o > t2`` with no pixel above ``t1``
+        whose maximum reaches ``k * noise`` in feature units; None when there is none or the
+        valley test fails.
+    """
+    from scipy import ndimage as ndi
+
+    span = s_hi - s_lo
+    if not (span > 0 and math.isfinite(t2) and t2 < t1):
+        return None
+    tk = (k * noise - s_lo) / span  # the significance level on the rescaled feature
+    if tk > t1 or not _has_valley(o, t1, t2):
+        return None  # (a component reaching tk > t1 also crosses t1: found already)
+    lab, n = ndi.label(o > t2, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return None
+    keep = np.zeros(n + 1, bool)
+    keep[lab[o >= tk]] = True
+    keep[lab[o > t1]] = False
+    keep[0] = False
+    return keep[lab] if keep.any() else None
+
+
+def _has_valley(o: np.ndarray, t1: float, t2: float, nbins: int = 64) -> bool:
+    """Test 1 of :func:`faint_components`: a valley at ``t2`` in the histogram of
+    ``min(o) < o <= t1``."""
+    lo = float(np.min(o))
+    counts = histogram_above(o, lo, t1, nbins)
+    if not counts.any():
+        return False
+    n = np.convolve(np.ones(nbins), np.ones(3), "same")
+    smooth = np.convolve(counts, np.ones(3), "same") / n
+    mid = lo + (np.arange(nbins) + 0.5) * (t1 - lo) / nbins
+    below, above = smooth[mid < t2], smooth[mid > t2]
+    if not below.size or not above.size:
+        return False
+    return bool(above.max() >= FAINT_VALLEY * max(below.min(), 0.5))
 
 
 def _check_coverage(mask: np.ndarray) -> np.ndarray:
@@ -692,6 +785,12 @@ def pseudolabel_reference(image: np.ndarray, params: PseudoLabelParams | None = 
     if not _accept_threshold(t, s_lo, s_hi, noise, params):
         return _empty(x.shape)
     mask = o > t
+    if params.faint_noise_k > 0:
+        below = o[~mask]
+        t2 = float(filters.threshold_otsu(below)) if below.max() > below.min() else t
+        faint = faint_components(o, t, t2, s_lo, s_hi, noise, params.faint_noise_k)
+        if faint is not None:
+            mask |= faint
     mask = _postprocess_reference(mask, params)
     mask = _check_coverage(mask)
     return mask.astype(np.uint8)
@@ -865,6 +964,11 @@ def _fast_one(
     if not _accept_threshold(t, s_lo, s_hi, noise, params):
         return _empty((h, w)), ws
     mask = threshold_into(o, t, np.empty((h, w), np.uint8))
+    if params.faint_noise_k > 0:
+        t2 = float(otsu_threshold_below(o, o_lo, t, 256))
+        faint = faint_components(o, t, t2, s_lo, s_hi, noise, params.faint_noise_k)
+        if faint is not None:
+            mask[faint] = 1
     if params.fill_holes:
         fill_holes_inplace(mask, ws.stack)
     if params.min_area_px > 1:
