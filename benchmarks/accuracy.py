@@ -68,20 +68,22 @@ sys.path.insert(0, str(ROOT))
 Segmenter = Callable[[np.ndarray, float], np.ndarray]
 
 
-def pseudo_segmenter(preset: str) -> Segmenter:
-    """The pseudo-labeller with ``preset`` resolved at the movie's pixel size (fast path); a
-    local background that scales with the particles takes their diameter from the first
-    ``SCALE_FRAMES`` frames, as the stage does from a movie's first chunk."""
+def pseudo_segmenter(preset: str, **fields) -> Segmenter:
+    """The pseudo-labeller with ``preset`` (and ``fields`` of ``PseudoLabelParams`` on top)
+    resolved at the movie's pixel size (fast path); a local background that scales with the
+    particles takes their diameter from the first ``SCALE_FRAMES`` frames, as the stage does
+    from a movie's first chunk."""
 
     def segment(frames: np.ndarray, pixel_size_nm: float) -> np.ndarray:
         from etemseg.stages.pseudolabel import (
-            PRESETS,
             SCALE_FRAMES,
+            params_from_preset,
             pseudolabel_stack,
             resolve_for_movie,
         )
 
-        params, _ = resolve_for_movie(PRESETS[preset], pixel_size_nm, frames[:SCALE_FRAMES])
+        params, _ = resolve_for_movie(params_from_preset(preset, fields), pixel_size_nm,
+                                      frames[:SCALE_FRAMES])
         return pseudolabel_stack(frames, params) > 0
 
     return segment
@@ -202,15 +204,20 @@ def model_segmenter(arch: str, **settings) -> Segmenter:
 def segmenter(name: str) -> Segmenter:
     """The segmenter called ``name``: a key of :data:`SEGMENTERS`, or
     ``model:ARCH[:FIELD=VALUE,...]`` (TrainConfig fields on top of the demo's settings, values
-    parsed as JSON), e.g. ``model:unet4-norm:self_training_rounds=1``."""
+    parsed as JSON), e.g. ``model:unet4-norm:self_training_rounds=1``, or
+    ``pseudo:PRESET:FIELD=VALUE,...`` (PseudoLabelParams fields on top of the preset), e.g.
+    ``pseudo:default:faint_noise_k=0``."""
     if name in SEGMENTERS:
         return SEGMENTERS[name]
     kind, _, rest = name.partition(":")
-    if kind != "model" or not rest:
-        raise SystemExit(f"--segmenters: unknown {name!r}; one of {', '.join(SEGMENTERS)} or "
-                         "model:ARCH[:FIELD=VALUE,...]")
-    arch, _, fields = rest.partition(":")
-    return model_segmenter(arch, **overrides([f for f in fields.split(",") if f]))
+    if kind not in ("model", "pseudo") or not rest:
+        raise SystemExit(f"--segmenters: unknown {name!r}; one of {', '.join(SEGMENTERS)}, "
+                         "model:ARCH[:FIELD=VALUE,...] or pseudo:PRESET:FIELD=VALUE,...")
+    what, _, fields = rest.partition(":")
+    settings = overrides([f for f in fields.split(",") if f])
+    if kind == "pseudo":
+        return pseudo_segmenter(what, **settings)
+    return model_segmenter(what, **settings)
 
 
 #: the segmenters of a plain run: the pseudo-labels, the demo's best and its simplest model
