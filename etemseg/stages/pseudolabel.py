@@ -155,8 +155,9 @@ class PseudoLabelParams:
         Not in the paper (0 there: off).  Faint particles beside dark ones: with diffraction
         contrast one particle can be far darker than the others, and the one Otsu split then
         separates it from everything else.  With ``faint_noise_k`` > 0 a second Otsu level is
-        taken on the (opened) feature below the first threshold; every component above that
-        level that the first threshold missed entirely is added when its deepest point is at
+        taken on the (opened) feature below the first threshold; when those pixels form two
+        classes (a valley in their histogram, :data:`FAINT_VALLEY`), every component above that
+        level that the first threshold missed entirely is added if its deepest point is at
         least ``faint_noise_k`` times the smoothed frame's noise (:func:`smoothed_noise`).
         Particles the first threshold found keep their extent.  See :func:`faint_components`.
     sigma_nm : float or None
