@@ -534,14 +534,14 @@ def _accept_threshold(t_norm: float, s_lo: float, s_hi: float, noise: float,
     return True
 
 
-def faint_components(o: np.ndarray, t1: float, t2: float, s_lo: float, s_hi: float,
-                     noise: float, k: float) -> np.ndarray | None:
+def faint_components(o: np.ndarray, o_lo: float, t1: float, t2: float, s_lo: float,
+                     s_hi: float, noise: float, k: float) -> np.ndarray | None:
     """Faint particles the first threshold missed: the second level of ``faint_noise_k``.
 
     Two tests, both needed:
 
     1. *the pixels below the first threshold are two classes*: in their histogram (64 bins over
-       ``(min(o), t1]``, the pixels at ``min(o)`` -- the flat background -- left out, a 3-bin
+       ``(o_lo, t1]``, the pixels at ``o_lo`` -- the flat background -- left out, a 3-bin
        running mean) the fullest bin above ``t2`` holds at least :data:`FAINT_VALLEY` times the
        emptiest bin below it, i.e. there is a valley at ``t2``.  On a textured support the
        histogram falls steadily from the background and no level is taken;
@@ -551,6 +551,8 @@ def faint_components(o: np.ndarray, t1: float, t2: float, s_lo: float, s_hi: flo
     ----------
     o : numpy.ndarray
         ``(H, W)`` opened feature, rescaled from ``[s_lo, s_hi]`` to ``[0, 1]``.
+    o_lo : float
+        ``min(o)`` (both paths have it already).
     t1 : float
         The first threshold (``o > t1`` is the mask so far).
     t2 : float
@@ -575,7 +577,7 @@ def faint_components(o: np.ndarray, t1: float, t2: float, s_lo: float, s_hi: flo
     if not (span > 0 and math.isfinite(t2) and t2 < t1):
         return None
     tk = (k * noise - s_lo) / span  # the significance level on the rescaled feature
-    if tk > t1 or not _has_valley(o, t1, t2):
+    if tk > t1 or not _has_valley(o, o_lo, t1, t2):
         return None  # (a component reaching tk > t1 also crosses t1: found already)
     lab, n = ndi.label(o > t2, structure=np.ones((3, 3), bool))
     if n == 0:
@@ -587,10 +589,9 @@ def faint_components(o: np.ndarray, t1: float, t2: float, s_lo: float, s_hi: flo
     return keep[lab] if keep.any() else None
 
 
-def _has_valley(o: np.ndarray, t1: float, t2: float, nbins: int = 64) -> bool:
+def _has_valley(o: np.ndarray, lo: float, t1: float, t2: float, nbins: int = 64) -> bool:
     """Test 1 of :func:`faint_components`: a valley at ``t2`` in the histogram of
-    ``min(o) < o <= t1``."""
-    lo = float(np.min(o))
+    ``lo < o <= t1`` (``lo = min(o)``)."""
     counts = histogram_above(o, lo, t1, nbins)
     if not counts.any():
         return False
@@ -774,7 +775,8 @@ def pseudolabel_reference(image: np.ndarray, params: PseudoLabelParams | None = 
         o = morphology.opening(s, morphology.disk(params.opening_radius))
     else:
         o = s
-    if not float(o.max()) > float(o.min()):
+    o_lo = float(o.min())
+    if not float(o.max()) > o_lo:
         log.warning("pseudolabel: feature is flat after the opening; returning an empty mask")
         return _empty(x.shape)
     if params.threshold == "otsu":
@@ -789,7 +791,7 @@ def pseudolabel_reference(image: np.ndarray, params: PseudoLabelParams | None = 
     if params.faint_noise_k > 0:
         below = o[~mask]
         t2 = float(filters.threshold_otsu(below)) if below.max() > below.min() else t
-        faint = faint_components(o, t, t2, s_lo, s_hi, noise, params.faint_noise_k)
+        faint = faint_components(o, o_lo, t, t2, s_lo, s_hi, noise, params.faint_noise_k)
         if faint is not None:
             mask |= faint
     mask = _postprocess_reference(mask, params)
@@ -967,7 +969,7 @@ def _fast_one(
     mask = threshold_into(o, t, np.empty((h, w), np.uint8))
     if params.faint_noise_k > 0:
         t2 = float(otsu_threshold_below(o, o_lo, t, 256))
-        faint = faint_components(o, t, t2, s_lo, s_hi, noise, params.faint_noise_k)
+        faint = faint_components(o, o_lo, t, t2, s_lo, s_hi, noise, params.faint_noise_k)
         if faint is not None:
             mask[faint] = 1
     if params.fill_holes:
