@@ -776,3 +776,24 @@ def test_model_trained_on_realistic_pseudo_labels_segments_the_truth():
     masks = predict_masks(model, images, torch.device("cpu"))
     scores = score_frames(zip(masks > 0, truth), pixel_size_nm=0.18)
     assert scores["pixel"]["f1"] >= 0.75, scores["pixel"]
+
+
+def test_crop_origins_reach_the_frame_edges():
+    """Crop origins are drawn a quarter crop past each frame edge and clamped, so the outermost
+    rows are in a good share of the crops (a uniform origin puts row 0 in 1 crop of 129 for a
+    384 px crop of a 512 px frame, as at work factor 3), and every crop lies inside the frame."""
+    from etemseg.nn.training import EDGE_REACH, _crop_origin
+
+    gen = torch.Generator().manual_seed(0)
+    n, side = 512, 384
+    o = np.array([_crop_origin(n, side, gen) for _ in range(4000)])
+    assert o.min() == 0 and o.max() == n - side
+    reach = int(side * EDGE_REACH)
+    expect = (reach + 1) / (n - side + 1 + 2 * reach)          # 97 / 321 = 0.30 at each edge
+    for edge in (0, n - side):
+        assert abs(np.mean(o == edge) - expect) < 0.03
+    inner = o[(o > 0) & (o < n - side)]                        # uniform in between
+    assert abs(inner.mean() - (n - side) / 2) < 4
+    # a frame no larger than the crop: origin 0 always
+    assert {_crop_origin(100, 128, gen) for _ in range(20)} == {0}
+    assert {_crop_origin(128, 128, gen) for _ in range(20)} == {0}

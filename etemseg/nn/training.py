@@ -449,6 +449,25 @@ def level_field(size: int, amplitude: float, gen: torch.Generator) -> torch.Tens
     return (field * scale).to(torch.float32)
 
 
+EDGE_REACH = 0.25  # crop origins reach this fraction of a crop side past each frame edge
+
+
+def _crop_origin(n: int, side: int, gen: torch.Generator) -> int:
+    """Origin of a crop of ``side`` px in a frame dimension of ``n`` px: drawn uniformly from
+    ``[-reach, n - side + reach]`` (``reach = EDGE_REACH * side``) and clamped into the frame.
+
+    A uniform origin in ``[0, n - side]`` puts a pixel within a crop side of the frame edge into
+    fewer crops than an interior one (the outermost row into ``1 / (n - side + 1)`` of them), so
+    the network would see too little of the frame edge and its illumination fall-off, and make
+    fragments and false components there.  The clamped reach gives each edge
+    ``reach / (n - side + 1 + 2 reach)`` of the crops in addition.
+    """
+    reach = int(side * EDGE_REACH)
+    span = max(n - side, 0)
+    o = int(torch.randint(span + 2 * reach + 1, (1,), generator=gen)) - reach
+    return min(max(o, 0), span)
+
+
 def sample_batch(data: TrainingData, cfg: TrainConfig, gen: torch.Generator, *,
                  tensors: tuple[torch.Tensor, torch.Tensor] | None = None, factor: int = 1
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -472,8 +491,7 @@ def sample_batch(data: TrainingData, cfg: TrainConfig, gen: torch.Generator, *,
             s = math.exp((torch.rand(1, generator=gen).item() * 2 - 1) * math.log(cfg.zoom))
             side = int(round(c * s))
         side = max(8, min(side, H, W))
-        y0 = int(torch.randint(H - side + 1, (1,), generator=gen))
-        x0 = int(torch.randint(W - side + 1, (1,), generator=gen))
+        y0, x0 = _crop_origin(H, side, gen), _crop_origin(W, side, gen)
         x = images[i, y0:y0 + side, x0:x0 + side].to(torch.float32)[None, None]
         y = labels[i, y0:y0 + side, x0:x0 + side].clone()[None, None]
         if side != c:
