@@ -136,14 +136,17 @@ def model_probabilities(model, arch, frames: np.ndarray, max_tile_px: int = 0) -
                                                             device=device)])
 
 
-def model_masks(model, arch, frames: np.ndarray) -> np.ndarray:
+def model_masks(model, arch, frames: np.ndarray, hysteresis: float | None = None,
+                prob: np.ndarray | None = None) -> np.ndarray:
     """Masks of raw ``frames`` (T, H, W), thresholded as ``etemseg infer`` does by default
-    (the minimum area in the model's working pixels)."""
+    (the minimum area in the model's working pixels; ``hysteresis`` instead of the default;
+    ``prob``: the model's probabilities of ``frames`` when already computed)."""
     from etemseg.nn.models import work_factor_of
     from etemseg.nn.training import masks_from_probabilities
 
-    return masks_from_probabilities(model_probabilities(model, arch, frames),
-                                    work_factor_of(model))
+    if prob is None:
+        prob = model_probabilities(model, arch, frames)
+    return masks_from_probabilities(prob, work_factor_of(model), hysteresis)
 
 
 #: pseudo-labels of the last case (frames id, pixel size) -> labels: models train on them
@@ -162,8 +165,8 @@ def cached_pseudo(frames: np.ndarray, pixel_size_nm: float, preset: str = "defau
     return _PSEUDO_CACHE[key][1]
 
 
-#: models trained on the last case, by (architecture, settings): segmenters that differ only
-#: in ``infer_min_area_nm2`` share one training
+#: models trained on the last case, by (architecture, settings), with their probabilities of
+#: the case's frames: segmenters that differ only in ``infer_*`` settings share one training
 _MODEL_CACHE: dict = {}
 
 
@@ -173,8 +176,10 @@ def model_segmenter(arch: str, **settings) -> Segmenter:
 
     ``infer_min_area_nm2`` in ``settings`` is not a training field: the masks' minimum component
     area in nm² (``infer.settings.min_area_nm2``) instead of the default 20 px; nor is
-    ``labels``: the pseudo-label preset trained on (default ``default``)."""
+    ``infer_hysteresis`` (``infer.settings.hysteresis`` instead of the default) or ``labels``:
+    the pseudo-label preset trained on (default ``default``)."""
     min_area_nm2 = settings.pop("infer_min_area_nm2", None)
+    hysteresis = settings.pop("infer_hysteresis", None)
     preset = settings.pop("labels", "default")
 
     def segment(frames: np.ndarray, pixel_size_nm: float) -> np.ndarray:
@@ -188,11 +193,13 @@ def model_segmenter(arch: str, **settings) -> Segmenter:
         if key not in _MODEL_CACHE or _MODEL_CACHE[key][0] is not frames:
             if any(k[:3] != key[:3] or v[0] is not frames for k, v in _MODEL_CACHE.items()):
                 _MODEL_CACHE.clear()      # another case: free the models
-            _MODEL_CACHE[key] = (frames, train_on_pseudo(normalise_frames(frames),
-                                                         cached_pseudo(frames, pixel_size_nm,
-                                                                       preset),
-                                                         pixel_size_nm, arch, settings))
-        masks = model_masks(_MODEL_CACHE[key][1], parse_arch(arch), frames) > 0
+            model = train_on_pseudo(normalise_frames(frames),
+                                    cached_pseudo(frames, pixel_size_nm, preset),
+                                    pixel_size_nm, arch, settings)
+            _MODEL_CACHE[key] = (frames, model,
+                                 model_probabilities(model, parse_arch(arch), frames))
+        _, model, prob = _MODEL_CACHE[key]
+        masks = model_masks(model, parse_arch(arch), frames, hysteresis, prob) > 0
         if min_area_nm2 is not None:
             masks = np.stack([remove_small_components(m, area_px(min_area_nm2, pixel_size_nm))
                               for m in masks]) > 0

@@ -62,6 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from etemseg.analysis.measure import measure_stack  # noqa: E402
 from etemseg.analysis.scoring import score_tracks_against_truth  # noqa: E402
 from etemseg.io.store import DEFAULT_WINDOW_MS, frames_in_window, window_means  # noqa: E402
+from etemseg.nn.inference import InferConfig  # noqa: E402
 from etemseg.nn.training import EDGE_REACH  # noqa: E402
 from etemseg.stages.pseudolabel import PRESETS, pseudolabel_stack  # noqa: E402
 from etemseg.synth import SynthParams, simulate, simulate_tracks  # noqa: E402
@@ -120,7 +121,8 @@ def cached_masks(source: str, p: SynthParams, deg: Degrade, window_ms: float) ->
     elif source == "cnn":
         what = json.dumps({"window_ms": window_ms, "preset": PRESETS["default"].to_dict(),
                            "arch": "unet4-norm", "train": demo_train_settings(),
-                           "edge_reach": EDGE_REACH}, sort_keys=True)
+                           "edge_reach": EDGE_REACH, "hysteresis": InferConfig().hysteresis},
+                          sort_keys=True)
     else:
         what = json.dumps({"window_ms": window_ms, "preset": PRESETS["default"].to_dict()},
                           sort_keys=True)

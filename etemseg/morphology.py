@@ -953,14 +953,14 @@ def _find_root(parent, r):  # pragma: no cover - numba
 
 
 @numba.njit(cache=True, nogil=True)
-def component_runs(img, level):  # pragma: no cover - numba
-    """The 8-connected components of ``img > level`` as horizontal runs.
+def component_roots(img, level):  # pragma: no cover - numba
+    """The 8-connected components of ``img > level`` as horizontal runs, with their roots.
 
     One raster scan finds the runs of foreground pixels of each row and joins (union-find) every
     run to the runs of the row above that touch it, diagonals included; no per-pixel search, so
-    the cost is one read of the image plus a little per run.  Returns ``(row, start, stop,
-    area)``: run ``r`` covers ``img[row[r], start[r]:stop[r]]`` and its component has ``area[r]``
-    pixels.
+    the cost is one read of the image plus a little per run.  Returns ``(row, start, stop, root,
+    area)``: run ``r`` covers ``img[row[r], start[r]:stop[r]]``, ``root[r]`` is the first run of
+    its component (runs of one component share it) and the component has ``area[r]`` pixels.
     """
     h, w = img.shape
     cap = h * ((w + 1) // 2) + 1               # most runs an image can hold (pages untouched)
@@ -996,28 +996,97 @@ def component_runs(img, level):  # pragma: no cover - numba
                 k += 1
             n += 1
         above0, above1 = first, n
+    # a parent always precedes its child, so in run order each run's parent is already a root
     total = np.zeros(n, np.int64)
     for r in range(n):
         total[_find_root(parent, r)] += stop[r] - start[r]
     area = np.empty(n, np.int64)
     for r in range(n):
         area[r] = total[parent[r]]
-    return row[:n], start[:n], stop[:n], area
+    return row[:n], start[:n], stop[:n], parent[:n], area
 
 
 @numba.njit(cache=True, nogil=True)
-def above_level_filtered(img, level, min_area, out):  # pragma: no cover - numba
+def component_runs(img, level):  # pragma: no cover - numba
+    """:func:`component_roots` without the roots: ``(row, start, stop, area)``."""
+    row, start, stop, _, area = component_roots(img, level)
+    return row, start, stop, area
+
+
+@numba.njit(cache=True, nogil=True)
+def _containing(row, start, stop, srow, sstart):  # pragma: no cover - numba
+    """For each run ``(srow, sstart)`` of a mask inside the mask of the runs ``(row, start,
+    stop)``, the index of the run holding it (both lists in raster order, one merge walk)."""
+    out = np.empty(len(srow), np.int64)
+    p = 0
+    for r in range(len(srow)):
+        while row[p] != srow[r] or stop[p] <= sstart[r]:
+            p += 1
+        out[r] = p
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def above_level_filtered(img, level, min_area, out, low=-1, mid=-1):  # pragma: no cover - numba
     """Write ``img > level`` without its 8-connected components of fewer than ``min_area``
     pixels into ``out`` (uint8, same shape, all zero on entry) as 0/1; returns the number of
-    pixels set.  Threshold and filter in one pass over ``img`` (:func:`component_runs`)."""
-    row, start, stop, area = component_runs(img, level)
+    pixels set.  Threshold and filter in one pass over ``img`` (:func:`component_roots`).
+
+    ``low < level``: hysteresis, three levels ``low <= mid <= level`` (``mid`` -1: ``low``).
+    The *particles* are the components of ``img > level`` of at least ``min_area`` pixels
+    (the area filter is on them); pieces of one particle join over pixels above ``mid``
+    (a particle is a component of ``img > mid`` holding a particle component).  A component of
+    ``img > low`` holding one particle is written whole (the particle grown over the lenient
+    pixels around it); one holding several is written as those particles, grown to ``mid``
+    only (growing them further would bridge neighbours into one); one holding none is not
+    written."""
+    if low < 0 or low >= level:
+        low = level
+    if mid < low or mid > level:
+        mid = low
+    row, start, stop, root, area = component_roots(img, low)
+    if low == level:
+        kept = 0
+        for r in range(len(row)):
+            if area[r] >= min_area:
+                line = out[row[r]]
+                for j in range(start[r], stop[r]):
+                    line[j] = 1
+                kept += stop[r] - start[r]
+        return kept
+    srow, sstart, _, _, sarea = component_roots(img, level)
+    if mid == low:
+        mrow, mstart, mstop, mroot = row, start, stop, root
+    else:
+        mrow, mstart, mstop, mroot, _ = component_roots(img, mid)
+    in_mid = _containing(mrow, mstart, mstop, srow, sstart)
+    particle = np.zeros(len(mrow), np.bool_)         # per mid root: holds a particle
+    for r in range(len(srow)):
+        if sarea[r] >= min_area:
+            particle[mroot[in_mid[r]]] = True
+    in_low = _containing(row, start, stop, mrow, mstart)
+    seed = np.full(len(row), -1, np.int64)           # per low root: its particle, -2 several
+    for r in range(len(mrow)):
+        m = mroot[r]
+        if particle[m]:
+            q = root[in_low[r]]
+            if seed[q] == -1:
+                seed[q] = m
+            elif seed[q] != m:
+                seed[q] = -2
     kept = 0
     for r in range(len(row)):
-        if area[r] >= min_area:
+        if seed[root[r]] >= 0:
             line = out[row[r]]
             for j in range(start[r], stop[r]):
                 line[j] = 1
             kept += stop[r] - start[r]
+    for r in range(len(mrow)):
+        if particle[mroot[r]] and seed[root[in_low[r]]] == -2:
+            line = out[mrow[r]]
+            for j in range(mstart[r], mstop[r]):
+                line[j] = 1
+            kept += mstop[r] - mstart[r]
     return kept
 
 

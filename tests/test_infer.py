@@ -101,6 +101,106 @@ def test_min_area_filter_removes_small_clusters():
     assert m.sum() == 100
 
 
+def ndimage_count(mask):
+    from scipy import ndimage as ndi
+
+    return ndi.label(mask, np.ones((3, 3), bool))[1]
+
+
+def test_hysteresis_grows_components_to_the_lenient_level():
+    """A faint particle whose centre passes the threshold is drawn whole down to the lenient
+    level (half the threshold by default), not as the piece above the threshold; a blob that
+    never passes the threshold stays out, and so does everything at the empty level and a speck
+    under the minimum area; pieces of one particle join, two particles whose rims touch at the
+    lenient level do not."""
+    from etemseg.levels import EMPTY_LEVEL, hysteresis_levels
+
+    yy, xx = np.mgrid[:60, :90]
+    r1 = np.hypot(yy - 30, xx - 25)
+    r2 = np.hypot(yy - 30, xx - 65)
+    p = np.where(r1 <= 10, 0.35, 0.0)          # faint particle, radius 10 px ...
+    p[r1 <= 3] = 0.7                           # ... whose centre passes 0.5
+    p[r2 <= 8] = 0.4                           # never passes the threshold
+    q = np.rint(p * 255).astype(np.uint8)
+    assert mask_from_levels(q, 127, 0).sum() == (r1 <= 3).sum()
+    grown = mask_from_levels(q, 127, 0, 0.5)   # lenient level 63 (p > 0.25)
+    np.testing.assert_array_equal(grown, r1 <= 10)
+    assert mask_from_levels(q, 127, 0, 0.8).sum() == (r1 <= 3).sum()   # 0.35 < 0.8 * 0.5
+    assert mask_from_levels(q, EMPTY_LEVEL, 0, 0.5).sum() == 0
+    # two particles whose faint rims touch (0.35 < 0.75 x 0.5): not joined, each its own part
+    r3 = np.hypot(yy - 30, xx - 46)
+    p2 = np.where((r1 <= 10) | (r3 <= 10), 0.35, 0.0)
+    p2[(r1 <= 3) | (r3 <= 3)] = 0.7
+    q2 = np.rint(p2 * 255).astype(np.uint8)
+    np.testing.assert_array_equal(mask_from_levels(q2, 127, 0, 0.5), (r1 <= 3) | (r3 <= 3))
+    # the area filter is on the part above the threshold (29 px): a speck does not grow in
+    assert mask_from_levels(q, 127, 30, 0.5).sum() == 0
+    assert mask_from_levels(q, 127, 29, 0.5).sum() == (r1 <= 10).sum()
+    # two pieces of one faint particle (probability between them 0.45 > 0.75 x 0.5): one
+    p3 = np.where(r1 <= 10, 0.35, 0.0)
+    p3[r1 <= 6] = 0.45
+    p3[(r1 <= 6) & (np.abs(xx - 25) >= 3)] = 0.7
+    q3 = np.rint(p3 * 255).astype(np.uint8)
+    assert ndimage_count(mask_from_levels(q3, 127, 0)) == 2
+    np.testing.assert_array_equal(mask_from_levels(q3, 127, 0, 0.5), r1 <= 10)
+    assert hysteresis_levels(127, 0.5) == (63, 95) and hysteresis_levels(127, 1.0) == (127, 127)
+    assert hysteresis_levels(EMPTY_LEVEL, 0.3) == (EMPTY_LEVEL, EMPTY_LEVEL)
+    for bad in (0, -0.5, 1.5, "x"):
+        with pytest.raises(ConfigError, match="infer.hysteresis"):
+            InferConfig(hysteresis=bad).validate()
+    InferConfig(hysteresis=1.0).validate()
+
+
+def hysteresis_reference(q, level, low, mid, min_area):
+    """:func:`etemseg.morphology.above_level_filtered` with hysteresis, from scipy labellings."""
+    from scipy import ndimage as ndi
+
+    s8 = np.ones((3, 3), bool)
+    strict, _ = ndi.label(q > level, s8)
+    big = (np.bincount(strict.ravel()) >= min_area)[strict] & (strict > 0)   # the particles
+    lab_mid, n_mid = ndi.label(q > mid, s8)
+    seeded = np.zeros(n_mid + 1, bool)
+    seeded[np.unique(lab_mid[big])] = True
+    seeded[0] = False
+    grown_mid = seeded[lab_mid]                       # pieces joined over q > mid
+    lab_low, n_low = ndi.label(q > low, s8)
+    pairs = np.unique(np.stack([lab_low[grown_mid], lab_mid[grown_mid]]), axis=1)
+    count = np.bincount(pairs[0], minlength=n_low + 1)
+    one = (count == 1)[lab_low] & (lab_low > 0)
+    several = (count > 1)[lab_low] & grown_mid
+    return one | several, one & (q <= mid), several
+
+
+def test_hysteresis_kernel_is_scipy_labelling():
+    """The kernel equals scipy labellings of the three levels: particles are the strict
+    components of at least the minimum area, joined over the middle level; a lenient component
+    with one particle is kept whole, one with several keeps them (grown to the middle level),
+    one with none is dropped (random smooth fields, levels and areas)."""
+    from scipy import ndimage as ndi
+
+    from etemseg.morphology import above_level_filtered
+
+    rng = np.random.default_rng(4)
+    kinds = set()
+    for _ in range(60):
+        f = ndi.gaussian_filter(rng.random(rng.integers(8, 120, 2)), rng.uniform(0.5, 3))
+        q = np.rint((f - f.min()) / max(np.ptp(f), 1e-9) * 255).astype(np.uint8)
+        level, low = int(rng.integers(100, 220)), int(rng.integers(0, 100))
+        mid = int(rng.integers(low, level + 1))
+        min_area = int(rng.integers(1, 50))
+        want, grown, several = hysteresis_reference(q, level, low, mid, min_area)
+        kinds |= {"grown"} if grown.any() else set()
+        kinds |= {"several"} if several.any() else set()
+        out = np.zeros(q.shape, np.uint8)
+        assert above_level_filtered(q, level, min_area, out, low, mid) == want.sum()
+        np.testing.assert_array_equal(out, want)
+        plain = np.zeros(q.shape, np.uint8)              # mid omitted: pieces join at low
+        above_level_filtered(q, level, min_area, plain, low)
+        np.testing.assert_array_equal(plain, hysteresis_reference(q, level, low, low,
+                                                                  min_area)[0])
+    assert kinds == {"grown", "several"}      # both rules were exercised
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("infer")
@@ -351,7 +451,8 @@ def test_fixed_threshold_has_no_blank_check(models, tmp_path):
 
 
 def mask_from_levels_stack(q, level):
-    return np.stack([mask_from_levels(f, level, 0) for f in q])
+    """The masks ``etemseg infer`` makes at ``level`` (default hysteresis, no area filter)."""
+    return np.stack([mask_from_levels(f, level, 0, InferConfig().hysteresis) for f in q])
 
 
 # ------------------------------------------------------------------ minimum area in nm²
@@ -390,14 +491,18 @@ def calibrated(trained, tmp_path_factory):
 def test_min_area_nm2_drops_exactly_the_components_below_it(trained, calibrated, models,
                                                            tmp_path):
     model = models["shallow-wide"]
-    every, _ = infer_all(calibrated, model, "shallow-wide", tmp_path / "all", min_area_px=0)
+    # without hysteresis, so that the filter is on the components themselves (with it, on the
+    # parts above the threshold: test_hysteresis_kernel_is_scipy_labelling)
+    every, _ = infer_all(calibrated, model, "shallow-wide", tmp_path / "all", min_area_px=0,
+                         hysteresis=1.0)
     areas = np.concatenate([component_areas(m)[0] for m in every])
     px = int(np.median(areas))                  # some components on either side of it
     assert (areas < px).any() and (areas >= px).any() and px != InferConfig().min_area_px
     a = px * 0.25                               # the same area in nm²
     masks, receipts = infer_all(calibrated, model, "shallow-wide", tmp_path / "nm",
-                                min_area_nm2=a)            # min_area_px stays the default 20
-    same, _ = infer_all(calibrated, model, "shallow-wide", tmp_path / "px", min_area_px=px)
+                                min_area_nm2=a, hysteresis=1.0)   # min_area_px: default 20
+    same, _ = infer_all(calibrated, model, "shallow-wide", tmp_path / "px", min_area_px=px,
+                        hysteresis=1.0)
     np.testing.assert_array_equal(masks, same)
     for m, full in zip(masks, every):
         size, lab = component_areas(full)
@@ -410,7 +515,7 @@ def test_min_area_nm2_drops_exactly_the_components_below_it(trained, calibrated,
     out = tmp_path / "stage"
     model_file = trained[0] / "model/model.pt"
     assert main(["--quiet", "infer", str(calibrated.path), str(model_file), str(out),
-                 "--min-area-nm2", str(a), "--device", "cpu"]) == 0
+                 "--min-area-nm2", str(a), "--hysteresis", "1", "--device", "cpu"]) == 0
     for name in ("prob.zarr", "mask.zarr"):
         record = MovieStore.open(out / name).meta["infer"]
         assert record["min_area_px"] == px and record["min_area_nm2"] == a

@@ -39,15 +39,18 @@ from etemseg.nn.checkpoint import load_model, normalise_tensor
 from etemseg.nn.models import fuse_for_inference, tiling, work_factor_of
 from etemseg.scales import area_px
 
-__all__ = ["MIN_SEPARATION", "THRESHOLD_MODES", "InferConfig", "amp_dtype_of", "histograms",
-           "open_model", "prepare_model", "probabilities", "retain_heap", "stream_levels",
-           "tiles", "upload"]
+__all__ = ["HYSTERESIS", "MIN_SEPARATION", "THRESHOLD_MODES", "InferConfig", "amp_dtype_of",
+           "histograms", "open_model", "prepare_model", "probabilities", "retain_heap",
+           "stream_levels", "tiles", "upload"]
 
 #: Values of ``InferConfig.threshold``.
 THRESHOLD_MODES = ("fixed", "otsu_frame", "otsu_chunk")
 #: Default ``InferConfig.min_separation``: Otsu class means closer than this (probability) mean
 #: the frame (chunk) has no particle/background structure; its mask is empty.
 MIN_SEPARATION = 0.4
+#: Default ``InferConfig.hysteresis``: the lenient level is half the threshold, pieces join
+#: over three quarters of it.
+HYSTERESIS = 0.5
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,18 @@ class InferConfig:
         sees the frames binned ``f x f`` (its work factor, :class:`etemseg.nn.models.WorkScale`)
         resolves nothing finer than its working pixel, so its masks lose components under
         ``min_area_px * f**2`` px of the movie (:meth:`min_area_px_at`).
+    hysteresis : float
+        Spatial hysteresis, in (0, 1] (1 = off: ``q > level`` only). The particles are the
+        components above the frame's threshold of at least the minimum area; each is grown
+        over the 8-connected pixels above the lenient level, ``hysteresis`` times the
+        threshold, and pieces of one particle join where the probability between them stays
+        above the middle level, ``(1 + hysteresis) / 2`` times the threshold
+        (:func:`etemseg.levels.hysteresis_levels`). A lenient component holding two particles
+        keeps them apart (each grown to the middle level only), so neighbours are never bridged.
+        A faint particle whose core passes the threshold is then drawn whole, not as the piece
+        above it (the pieces made a shrinking particle vanish early and broke tracks); what
+        never passes the threshold, or only as a speck under the minimum area, stays out. See
+        ``docs/inference.md``.
     min_area_nm2 : float or None
         The same minimum area in nm²; when set and the frame store has a pixel size it replaces
         ``min_area_px`` (``round(min_area_nm2 / pixel_size_nm**2)`` px, see
@@ -96,6 +111,7 @@ class InferConfig:
     fixed_threshold: float = 0.5
     min_separation: float = MIN_SEPARATION
     min_area_px: int = 20
+    hysteresis: float = HYSTERESIS
     min_area_nm2: float | None = None
     batch_size: int = 4
     max_tile_px: int = 2048
@@ -109,6 +125,7 @@ class InferConfig:
                   "fixed_threshold": 0 < self.fixed_threshold < 1,
                   "min_separation": 0 <= self.min_separation < 1,
                   "min_area_px": self.min_area_px >= 0,
+                  "hysteresis": is_number(self.hysteresis) and 0 < self.hysteresis <= 1,
                   "min_area_nm2": self.min_area_nm2 is None or (
                       is_number(self.min_area_nm2) and self.min_area_nm2 >= 0),
                   "batch_size": self.batch_size >= 1,

@@ -608,23 +608,29 @@ def segmentation_loss(logits: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
     return ce + (1 - dice)
 
 
-def masks_from_probabilities(prob: np.ndarray, work_factor: int = 1) -> np.ndarray:
+def masks_from_probabilities(prob: np.ndarray, work_factor: int = 1,
+                             hysteresis: float | None = None) -> np.ndarray:
     """Masks (N, H, W) uint8 of particle probabilities (N, H, W) as ``etemseg infer`` makes them
     with its default settings (:class:`~etemseg.nn.inference.InferConfig`): each frame's Otsu
     threshold of its uint8 probability levels (an empty mask where the frame has no
-    particle/background structure), then components under ``min_area_px`` working pixels of a
-    model of work factor ``work_factor`` removed (:meth:`InferConfig.min_area_px_at`)."""
-    from etemseg.levels import EMPTY_LEVEL, level_histogram, otsu_split, quantise
-    from etemseg.morphology import remove_small_components
+    particle/background structure), components grown to the lenient level (``hysteresis``),
+    then components under ``min_area_px`` working pixels of a model of work factor
+    ``work_factor`` removed (:meth:`InferConfig.min_area_px_at`).  ``hysteresis``: instead of
+    the default :attr:`InferConfig.hysteresis`."""
+    from etemseg.levels import (EMPTY_LEVEL, hysteresis_levels, level_histogram, otsu_split,
+                                quantise)
+    from etemseg.morphology import above_level_filtered
     from etemseg.nn.inference import InferConfig
 
     icfg = InferConfig()
+    hysteresis = icfg.hysteresis if hysteresis is None else hysteresis
+    min_area = max(1, icfg.min_area_px_at(None, work_factor))
     out = np.zeros(prob.shape, np.uint8)
     for i, qi in enumerate(quantise(prob)):
         level, separation = otsu_split(level_histogram(qi))
         if separation < icfg.min_separation:
             level = EMPTY_LEVEL
-        out[i] = remove_small_components(qi > level, icfg.min_area_px_at(None, work_factor))
+        above_level_filtered(qi, level, min_area, out[i], *hysteresis_levels(level, hysteresis))
     return out
 
 

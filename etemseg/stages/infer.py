@@ -15,7 +15,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from etemseg.levels import EMPTY_LEVEL, otsu_split
+from etemseg.levels import EMPTY_LEVEL, hysteresis_levels, otsu_split
 from etemseg.nn.device import pick_device
 from etemseg.nn.inference import MIN_SEPARATION, InferConfig, open_model, stream_levels  # noqa: F401
 from etemseg.protocol import ChunkStage, Receipt
@@ -69,17 +69,21 @@ def resolve_min_area(cfg: InferConfig, frames: MovieStore, work_factor: int = 1
     return dataclasses.replace(cfg, min_area_px=cfg.min_area_px_at(ps, work_factor))
 
 
-def mask_from_levels(q: np.ndarray, level: int, min_area_px: int) -> np.ndarray:
+def mask_from_levels(q: np.ndarray, level: int, min_area_px: int, hysteresis: float = 1.0
+                     ) -> np.ndarray:
     """Binary mask (H, W) uint8 of ``q > level`` without 8-connected components (as measured)
-    under ``min_area_px`` pixels."""
+    under ``min_area_px`` pixels; with ``hysteresis`` < 1 each component is grown over the
+    pixels above the lenient level it touches (:attr:`InferConfig.hysteresis`)."""
     out = np.zeros(q.shape, np.uint8)
-    mask_into(q, level, min_area_px, out)
+    mask_into(q, level, min_area_px, out, hysteresis)
     return out
 
 
-def mask_into(q: np.ndarray, level: int, min_area_px: int, out: np.ndarray) -> int:
+def mask_into(q: np.ndarray, level: int, min_area_px: int, out: np.ndarray,
+              hysteresis: float = 1.0) -> int:
     """:func:`mask_from_levels` written into ``out`` (zeros, uint8); returns its pixel count."""
-    return int(above_level_filtered(q, level, max(1, int(min_area_px)), out))
+    return int(above_level_filtered(q, level, max(1, int(min_area_px)), out,
+                                    *hysteresis_levels(level, hysteresis)))
 
 
 class _ChunkMasks:
@@ -148,7 +152,8 @@ class _ChunkMasks:
         """Threshold the levels ``q`` of the block at ``b0`` and write its masks."""
         masks = np.zeros(q.shape, np.uint8)
         kept = self.pool.map(
-            lambda i: mask_into(q[i], self.levels[b0 + i], self.cfg.min_area_px, masks[i]),
+            lambda i: mask_into(q[i], self.levels[b0 + i], self.cfg.min_area_px, masks[i],
+                              self.cfg.hysteresis),
             range(len(q)))
         for i, n in enumerate(kept):
             self.coverage[b0 + i] = float(n) / masks[i].size
