@@ -408,7 +408,10 @@ def run_realdata(data: Path, archs: list[str], figures: Path | None,
             level, separation = otsu_split(level_histogram(quantise(prob[0])))
             notes[f"model:{arch}"] = {"otsu_probability": round((level + 0.5) / 255, 3),
                                       "otsu_separation": round(separation, 3)}
-            # diagnostic, not the workflow's default: the same probabilities at p > 0.5
+            # diagnostics, not the workflow's default: the same probabilities without hysteresis
+            # and at p > 0.5
+            masks[f"model:{arch} no hysteresis"] = masks_from_probabilities(
+                prob, work_factor_of(model), 1.0)[0]
             masks[f"model:{arch} p>0.5"] = remove_small_components(prob[0] > 0.5, 20)
             print(f"  done {image.name} {arch} ({time.perf_counter() - t0:.0f} s)",
                   file=sys.stderr)
@@ -417,7 +420,7 @@ def run_realdata(data: Path, archs: list[str], figures: Path | None,
                          "estimated_pixel_size_nm": round(ps, 4),
                          **detection_scores(mask > 0, boxes), **notes.get(name, {})})
         if figures is not None:
-            real_figure(raw, boxes, {k: v for k, v in masks.items() if ">" not in k},
+            real_figure(raw, boxes, {k: v for k, v in masks.items() if " " not in k},
                         figures / f"realdata-{image.stem}.png")
     return rows
 
