@@ -137,8 +137,9 @@ def timed(fn, repeat: int) -> tuple[float, float]:
 
 
 def bench_job(tmp: Path, frames_store: MovieStore, levels: np.ndarray, codec: str, mode: str,
-              repeat: int, window_ms: float = 0.0) -> dict:
-    cfg = InferConfig(threshold=mode, min_area_px=20, device="cpu")
+              repeat: int, window_ms: float = 0.0, hysteresis: float | None = None) -> dict:
+    cfg = InferConfig(threshold=mode, min_area_px=20, device="cpu",
+                      hysteresis=InferConfig().hysteresis if hysteresis is None else hysteresis)
     infer_stage.stream_levels = fake_stream_levels(levels, 0)
     n = frames_store.n_frames
 
@@ -175,11 +176,14 @@ def bench_decode(frames_store: MovieStore, codec: str, repeat: int) -> dict:
 
 
 def bench_outputs(tmp: Path, frames_store: MovieStore, levels: np.ndarray, codec: str,
-                  clevel: int, repeat: int) -> list[dict]:
-    """Mask filter, and encode+write of probabilities and masks with one codec."""
+                  clevel: int, repeat: int, hysteresis: float | None = None) -> list[dict]:
+    """Mask filter (with ``hysteresis``, default the workflow's), and encode+write of
+    probabilities and masks with one codec."""
     n = frames_store.n_frames
-    masks = np.stack([infer_stage.mask_from_levels(q, 127, 20) for q in levels])
-    steps = {"mask filter": lambda: [infer_stage.mask_from_levels(q, 127, 20) for q in levels]}
+    h = InferConfig().hysteresis if hysteresis is None else hysteresis
+    masks = np.stack([infer_stage.mask_from_levels(q, 127, 20, h) for q in levels])
+    steps = {"mask filter": lambda: [infer_stage.mask_from_levels(q, 127, 20, h)
+                                     for q in levels]}
     prob = frames_store.like(tmp / f"p-{codec}-{clevel}.zarr", np.uint8, codec=codec,
                              clevel=clevel)
     mask = frames_store.like(tmp / f"m-{codec}-{clevel}.zarr", np.uint8, codec=codec,
@@ -218,6 +222,8 @@ def main(argv=None) -> int:
     p.add_argument("--window-ms", type=float, nargs="+", default=[0.0, 12.5],
                    help="temporal windows of the model's input (12.5 ms: 5 frames at 400/s)")
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--hysteresis", type=float, default=None,
+                   help="infer.settings.hysteresis of the mask filter (default: the workflow's)")
     p.add_argument("--no-retain-heap", dest="retain_heap", action="store_false",
                    help="do not keep freed memory in the process (etemseg infer does)")
     p.add_argument("--json", type=Path, default=ROOT / "benchmarks/out/infer_host.json")
@@ -229,7 +235,7 @@ def main(argv=None) -> int:
     h, w = (int(v) for v in args.size.lower().split("x"))
     frames = synthetic_frames(args.frames, h, w, args.pixel_size_nm)
     levels = stored_levels(frames)
-    infer_stage.mask_from_levels(levels[0], 127, 20)   # warm-up: numba compilation
+    infer_stage.mask_from_levels(levels[0], 127, 20, 0.5)   # warm-up: numba compilation
     rows = []
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
@@ -239,11 +245,12 @@ def main(argv=None) -> int:
             for window_ms in args.window_ms:
                 for mode in args.modes:
                     rows.append(bench_job(tmp, store, levels, codec, mode, args.repeat,
-                                          window_ms))
+                                          window_ms, args.hysteresis))
             rows.append(bench_decode(store, codec, args.repeat))
         for spec in args.output_codecs:
             codec, _, clevel = spec.partition(":")
-            rows.extend(bench_outputs(tmp, store, levels, codec, int(clevel or 1), args.repeat))
+            rows.extend(bench_outputs(tmp, store, levels, codec, int(clevel or 1), args.repeat,
+                                      args.hysteresis))
     print(f"\ninfer_chunk host side, {h}x{w}, {args.frames} frames, {args.threads} thread(s), "
           f"{'heap retained' if args.retain_heap else 'heap not retained'}")
     print(f"{'row':26s} {'mode':11s} {'codec':11s} {'s':>8s} {'frames/s':>9s} "
