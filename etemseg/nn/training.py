@@ -613,10 +613,9 @@ def masks_from_probabilities(prob: np.ndarray, work_factor: int = 1,
     """Masks (N, H, W) uint8 of particle probabilities (N, H, W) as ``etemseg infer`` makes them
     with its default settings (:class:`~etemseg.nn.inference.InferConfig`): each frame's Otsu
     threshold of its uint8 probability levels (an empty mask where the frame has no
-    particle/background structure), components grown to the lenient level (``hysteresis``),
-    then components under ``min_area_px`` working pixels of a model of work factor
-    ``work_factor`` removed (:meth:`InferConfig.min_area_px_at`).  ``hysteresis``: instead of
-    the default :attr:`InferConfig.hysteresis`."""
+    particle/background structure), its components of at least ``min_area_px`` working pixels
+    of a model of work factor ``work_factor`` (:meth:`InferConfig.min_area_px_at`), grown by
+    the hysteresis (:attr:`InferConfig.hysteresis`; ``hysteresis``: another value)."""
     from etemseg.levels import (EMPTY_LEVEL, hysteresis_levels, level_histogram, otsu_split,
                                 quantise)
     from etemseg.morphology import above_level_filtered

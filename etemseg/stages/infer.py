@@ -72,8 +72,8 @@ def resolve_min_area(cfg: InferConfig, frames: MovieStore, work_factor: int = 1
 def mask_from_levels(q: np.ndarray, level: int, min_area_px: int, hysteresis: float = 1.0
                      ) -> np.ndarray:
     """Binary mask (H, W) uint8 of ``q > level`` without 8-connected components (as measured)
-    under ``min_area_px`` pixels; with ``hysteresis`` < 1 each component is grown over the
-    pixels above the lenient level it touches (:attr:`InferConfig.hysteresis`)."""
+    under ``min_area_px`` pixels; with ``hysteresis`` < 1 the kept components are grown over
+    the lenient pixels around them (:attr:`InferConfig.hysteresis`)."""
     out = np.zeros(q.shape, np.uint8)
     mask_into(q, level, min_area_px, out, hysteresis)
     return out
