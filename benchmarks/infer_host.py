@@ -65,7 +65,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from etemseg.io.store import MovieStore, create_store  # noqa: E402
-from etemseg.nn.inference import InferConfig, retain_heap  # noqa: E402
+from etemseg.nn.inference import HYSTERESIS, InferConfig, retain_heap  # noqa: E402
 from etemseg.stages import infer as infer_stage  # noqa: E402
 
 
@@ -137,9 +137,8 @@ def timed(fn, repeat: int) -> tuple[float, float]:
 
 
 def bench_job(tmp: Path, frames_store: MovieStore, levels: np.ndarray, codec: str, mode: str,
-              repeat: int, window_ms: float = 0.0, hysteresis: float | None = None) -> dict:
-    cfg = InferConfig(threshold=mode, min_area_px=20, device="cpu",
-                      hysteresis=InferConfig().hysteresis if hysteresis is None else hysteresis)
+              repeat: int, window_ms: float = 0.0, hysteresis: float = HYSTERESIS) -> dict:
+    cfg = InferConfig(threshold=mode, min_area_px=20, device="cpu", hysteresis=hysteresis)
     infer_stage.stream_levels = fake_stream_levels(levels, 0)
     n = frames_store.n_frames
 
@@ -176,13 +175,12 @@ def bench_decode(frames_store: MovieStore, codec: str, repeat: int) -> dict:
 
 
 def bench_outputs(tmp: Path, frames_store: MovieStore, levels: np.ndarray, codec: str,
-                  clevel: int, repeat: int, hysteresis: float | None = None) -> list[dict]:
+                  clevel: int, repeat: int, hysteresis: float = HYSTERESIS) -> list[dict]:
     """Mask filter (with ``hysteresis``, default the workflow's), and encode+write of
     probabilities and masks with one codec."""
     n = frames_store.n_frames
-    h = InferConfig().hysteresis if hysteresis is None else hysteresis
-    masks = np.stack([infer_stage.mask_from_levels(q, 127, 20, h) for q in levels])
-    steps = {"mask filter": lambda: [infer_stage.mask_from_levels(q, 127, 20, h)
+    masks = np.stack([infer_stage.mask_from_levels(q, 127, 20, hysteresis) for q in levels])
+    steps = {"mask filter": lambda: [infer_stage.mask_from_levels(q, 127, 20, hysteresis)
                                      for q in levels]}
     prob = frames_store.like(tmp / f"p-{codec}-{clevel}.zarr", np.uint8, codec=codec,
                              clevel=clevel)
@@ -222,8 +220,9 @@ def main(argv=None) -> int:
     p.add_argument("--window-ms", type=float, nargs="+", default=[0.0, 12.5],
                    help="temporal windows of the model's input (12.5 ms: 5 frames at 400/s)")
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--hysteresis", type=float, default=None,
-                   help="infer.settings.hysteresis of the mask filter (default: the workflow's)")
+    p.add_argument("--hysteresis", type=float, default=HYSTERESIS,
+                   help="infer.settings.hysteresis of the mask filter (default: the workflow's, "
+                        f"{HYSTERESIS})")
     p.add_argument("--no-retain-heap", dest="retain_heap", action="store_false",
                    help="do not keep freed memory in the process (etemseg infer does)")
     p.add_argument("--json", type=Path, default=ROOT / "benchmarks/out/infer_host.json")

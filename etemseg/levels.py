@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["EMPTY_LEVEL", "dequantise", "hysteresis_levels", "lenient_level", "level_histogram",
-           "otsu_level", "otsu_split", "quantise", "threshold_level"]
+__all__ = ["EMPTY_LEVEL", "dequantise", "hysteresis_levels", "level_histogram", "otsu_level",
+           "otsu_split", "quantise", "threshold_level"]
 
 #: Threshold level of an empty mask (``q > 255`` is never true).
 EMPTY_LEVEL = 255
@@ -74,19 +74,13 @@ def otsu_level(hist: np.ndarray) -> int:
     return otsu_split(hist)[0]
 
 
-def lenient_level(level: int, hysteresis: float) -> int:
-    """The lenient level of a threshold ``level`` for hysteresis (``q > level`` strict, ``q >
-    lenient`` lenient): ``floor(hysteresis * level)``, ``hysteresis`` in (0, 1]; 1 (or an empty
-    mask's :data:`EMPTY_LEVEL`, which nothing exceeds) is ``level`` itself, no hysteresis."""
-    if hysteresis >= 1 or level >= EMPTY_LEVEL:
-        return int(level)
-    return int(np.floor(hysteresis * level + 1e-6))
-
-
 def hysteresis_levels(level: int, hysteresis: float) -> tuple[int, int]:
     """``(low, mid)`` of a threshold ``level`` under hysteresis (see
-    :func:`etemseg.morphology.above_level_filtered`): the lenient level :func:`lenient_level`
-    and the level over which pieces of one particle join, midway between it and ``level``,
-    ``floor((1 + hysteresis) / 2 * level)``.  Both are ``level`` without hysteresis."""
+    :func:`etemseg.morphology.above_level_filtered`): the lenient level ``floor(hysteresis *
+    level)`` and the level over which pieces of one particle join, midway between it and
+    ``level``, ``floor((1 + hysteresis) / 2 * level)``.  Both are ``level`` without hysteresis
+    (``hysteresis`` >= 1) and for an empty mask's :data:`EMPTY_LEVEL`, which nothing exceeds."""
     h = min(float(hysteresis), 1.0)
-    return lenient_level(level, h), lenient_level(level, (1.0 + h) / 2.0)
+    if h >= 1 or level >= EMPTY_LEVEL:
+        return int(level), int(level)
+    return (int(np.floor(h * level + 1e-6)), int(np.floor((1.0 + h) / 2.0 * level + 1e-6)))

@@ -1027,6 +1027,19 @@ def _containing(row, start, stop, srow, sstart):  # pragma: no cover - numba
 
 
 @numba.njit(cache=True, nogil=True)
+def _write_runs(out, row, start, stop, keep):  # pragma: no cover - numba
+    """Set the runs ``r`` with ``keep[r]`` to 1 in ``out``; returns the pixels set."""
+    kept = 0
+    for r in range(len(row)):
+        if keep[r]:
+            line = out[row[r]]
+            for j in range(start[r], stop[r]):
+                line[j] = 1
+            kept += stop[r] - start[r]
+    return kept
+
+
+@numba.njit(cache=True, nogil=True)
 def above_level_filtered(img, level, min_area, out, low=-1, mid=-1):  # pragma: no cover - numba
     """Write ``img > level`` without its 8-connected components of fewer than ``min_area``
     pixels into ``out`` (uint8, same shape, all zero on entry) as 0/1; returns the number of
@@ -1046,25 +1059,19 @@ def above_level_filtered(img, level, min_area, out, low=-1, mid=-1):  # pragma: 
         mid = low
     row, start, stop, root, area = component_roots(img, low)
     if low == level:
-        kept = 0
-        for r in range(len(row)):
-            if area[r] >= min_area:
-                line = out[row[r]]
-                for j in range(start[r], stop[r]):
-                    line[j] = 1
-                kept += stop[r] - start[r]
-        return kept
+        return _write_runs(out, row, start, stop, area >= min_area)
     srow, sstart, _, _, sarea = component_roots(img, level)
     if mid == low:
         mrow, mstart, mstop, mroot = row, start, stop, root
+        in_low = np.arange(len(row))
     else:
         mrow, mstart, mstop, mroot, _ = component_roots(img, mid)
+        in_low = _containing(row, start, stop, mrow, mstart)
     in_mid = _containing(mrow, mstart, mstop, srow, sstart)
     particle = np.zeros(len(mrow), np.bool_)         # per mid root: holds a particle
     for r in range(len(srow)):
         if sarea[r] >= min_area:
             particle[mroot[in_mid[r]]] = True
-    in_low = _containing(row, start, stop, mrow, mstart)
     seed = np.full(len(row), -1, np.int64)           # per low root: its particle, -2 several
     for r in range(len(mrow)):
         m = mroot[r]
@@ -1074,20 +1081,11 @@ def above_level_filtered(img, level, min_area, out, low=-1, mid=-1):  # pragma: 
                 seed[q] = m
             elif seed[q] != m:
                 seed[q] = -2
-    kept = 0
-    for r in range(len(row)):
-        if seed[root[r]] >= 0:
-            line = out[row[r]]
-            for j in range(start[r], stop[r]):
-                line[j] = 1
-            kept += stop[r] - start[r]
+    kept = _write_runs(out, row, start, stop, seed[root] >= 0)
+    several = np.empty(len(mrow), np.bool_)
     for r in range(len(mrow)):
-        if particle[mroot[r]] and seed[root[in_low[r]]] == -2:
-            line = out[mrow[r]]
-            for j in range(mstart[r], mstop[r]):
-                line[j] = 1
-            kept += mstop[r] - mstart[r]
-    return kept
+        several[r] = particle[mroot[r]] and seed[root[in_low[r]]] == -2
+    return kept + _write_runs(out, mrow, mstart, mstop, several)
 
 
 @numba.njit(cache=True, nogil=True)

@@ -19,8 +19,8 @@ fine-pixel movies faster too.
 The optimised path (default) folds BatchNorm into the convolutions, uses channels-last memory
 layout and ``torch.inference_mode``; on CUDA it also runs in bf16/fp16 autocast.
 
-Thresholding the levels into masks (and the settings for it in :class:`InferConfig`) is the
-``etemseg infer`` stage's (:mod:`etemseg.stages.infer`).
+Thresholding the levels into masks (:func:`mask_into`, with the settings in :class:`InferConfig`)
+is applied per frame by the ``etemseg infer`` stage (:mod:`etemseg.stages.infer`).
 """
 
 from __future__ import annotations
@@ -35,13 +35,15 @@ import numpy as np
 import torch
 
 from etemseg.errors import ConfigError, is_number
+from etemseg.levels import hysteresis_levels
+from etemseg.morphology import above_level_filtered
 from etemseg.nn.checkpoint import load_model, normalise_tensor
 from etemseg.nn.models import fuse_for_inference, tiling, work_factor_of
 from etemseg.scales import area_px
 
 __all__ = ["HYSTERESIS", "MIN_SEPARATION", "THRESHOLD_MODES", "InferConfig", "amp_dtype_of",
-           "histograms", "open_model", "prepare_model", "probabilities", "retain_heap",
-           "stream_levels", "tiles", "upload"]
+           "histograms", "mask_from_levels", "mask_into", "open_model", "prepare_model",
+           "probabilities", "retain_heap", "stream_levels", "tiles", "upload"]
 
 #: Values of ``InferConfig.threshold``.
 THRESHOLD_MODES = ("fixed", "otsu_frame", "otsu_chunk")
@@ -143,6 +145,25 @@ class InferConfig:
         if self.min_area_nm2 is None or not pixel_size_nm:
             return self.min_area_px * work_factor ** 2
         return area_px(self.min_area_nm2, pixel_size_nm)
+
+
+def mask_from_levels(q: np.ndarray, level: int, min_area_px: int, hysteresis: float = 1.0
+                     ) -> np.ndarray:
+    """Binary mask (H, W) uint8 of ``q > level`` without 8-connected components (as measured)
+    under ``min_area_px`` pixels; with ``hysteresis`` < 1 the kept components are grown over
+    the lenient pixels around them (:attr:`InferConfig.hysteresis`)."""
+    out = np.zeros(q.shape, np.uint8)
+    mask_into(q, level, min_area_px, out, hysteresis)
+    return out
+
+
+def mask_into(q: np.ndarray, level: int, min_area_px: int, out: np.ndarray,
+              hysteresis: float = 1.0) -> int:
+    """:func:`mask_from_levels` written into ``out`` (zeros, uint8); returns its pixel count.
+    The one place a threshold level becomes a mask (``etemseg infer`` and
+    :func:`etemseg.nn.training.masks_from_probabilities`)."""
+    return int(above_level_filtered(q, level, max(1, int(min_area_px)), out,
+                                    *hysteresis_levels(level, hysteresis)))
 
 
 def prepare_model(model: torch.nn.Module, device: torch.device, optimised: bool

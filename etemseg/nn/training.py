@@ -616,20 +616,18 @@ def masks_from_probabilities(prob: np.ndarray, work_factor: int = 1,
     particle/background structure), its components of at least ``min_area_px`` working pixels
     of a model of work factor ``work_factor`` (:meth:`InferConfig.min_area_px_at`), grown by
     the hysteresis (:attr:`InferConfig.hysteresis`; ``hysteresis``: another value)."""
-    from etemseg.levels import (EMPTY_LEVEL, hysteresis_levels, level_histogram, otsu_split,
-                                quantise)
-    from etemseg.morphology import above_level_filtered
-    from etemseg.nn.inference import InferConfig
+    from etemseg.levels import EMPTY_LEVEL, level_histogram, otsu_split, quantise
+    from etemseg.nn.inference import InferConfig, mask_into
 
     icfg = InferConfig()
     hysteresis = icfg.hysteresis if hysteresis is None else hysteresis
-    min_area = max(1, icfg.min_area_px_at(None, work_factor))
+    min_area = icfg.min_area_px_at(None, work_factor)
     out = np.zeros(prob.shape, np.uint8)
     for i, qi in enumerate(quantise(prob)):
         level, separation = otsu_split(level_histogram(qi))
         if separation < icfg.min_separation:
             level = EMPTY_LEVEL
-        above_level_filtered(qi, level, min_area, out[i], *hysteresis_levels(level, hysteresis))
+        mask_into(qi, level, min_area, out[i], hysteresis)
     return out
 
 

@@ -15,12 +15,12 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from etemseg.levels import EMPTY_LEVEL, hysteresis_levels, otsu_split
+from etemseg.levels import EMPTY_LEVEL, otsu_split
 from etemseg.nn.device import pick_device
-from etemseg.nn.inference import MIN_SEPARATION, InferConfig, open_model, stream_levels  # noqa: F401
+from etemseg.nn.inference import (MIN_SEPARATION, InferConfig, mask_from_levels,  # noqa: F401
+                                  mask_into, open_model, stream_levels)
 from etemseg.protocol import ChunkStage, Receipt
 from etemseg.nn.models import parse_arch, work_factor_of
-from etemseg.morphology import above_level_filtered
 from etemseg.io.store import (BlockWriter, MovieStore, frames_in_window, map_chunk,
                               read_chunk_ahead)
 
@@ -67,23 +67,6 @@ def resolve_min_area(cfg: InferConfig, frames: MovieStore, work_factor: int = 1
                         "using infer.min_area_px = %d px instead", frames.path,
                         cfg.min_area_nm2, cfg.min_area_px)
     return dataclasses.replace(cfg, min_area_px=cfg.min_area_px_at(ps, work_factor))
-
-
-def mask_from_levels(q: np.ndarray, level: int, min_area_px: int, hysteresis: float = 1.0
-                     ) -> np.ndarray:
-    """Binary mask (H, W) uint8 of ``q > level`` without 8-connected components (as measured)
-    under ``min_area_px`` pixels; with ``hysteresis`` < 1 the kept components are grown over
-    the lenient pixels around them (:attr:`InferConfig.hysteresis`)."""
-    out = np.zeros(q.shape, np.uint8)
-    mask_into(q, level, min_area_px, out, hysteresis)
-    return out
-
-
-def mask_into(q: np.ndarray, level: int, min_area_px: int, out: np.ndarray,
-              hysteresis: float = 1.0) -> int:
-    """:func:`mask_from_levels` written into ``out`` (zeros, uint8); returns its pixel count."""
-    return int(above_level_filtered(q, level, max(1, int(min_area_px)), out,
-                                    *hysteresis_levels(level, hysteresis)))
 
 
 class _ChunkMasks:
