@@ -121,7 +121,8 @@ def cached_masks(source: str, p: SynthParams, deg: Degrade, window_ms: float) ->
     elif source == "cnn":
         what = json.dumps({"window_ms": window_ms, "preset": PRESETS["default"].to_dict(),
                            "arch": "unet4-norm", "train": demo_train_settings(),
-                           "edge_reach": EDGE_REACH, "hysteresis": InferConfig().hysteresis},
+                           "edge_reach": EDGE_REACH, "hysteresis": InferConfig().hysteresis,
+                           "edges": "reflected"},
                           sort_keys=True)
     else:
         what = json.dumps({"window_ms": window_ms, "preset": PRESETS["default"].to_dict()},

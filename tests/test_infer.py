@@ -14,9 +14,10 @@ from etemseg.analysis.scoring import pixel_counts, rates
 from etemseg.errors import ConfigError
 from etemseg.io.store import MovieStore
 from etemseg.levels import otsu_level, otsu_split, quantise
-from etemseg.nn.inference import (MIN_SEPARATION, InferConfig, open_model, prepare_model,
-                                  probabilities, stream_levels, tiles)
-from etemseg.nn.models import build_model, halo, parse_arch, size_multiple
+from etemseg.nn.checkpoint import normalise_tensor
+from etemseg.nn.inference import (MIN_SEPARATION, InferConfig, edge_padding, open_model,
+                                  prepare_model, probabilities, reflect_pad, stream_levels, tiles)
+from etemseg.nn.models import build_model, halo, parse_arch, size_multiple, tiling
 from etemseg.nn.training import TrainConfig
 from etemseg.stages.infer import infer_chunk, mask_from_levels
 from etemseg.stages.ingest import ingest
@@ -67,6 +68,29 @@ def test_tiled_equals_whole_frame(name):
     tiled = predict(model, frames, arch=arch, cfg=InferConfig(max_tile_px=96), device="cpu")
     assert len(tiles(203, 96, size_multiple(arch), halo(arch))) > 1 or halo(arch) > 40
     np.testing.assert_allclose(tiled, whole, atol=1e-5)
+
+
+def test_frame_edges_are_reflected_not_zero_padded():
+    """The model sees the frame continued by reflection over its halo (rounded up to its pooling
+    grid), not the convolutions' zero (mean) padding, whole-frame and tiled alike."""
+    arch = parse_arch("unet4-norm")
+    m, margin = tiling(arch)
+    assert edge_padding((150, 203), m, margin) == 32 == -(-margin // m) * m
+    assert edge_padding((20, 203), m, margin) == 16  # a small frame reflects less
+    assert edge_padding((8, 8), m, margin) == 0
+    frames = np.random.default_rng(2).poisson(200, (2, 150, 203)).astype(np.uint16)
+    frames[:, :40, :40] -= 60  # a dark corner
+    model = prepare_model(random_model("unet4-norm"), torch.device("cpu"), optimised=False)
+    got = predict(model, frames, arch=arch, cfg=InferConfig(max_tile_px=0), device="cpu")
+    x = normalise_tensor(torch.from_numpy(frames.astype(np.float32)))
+    with torch.no_grad():
+        logits = model(reflect_pad(x, 32)[:, None])[:, :, 32:182, 32:235]
+        zero = torch.softmax(model(x[:, None]), 1)[:, 1].numpy()
+    np.testing.assert_allclose(got, torch.softmax(logits, 1)[:, 1].numpy(), atol=1e-5)
+    np.testing.assert_allclose(got[:, 40:-40, 40:-40], zero[:, 40:-40, 40:-40], atol=1e-5)
+    assert np.abs(got[:, :8, :8] - zero[:, :8, :8]).max() > 1e-3  # the edge is seen otherwise
+    tiled = predict(model, frames, arch=arch, cfg=InferConfig(max_tile_px=96), device="cpu")
+    np.testing.assert_allclose(tiled, got, atol=1e-5)
 
 
 def test_optimised_path_gives_identical_masks():

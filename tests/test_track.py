@@ -246,6 +246,40 @@ def test_appear_enter_exit(mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_ripening_away_at_the_border_is_a_vanish(mode):
+    """Two particles end touching the right edge: one shrinks with its centre in view (it
+    ripened away: vanish), the other keeps its size while the edge cuts past its centre (exit)."""
+    frames = []
+    for f in range(24):
+        d = [STATIC]
+        if f < 14:
+            d.append((20, 94.5, 8 - 6 * f / 13))  # centre 1 px inside the edge, shrinking
+        if f < 12:
+            d.append((38, 90 + f, 6))  # carried out through the edge
+        frames.append(d)
+    labs, det = movie(frames)
+    assert det[det.frame == 13].touches_border.sum() == 1
+    traj, events, _ = run(mode, labs, det)
+    got = {(e.kind, int(e.parents[0])) for e in events.itertuples()}
+    assert got == {("vanish", pid(traj, 0, 20, 94)), ("exit", pid(traj, 0, 38, 90))}
+    assert events.set_index("kind").loc["vanish", "frame"] >= 14
+
+
+def test_centre_in_view_of_a_disc_cut_by_the_edge():
+    """A disc's visible part tells whether its centre is in view, at any size and either edge."""
+    from etemseg.tracking.detections import Detections
+
+    shape = (64, 96)
+    for r in (4, 7, 12):
+        for inside in (-0.5, 0.3, 0.6):  # centre's distance inside the edge, in radii
+            discs = [(20, 95.5 - inside * r, r), (44, -0.5 + inside * r, r)]
+            parts = [measure(paint(shape, [d]), f) for f, d in enumerate(discs)]
+            det = Detections(pd.concat(parts, ignore_index=True), PS, shape)
+            assert det.border.all()
+            assert det.centre_in_view(np.arange(2)).tolist() == [inside > 0] * 2, (r, inside)
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_split_is_flagged(mode):
     frames = [[(30, 40, 7), (30, 50, 7), STATIC]] * 3  # one peanut-shaped component
     frames += [[(30, 37, 6), (30, 53, 6), STATIC]] * 3  # two discs

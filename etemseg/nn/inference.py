@@ -196,6 +196,28 @@ def tiles(length: int, tile: int, multiple: int, margin: int) -> list[tuple[int,
     return out
 
 
+def edge_padding(shape: tuple[int, int], multiple: int, margin: int) -> int:
+    """Pixels of reflected image added on every side of a frame before the model sees it.
+
+    The model's halo ``margin`` rounded up to ``multiple`` (the pooling grid stays the frame's),
+    less where the frame is too small to reflect that far. Without it the convolutions pad the
+    frame edge with zeros, i.e. the frame's mean after normalisation: beside a corner that the
+    illumination fall-off darkens, that step reads as a particle's edge, and the network draws
+    particles in the corners (the tracking benchmark's realistic movies: long-lived false
+    trajectories that made false coalescences and identity switches).
+    """
+    p = math.ceil(margin / multiple) * multiple
+    return max(0, min(p, (min(shape) - 1) // multiple * multiple))
+
+
+def reflect_pad(x: torch.Tensor, p: int) -> torch.Tensor:
+    """(B, H + 2p, W + 2p) of a (B, H, W) tensor, reflected at the edges (``p`` from
+    :func:`edge_padding`)."""
+    if p <= 0:
+        return x
+    return torch.nn.functional.pad(x[:, None], (p, p, p, p), mode="reflect")[:, 0]
+
+
 def _forward(model, x: torch.Tensor, optimised: bool, amp_dtype: torch.dtype | None
              ) -> torch.Tensor:
     """Particle probability (B, H, W) float32 of normalised (B, H, W) input, on its device."""
@@ -272,17 +294,19 @@ def probabilities(model, batches: Iterable[np.ndarray], *, arch, cfg: InferConfi
     for raw in upload(batches, device):
         x = normalise_tensor(_to_float(raw))
         H, W = x.shape[1:]
-        tile = cfg.max_tile_px or max(H, W)
-        ys, xs = tiles(H, tile, m, margin), tiles(W, tile, m, margin)
+        pad = edge_padding((H, W), m, margin)
+        x = reflect_pad(x, pad)
+        tile = cfg.max_tile_px or max(x.shape[1:])
+        ys, xs = tiles(x.shape[1], tile, m, margin), tiles(x.shape[2], tile, m, margin)
         if len(ys) == 1 and len(xs) == 1:
-            yield _forward(model, x, cfg.optimised, amp)
+            yield _forward(model, x, cfg.optimised, amp)[:, pad:pad + H, pad:pad + W]
             continue
         out = torch.empty(x.shape, dtype=torch.float32, device=device)
         for y0, y1, ky0, ky1 in ys:
             for x0, x1, kx0, kx1 in xs:
                 p = _forward(model, x[:, y0:y1, x0:x1], cfg.optimised, amp)
                 out[:, ky0:ky1, kx0:kx1] = p[:, ky0 - y0:ky1 - y0, kx0 - x0:kx1 - x0]
-        yield out
+        yield out[:, pad:pad + H, pad:pad + W]
 
 
 def histograms(q: torch.Tensor) -> torch.Tensor:

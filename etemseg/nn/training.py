@@ -45,8 +45,8 @@ from etemseg.nn.checkpoint import (MODEL_FORMAT, NORMALISATION, model_file_bytes
                                    one_line, versions)
 from etemseg.nn.device import pick_device
 from etemseg.nn.models import (WORK_PIXEL_NM, build_model, canonical_name, count_parameters,
-                               parse_arch, size_multiple, with_work_factor, work_factor,
-                               work_factor_of)
+                               parse_arch, size_multiple, tiling, with_work_factor,
+                               work_factor, work_factor_of)
 
 log = logging.getLogger(__name__)
 
@@ -634,14 +634,19 @@ def masks_from_probabilities(prob: np.ndarray, work_factor: int = 1,
 @torch.no_grad()
 def predict_masks(model: torch.nn.Module, images: np.ndarray, device: torch.device, *,
                   batch: int = 4) -> np.ndarray:
-    """Masks (N, H, W) uint8 of normalised ``images`` (N, H, W) by ``model``, thresholded as
-    ``etemseg infer`` does by default (:func:`masks_from_probabilities`)."""
+    """Masks (N, H, W) uint8 of normalised ``images`` (N, H, W) by ``model``, edges reflected and
+    thresholded as ``etemseg infer`` does by default (:func:`masks_from_probabilities`)."""
+    from etemseg.nn.inference import edge_padding, reflect_pad
+
     was_training = model.training
     model.eval()
     prob = np.zeros(images.shape, np.float32)
+    H, W = images.shape[-2:]
+    pad = edge_padding((H, W), *tiling(model.cfg, work_factor_of(model)))
     for b in range(0, len(images), batch):
-        x = torch.from_numpy(images[b:b + batch].astype(np.float32))[:, None].to(device)
-        prob[b:b + batch] = torch.softmax(model(x).float(), 1)[:, 1].cpu().numpy()
+        x = reflect_pad(torch.from_numpy(images[b:b + batch].astype(np.float32)).to(device), pad)
+        prob[b:b + batch] = (torch.softmax(model(x[:, None]).float(), 1)[:, 1]
+                             [:, pad:pad + H, pad:pad + W].cpu().numpy())
     model.train(was_training)
     return masks_from_probabilities(prob, work_factor_of(model))
 

@@ -21,6 +21,11 @@ __all__ = ["Detections", "check_frames", "frame_sequence", "frame_times", "group
            "size_columns"]
 
 
+#: Centroid distance from the chord over the square root of the area of a half disc,
+#: ``(4 / (3 pi)) / sqrt(pi / 2)``: a disc cut by a line through its centre.
+HALF_DISC_RATIO = 4 / (3 * math.pi) / math.sqrt(math.pi / 2)
+
+
 class Detections:
     """Detections sorted by (frame, label) as plain arrays, with per-frame offsets.
 
@@ -50,6 +55,8 @@ class Detections:
         Equivalent diameter, nm, and the volume proxy ``diam_nm ** 3``, nm^3.
     border : (N,) bool
         The particle touches the image border.
+    shape : (int, int) or None
+        ``(H, W)`` of the frames, when given.
     time : (N,) float or None
         ``time_s`` of each row, s.
     frames, start, stop : (F,) int64
@@ -81,9 +88,27 @@ class Detections:
         self.diam_nm = diam_nm
         self.vol = diam_nm**3
         self.border = _border(d, x, y, radius, frame_shape)
+        self.shape = None if frame_shape is None else (int(frame_shape[0]), int(frame_shape[1]))
         self.time = d["time_s"].to_numpy(float) if "time_s" in d.columns else None
         self.frames, self.start = np.unique(frame, return_index=True)
         self.stop = np.append(self.start[1:], len(d))
+
+    def centre_in_view(self, rows: np.ndarray) -> np.ndarray:
+        """(R,) bool: the particle of each row has its centre inside the frame.
+
+        Off the border, always.  At the border, the visible part is taken for a disc cut by the
+        nearest frame edge: the ratio of its centroid's distance from that edge to the square
+        root of its area grows with the visible depth alone (0 for a sliver, ``1 / sqrt(pi)``
+        for a whole disc) and is :data:`HALF_DISC_RATIO` when the edge runs through the centre.
+        Without a frame shape, False at the border."""
+        rows = np.asarray(rows, np.int64)
+        out = ~self.border[rows]
+        if self.shape is None:
+            return out
+        h, w = self.shape
+        y, x = self.y[rows], self.x[rows]
+        c = np.minimum(np.minimum(y + 0.5, h - 0.5 - y), np.minimum(x + 0.5, w - 0.5 - x))
+        return out | (c >= HALF_DISC_RATIO * np.sqrt(np.maximum(self.area[rows], 0.0)))
 
     def rows(self, f: int) -> slice:
         """Row range of frame ``f`` (empty when the frame has no detection)."""

@@ -678,6 +678,7 @@ def consolidate(det: Detections, kseq: np.ndarray, cum: np.ndarray, ids: np.ndar
     out = _rebuild(sg, events, dropped, root, first, last, final, win, n)
     if win.gap > 0:
         new_ids, out = _absorptions(det, kseq, cum, new_ids, out, win, maxd, times)
+        out = _vanishes_at_border(out, new_ids, det, kseq, times, win)
     return new_ids, _extinction(out, new_ids, det, kseq, times, win, law), trusted
 
 
@@ -718,14 +719,10 @@ def _extinction(events: pd.DataFrame, ids: np.ndarray, det: Detections, kseq: np
             if not np.isfinite(t_ext):
                 continue
         else:
-            if rows.size < 4:
+            fit = _shrinking(t, r3[rows])
+            if fit is None:
                 continue
-            a, b = np.polyfit(t - t[-1], r3[rows], 1)
-            res = r3[rows] - (a * (t - t[-1]) + b)
-            se = np.sqrt(res.var() * rows.size / max(rows.size - 2, 1)
-                         / max(((t - t.mean()) ** 2).sum(), 1e-30))
-            if not a < -2 * se:
-                continue
+            a, b = fit
             same = kseq == k_last
             rc = float(np.mean(det.diam_nm[same & ~det.border]) / 2) \
                 if (same & ~det.border).any() else float(np.cbrt(max(b, 1e-9)))
@@ -739,6 +736,46 @@ def _extinction(events: pd.DataFrame, ids: np.ndarray, det: Detections, kseq: np
     out = events.copy()
     out["frame"] = frame_of
     out["time_s"] = t_of
+    return _sorted(out)
+
+
+def _shrinking(t: np.ndarray, r3: np.ndarray) -> tuple[float, float] | None:
+    """``(slope, value at the last time)`` of a line fitted to ``r3`` (nm^3) against ``t`` (s)
+    when it falls by more than two standard errors (at least 4 points), else None."""
+    if t.size < 4:
+        return None
+    a, b = np.polyfit(t - t[-1], r3, 1)
+    res = r3 - (a * (t - t[-1]) + b)
+    se = np.sqrt(res.var() * t.size / max(t.size - 2, 1)
+                 / max(((t - t.mean()) ** 2).sum(), 1e-30))
+    return (float(a), float(b)) if a < -2 * se else None
+
+
+def _vanishes_at_border(events: pd.DataFrame, ids: np.ndarray, det: Detections,
+                        kseq: np.ndarray, times: np.ndarray, win: Windows) -> pd.DataFrame:
+    """An exit whose particle ripened away at the frame border is a vanish.
+
+    The pair linker calls every end at the border an exit.  It is a vanish when the particle's
+    centre was in view at the end (:meth:`Detections.centre_in_view` for most of its last
+    :data:`_ENDS` detections: the edge cut less than half of it) and it was shrinking (its
+    ``eq_diameter^3`` over the last ``gap`` frames falls by two standard errors,
+    :func:`_shrinking`): a particle carried out by the drift loses its centre first."""
+    sel = np.flatnonzero((events["kind"] == "exit").to_numpy())
+    if not sel.size or win.gap <= 0:
+        return events
+    order = np.argsort(ids, kind="stable")
+    lo = np.searchsorted(ids[order], np.arange(ids.max() + 2), side="left")
+    kinds = events["kind"].to_numpy(object).copy()
+    for e in sel.tolist():
+        p = int(events["parents"].iat[e][0])
+        rows = order[lo[p]:lo[p + 1]]
+        if 2 * det.centre_in_view(rows[-_ENDS:]).sum() <= min(rows.size, _ENDS):
+            continue
+        rows = rows[kseq[rows] > kseq[rows[-1]] - win.gap]
+        if _shrinking(times[kseq[rows]], det.vol[rows] / 8) is not None:
+            kinds[e] = "vanish"
+    out = events.copy()
+    out["kind"] = kinds
     return _sorted(out)
 
 
