@@ -44,6 +44,9 @@ This module decides events over physical time windows (ms, converted with the fr
    three robust standard deviations of its own volume noise; lower quartiles before and after, so
    frames joined in pixels or flickering do not count) within ``gap`` frames is a coalescence;
    the neighbour's rows from the gain on become the child.
+4b. **Ripened away at the border.**  An exit whose particle kept its centre in view (the cut
+   disc's geometry, :meth:`Detections.centre_in_view`) and was shrinking is a vanish
+   (:func:`_vanishes_at_border`).
 5. **Extinction time.**  A vanish of a shrinking particle is moved to its extrapolated extinction
    (:func:`_extinction`): the movie's LSW law integrated from each of its last detections,
    averaged with inverse-variance weights, when the law is determined (``k`` within a factor 2 at
