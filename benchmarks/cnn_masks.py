@@ -8,7 +8,7 @@ movie, in memory and on the CPU:
 2. ``pseudo:default`` labels (the ``default`` preset resolved at the pixel size) of
    ``train_frames`` means spread evenly over the movie -- the frames a training job samples;
 3. ``arch`` trained on them with the demo's training settings (``config/config.yaml``,
-   :func:`benchmarks.accuracy.train_on_pseudo`, seed 0);
+   :func:`benchmarks.accuracy.train_on_pseudo`, seed ``train_seed``, 0 by default);
 4. the model run on every mean through the inference engine, thresholded as ``etemseg infer``
    does by default (Otsu per frame, 20 working px minimum area:
    :func:`etemseg.nn.training.masks_from_probabilities`), ``block`` frames at a time.
@@ -47,7 +47,7 @@ def simulated_frames(p: SynthParams) -> tuple[np.ndarray, np.ndarray]:
 
 def cnn_stack(p: SynthParams, window_ms: float = DEFAULT_WINDOW_MS, *, arch: str = "unet4-norm",
               train_frames: int = 48, block: int = 64, frames: np.ndarray | None = None,
-              log=print) -> np.ndarray:
+              train_seed: int = 0, log=print) -> np.ndarray:
     """(T, H, W) bool masks of the movie ``p`` (or of its ``frames``) by ``arch`` trained on the
     movie's own windowed pseudo-labels; see the module docstring."""
     from benchmarks.accuracy import model_probabilities, train_on_pseudo
@@ -68,7 +68,8 @@ def cnn_stack(p: SynthParams, window_ms: float = DEFAULT_WINDOW_MS, *, arch: str
     prm = PRESETS["default"].resolved(p.pixel_size_nm)
     pseudo = (pseudolabel_stack(means_pick, prm) > 0).astype(np.uint8)
     t1 = time.perf_counter()
-    model = train_on_pseudo(normalise_frames(means_pick), pseudo, p.pixel_size_nm, arch, {})
+    model = train_on_pseudo(normalise_frames(means_pick), pseudo, p.pixel_size_nm, arch,
+                            {"seed": train_seed})
     t2 = time.perf_counter()
     masks = np.zeros(frames.shape, bool)
     a_arch, factor = parse_arch(arch), work_factor_of(model)

@@ -113,16 +113,19 @@ def pseudo_stack(p: SynthParams, window_ms: float = DEFAULT_WINDOW_MS, block: in
     return masks
 
 
-def cached_masks(source: str, p: SynthParams, deg: Degrade, window_ms: float) -> np.ndarray:
+def cached_masks(source: str, p: SynthParams, deg: Degrade, window_ms: float,
+                 train_seed: int = 0) -> np.ndarray:
     """The masks of ``source`` for ``p``, from ``benchmarks/out/cache`` when made before (bit
-    packed ``.npy``; the key holds every parameter that changes them)."""
+    packed ``.npy``; the key holds every parameter that changes them; ``train_seed``: the CNN's
+    training seed)."""
     if source == "degraded":
         what = json.dumps(deg.__dict__, sort_keys=True)
     elif source == "cnn":
         what = json.dumps({"window_ms": window_ms, "preset": PRESETS["default"].to_dict(),
                            "arch": "unet4-norm", "train": demo_train_settings(),
                            "edge_reach": EDGE_REACH, "hysteresis": InferConfig().hysteresis,
-                           "edges": "reflected"},
+                           "edges": "reflected", **({"train_seed": train_seed} if train_seed
+                                                    else {})},
                           sort_keys=True)
     else:
         what = json.dumps({"window_ms": window_ms, "preset": PRESETS["default"].to_dict()},
@@ -134,7 +137,7 @@ def cached_masks(source: str, p: SynthParams, deg: Degrade, window_ms: float) ->
     if path.exists():
         return np.unpackbits(np.load(path), count=int(np.prod(shape))).reshape(shape).astype(bool)
     if source == "cnn":
-        masks = cnn_stack(p, window_ms)
+        masks = cnn_stack(p, window_ms, train_seed=train_seed)
     else:
         masks = degraded_stack(p, deg) if source == "degraded" else pseudo_stack(p, window_ms)
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -143,14 +146,16 @@ def cached_masks(source: str, p: SynthParams, deg: Degrade, window_ms: float) ->
 
 
 def make_movie(seed: int, frames: int, size: int, ripening: float, deg: Degrade,
-               source: str = "degraded", window_ms: float = DEFAULT_WINDOW_MS) -> dict:
+               source: str = "degraded", window_ms: float = DEFAULT_WINDOW_MS,
+               train_seed: int = 0) -> dict:
     """Simulate one movie, make its masks (``source``: ``degraded`` truth, or ``pseudo``-labels
     of the realistic imaging mode) and measure them; returns masks, detections, truth tables."""
     imaging = "mass-thickness" if source == "degraded" else "realistic"
     p = SynthParams(frames=frames, height=size, width=size, seed=seed, ripening_rate=ripening,
                     imaging=imaging)
     t0 = time.perf_counter()
-    masks = cached_masks(source, p, Degrade(**{**deg.__dict__, "seed": seed}), window_ms)
+    masks = cached_masks(source, p, Degrade(**{**deg.__dict__, "seed": seed}), window_ms,
+                         train_seed)
     times = np.arange(frames) / p.fps
     det = pd.concat([measure_stack(masks[s:s + 256], None, frame0=s, time_s=times[s:s + 256],
                                    pixel_size_nm=p.pixel_size_nm, movie="bench",
@@ -585,6 +590,9 @@ def main() -> None:
     ap.add_argument("--window-ms", type=float, default=DEFAULT_WINDOW_MS,
                     help="pseudo masks: temporal window of the pseudolabel stage, ms")
     ap.add_argument("--ripening", type=float, default=20.0, help="synth ripening_rate, nm^3/s")
+    ap.add_argument("--train-seed", type=int, default=0,
+                    help="cnn masks: the CNN's training seed (one training per movie is one "
+                         "draw of its masks)")
     ap.add_argument("--tol-ms", type=float, default=25.0)
     ap.add_argument("--legacy", action="store_true", help="also run memory=3 frames, no windows")
     ap.add_argument("--no-centroid", action="store_true", help="skip centroid-only linking")
@@ -608,7 +616,7 @@ def main() -> None:
         for seed in [int(s) for s in a.seeds.split(",")]:
             case = make_movie(seed, a.frames, a.size, a.ripening,
                               Degrade(flicker_ms=a.flicker_ms, det_radius_nm=a.det_radius_nm),
-                              source, a.window_ms)
+                              source, a.window_ms, a.train_seed)
             runs = {"etemseg": dict(sets)}
             if not a.no_centroid:
                 runs["etemseg-centroid"] = {"centroid": True, **sets}
@@ -617,7 +625,8 @@ def main() -> None:
                                   "reid_ms": 0.0}
             for name, opts in runs.items():
                 traj, events, sec = run_etemseg(case, **opts)
-                row = {"masks": source, "seed": seed, "linker": name, "seconds": sec,
+                row = {"masks": source, "seed": seed, "train_seed": a.train_seed,
+                       "linker": name, "seconds": sec,
                        "detections": len(case["det"]), **score(case, traj, events, a.tol_ms)}
                 loose = score(case, traj, events, 2 * a.tol_ms)
                 row.update({f"{k}_2tol": loose[k] for k in ("coal_P", "coal_R", "van_P", "van_R")})
