@@ -45,8 +45,8 @@ from etemseg.nn.checkpoint import (MODEL_FORMAT, NORMALISATION, model_file_bytes
                                    one_line, versions)
 from etemseg.nn.device import pick_device
 from etemseg.nn.models import (WORK_PIXEL_NM, build_model, canonical_name, count_parameters,
-                               parse_arch, size_multiple, tiling, with_work_factor,
-                               work_factor, work_factor_of)
+                               parse_arch, size_multiple, with_work_factor, work_factor,
+                               work_factor_of)
 
 log = logging.getLogger(__name__)
 
@@ -634,19 +634,19 @@ def masks_from_probabilities(prob: np.ndarray, work_factor: int = 1,
 @torch.no_grad()
 def predict_masks(model: torch.nn.Module, images: np.ndarray, device: torch.device, *,
                   batch: int = 4) -> np.ndarray:
-    """Masks (N, H, W) uint8 of normalised ``images`` (N, H, W) by ``model``, edges reflected and
-    thresholded as ``etemseg infer`` does by default (:func:`masks_from_probabilities`)."""
-    from etemseg.nn.inference import edge_padding, reflect_pad
+    """Masks (N, H, W) uint8 of normalised ``images`` (N, H, W) by ``model``: the inference
+    engine's probabilities (:func:`etemseg.nn.inference.probabilities`, whole frames, edges
+    reflected; normalising normalised frames changes nothing), thresholded as ``etemseg infer``
+    does by default (:func:`masks_from_probabilities`)."""
+    from etemseg.nn.inference import InferConfig, probabilities
 
     was_training = model.training
     model.eval()
-    prob = np.zeros(images.shape, np.float32)
-    H, W = images.shape[-2:]
-    pad = edge_padding((H, W), *tiling(model.cfg, work_factor_of(model)))
-    for b in range(0, len(images), batch):
-        x = reflect_pad(torch.from_numpy(images[b:b + batch].astype(np.float32)).to(device), pad)
-        prob[b:b + batch] = (torch.softmax(model(x[:, None]).float(), 1)[:, 1]
-                             [:, pad:pad + H, pad:pad + W].cpu().numpy())
+    cfg = InferConfig(batch_size=batch, max_tile_px=0, optimised=False)
+    batches = (images[b:b + batch] for b in range(0, len(images), batch))
+    prob = [p.cpu().numpy() for p in probabilities(model, batches, arch=model.cfg, cfg=cfg,
+                                                   device=device)]
+    prob = np.concatenate(prob) if prob else np.zeros(images.shape, np.float32)
     model.train(was_training)
     return masks_from_probabilities(prob, work_factor_of(model))
 

@@ -62,6 +62,8 @@ The reasoning and the validation on realistic masks: ``docs/tracking.md``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
+
 import numpy as np
 import pandas as pd
 from scipy.ndimage import uniform_filter1d
@@ -681,12 +683,22 @@ def consolidate(det: Detections, kseq: np.ndarray, cum: np.ndarray, ids: np.ndar
     out = _rebuild(sg, events, dropped, root, first, last, final, win, n)
     if win.gap > 0:
         new_ids, out = _absorptions(det, kseq, cum, new_ids, out, win, maxd, times)
-        out = _vanishes_at_border(out, new_ids, det, kseq, times, win)
-    return new_ids, _extinction(out, new_ids, det, kseq, times, win, law), trusted
+        rows_of = _track_rows(new_ids)
+        out = _vanishes_at_border(out, rows_of, det, kseq, times, win)
+        out = _extinction(out, rows_of, det, kseq, times, win, law)
+    return new_ids, out, trusted
 
 
-def _extinction(events: pd.DataFrame, ids: np.ndarray, det: Detections, kseq: np.ndarray,
-                times: np.ndarray, win: Windows, law: _Lsw | None = None) -> pd.DataFrame:
+def _track_rows(ids: np.ndarray) -> Callable[[int], np.ndarray]:
+    """``rows(p)``: the rows of trajectory ``p`` of ``ids`` (N,), in row (= time) order."""
+    order = np.argsort(ids, kind="stable")
+    lo = np.searchsorted(ids[order], np.arange(ids.max() + 2), side="left")
+    return lambda p: order[lo[p]:lo[p + 1]]
+
+
+def _extinction(events: pd.DataFrame, rows_of: Callable[[int], np.ndarray], det: Detections,
+                kseq: np.ndarray, times: np.ndarray, win: Windows, law: _Lsw | None = None
+                ) -> pd.DataFrame:
     """Vanish time = extrapolated extinction of a shrinking particle.
 
     A ripening particle fades below the detection limit before it is gone.  With the movie's
@@ -703,8 +715,6 @@ def _extinction(events: pd.DataFrame, ids: np.ndarray, det: Detections, kseq: np
     sel = np.flatnonzero((events["kind"] == "vanish").to_numpy())
     if not sel.size or win.gap <= 0 or times.size < 2 or not np.isfinite(times).all():
         return events
-    order = np.argsort(ids, kind="stable")
-    lo = np.searchsorted(ids[order], np.arange(ids.max() + 2), side="left")
     r3 = (det.diam_nm / 2) ** 3
     n = times.size
     reach = 2 * win.gap
@@ -712,8 +722,7 @@ def _extinction(events: pd.DataFrame, ids: np.ndarray, det: Detections, kseq: np
     frame_of = events["frame"].to_numpy().copy()
     t_of = events["time_s"].to_numpy(float).copy()
     for e in sel.tolist():
-        p = int(events["parents"].iat[e][0])
-        rows = order[lo[p]:lo[p + 1]]
+        rows = rows_of(int(events["parents"].iat[e][0]))
         k_last = int(kseq[rows[-1]])
         rows = rows[kseq[rows] > k_last - win.gap]
         t = times[kseq[rows]]
@@ -754,8 +763,9 @@ def _shrinking(t: np.ndarray, r3: np.ndarray) -> tuple[float, float] | None:
     return (float(a), float(b)) if a < -2 * se else None
 
 
-def _vanishes_at_border(events: pd.DataFrame, ids: np.ndarray, det: Detections,
-                        kseq: np.ndarray, times: np.ndarray, win: Windows) -> pd.DataFrame:
+def _vanishes_at_border(events: pd.DataFrame, rows_of: Callable[[int], np.ndarray],
+                        det: Detections, kseq: np.ndarray, times: np.ndarray, win: Windows
+                        ) -> pd.DataFrame:
     """An exit whose particle ripened away at the frame border is a vanish.
 
     The pair linker calls every end at the border an exit.  It is a vanish when the particle's
@@ -764,14 +774,11 @@ def _vanishes_at_border(events: pd.DataFrame, ids: np.ndarray, det: Detections,
     ``eq_diameter^3`` over the last ``gap`` frames falls by two standard errors,
     :func:`_shrinking`): a particle carried out by the drift loses its centre first."""
     sel = np.flatnonzero((events["kind"] == "exit").to_numpy())
-    if not sel.size or win.gap <= 0:
+    if not sel.size:
         return events
-    order = np.argsort(ids, kind="stable")
-    lo = np.searchsorted(ids[order], np.arange(ids.max() + 2), side="left")
     kinds = events["kind"].to_numpy(object).copy()
     for e in sel.tolist():
-        p = int(events["parents"].iat[e][0])
-        rows = order[lo[p]:lo[p + 1]]
+        rows = rows_of(int(events["parents"].iat[e][0]))
         if 2 * det.centre_in_view(rows[-_ENDS:]).sum() <= min(rows.size, _ENDS):
             continue
         rows = rows[kseq[rows] > kseq[rows[-1]] - win.gap]
