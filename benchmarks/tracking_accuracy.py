@@ -28,14 +28,18 @@ precision / recall (events matched in time within ``--tol-ms`` and 3 nm; only tr
 particles the detector ever showed count: one never in the masks cannot be tracked), identity
 switches per 100 truth trajectories, the LSW rate K and whether its 95 % interval covers the
 truth's.  With ``--diagnose`` every identity switch, false and missed vanish and coalescence is
-counted by its cause (:func:`diagnose`).  With ``--ctc``: the Cell Tracking Challenge metrics
-computed by ``traccuracy`` and the same detections linked by ``laptrack`` (merging enabled) and
-``trackpy``.
+counted by its cause (:func:`diagnose`).  At the end a pooled table counts the events of every
+movie (and, with ``--train-seeds 0,1,2``, of every training of the CNN: one training is one draw
+of its masks) together, with 95 % Wilson intervals (``benchmarks/pooling.py``).  With
+``--ctc``: the Cell Tracking Challenge metrics computed by ``traccuracy`` and the same
+detections linked by ``laptrack`` (merging enabled) and ``trackpy``.
 
     python benchmarks/tracking_accuracy.py --frames 2000 --size 384 --seeds 1,2,3 \
         --masks degraded,pseudo --legacy --ctc --diagnose
     python benchmarks/tracking_accuracy.py --frames 400 --seeds 1 --legacy   # quick
     python benchmarks/tracking_accuracy.py --seeds 11,12 --set reid_ms=500   # a linker option
+    python benchmarks/tracking_accuracy.py --masks cnn --seeds 1,2,3 --train-seeds 0,1,2 \
+        --no-centroid --diagnose                  # 3 trainings of the CNN per movie, pooled
     python benchmarks/tracking_accuracy.py --masks cnn --seeds 11,12 --no-centroid \
         --set min_diameter_nm=0 --set trust_ms=0     # without the track-level trust
 
@@ -68,6 +72,7 @@ from etemseg.stages.pseudolabel import PRESETS, pseudolabel_stack  # noqa: E402
 from etemseg.synth import SynthParams, simulate, simulate_tracks  # noqa: E402
 from benchmarks.accuracy import demo_train_settings  # noqa: E402
 from benchmarks.cnn_masks import cnn_stack  # noqa: E402
+from benchmarks.pooling import pooled, print_pooled  # noqa: E402
 from etemseg.tracking import link_movie  # noqa: E402
 from tests.degrade import Degrade, degraded_masks  # noqa: E402
 
@@ -200,6 +205,10 @@ def score(case: dict, traj: pd.DataFrame, events: pd.DataFrame, tol_ms: float) -
         **trusted,
         "coal_P": tr["coalescence"]["precision"], "coal_R": tr["coalescence"]["recall"],
         "coal_n": f"{tr['coalescence']['measured']}/{tr['coalescence']['truth']}",
+        **{f"{short}_{c}": tr[kind][c] for short, kind in (("coal", "coalescence"),
+                                                           ("van", "vanish"))
+           for c in ("matched", "measured", "truth")},
+        "switches": tr["identity_switches"], "truth_trajectories": tr["truth_trajectories"],
         "van_P": tr["vanish"]["precision"], "van_R": tr["vanish"]["recall"],
         "van_n": f"{tr['vanish']['measured']}/{tr['vanish']['truth']}",
         "switches_per_100": 100 * tr["identity_switches"] / max(tr["truth_trajectories"], 1),
@@ -590,9 +599,10 @@ def main() -> None:
     ap.add_argument("--window-ms", type=float, default=DEFAULT_WINDOW_MS,
                     help="pseudo masks: temporal window of the pseudolabel stage, ms")
     ap.add_argument("--ripening", type=float, default=20.0, help="synth ripening_rate, nm^3/s")
-    ap.add_argument("--train-seed", type=int, default=0,
-                    help="cnn masks: the CNN's training seed (one training per movie is one "
-                         "draw of its masks)")
+    ap.add_argument("--train-seeds", "--train-seed", default="0",
+                    help="cnn masks: comma list of the CNN's training seeds; every movie is "
+                         "segmented by one training per seed (one training is one draw of its "
+                         "masks: the pooled table counts the events of all of them)")
     ap.add_argument("--tol-ms", type=float, default=25.0)
     ap.add_argument("--legacy", action="store_true", help="also run memory=3 frames, no windows")
     ap.add_argument("--no-centroid", action="store_true", help="skip centroid-only linking")
@@ -613,10 +623,11 @@ def main() -> None:
     for source in a.masks.split(","):
         if source not in MASK_SOURCES:
             ap.error(f"--masks: {source!r} is not one of {', '.join(MASK_SOURCES)}")
-        for seed in [int(s) for s in a.seeds.split(",")]:
+        trainings = [int(t) for t in a.train_seeds.split(",")] if source == "cnn" else [0]
+        for seed, train_seed in [(int(s), t) for s in a.seeds.split(",") for t in trainings]:
             case = make_movie(seed, a.frames, a.size, a.ripening,
                               Degrade(flicker_ms=a.flicker_ms, det_radius_nm=a.det_radius_nm),
-                              source, a.window_ms, a.train_seed)
+                              source, a.window_ms, train_seed)
             runs = {"etemseg": dict(sets)}
             if not a.no_centroid:
                 runs["etemseg-centroid"] = {"centroid": True, **sets}
@@ -625,7 +636,7 @@ def main() -> None:
                                   "reid_ms": 0.0}
             for name, opts in runs.items():
                 traj, events, sec = run_etemseg(case, **opts)
-                row = {"masks": source, "seed": seed, "train_seed": a.train_seed,
+                row = {"masks": source, "seed": seed, "train_seed": train_seed,
                        "linker": name, "seconds": sec,
                        "detections": len(case["det"]), **score(case, traj, events, a.tol_ms)}
                 loose = score(case, traj, events, 2 * a.tol_ms)
@@ -641,14 +652,18 @@ def main() -> None:
                 gap = int(round(50e-3 * case["params"].fps))  # gap_ms 50, as etemseg
                 for name, fn in (("laptrack", run_laptrack), ("trackpy", run_trackpy)):
                     g, sec = fn(case, maxd, gap)
-                    row = {"masks": source, "seed": seed, "linker": name, "seconds": sec,
+                    row = {"masks": source, "seed": seed, "train_seed": train_seed,
+                           "linker": name, "seconds": sec,
                            "detections": len(case["det"]), **ctc_scores(case, g)}
                     rows.append(row)
                     print(json.dumps(row, default=float), flush=True)
             del case
+    summary = pooled(rows)
+    print_pooled(summary)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(a), "results": rows}, indent=1, default=float))
+    out.write_text(json.dumps({"args": vars(a), "results": rows, "pooled": summary}, indent=1,
+                              default=float))
 
 
 if __name__ == "__main__":

@@ -265,6 +265,29 @@ def test_ripening_away_at_the_border_is_a_vanish(mode):
     assert events.set_index("kind").loc["vanish", "frame"] >= 14
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_border_particle_absorbed_by_a_neighbour_is_a_coalescence(mode):
+    """A particle at the edge shrinks below the detection limit with its centre in view, and a
+    neighbour gains its volume within the gap: the pair linker's exit is a vanish at the border
+    that was absorbed, so a coalescence whose child is the neighbour from its gain on."""
+    grown = 16
+    frames = []
+    for f in range(48):
+        d = [STATIC, (36, 82, 6 if f < grown else 7)]
+        if f < 14:
+            d.append((20, 94.5, 8 - 4 * f / 13))  # centre 1 px inside the edge, 8 -> 4 px
+        frames.append(d)
+    labs, det = movie(frames)
+    assert det[det.frame == 13].touches_border.sum() == 1
+    traj, events, _ = run(mode, labs, det)
+    assert list(events.kind) == ["coalescence"]
+    ev = events.iloc[0]
+    edge, nb = pid(traj, 0, 20, 94), pid(traj, 0, 36, 82)
+    assert sorted(ev.parents) == sorted([edge, nb]) and ev.frame == grown
+    assert ev.child == pid(traj, grown, 36, 82) not in (edge, nb)
+    assert traj[traj.particle == nb].frame.max() == grown - 1
+
+
 def test_centre_in_view_of_a_disc_cut_by_the_edge():
     """A disc's visible part tells whether its centre is in view, at any size and either edge."""
     from etemseg.tracking.detections import Detections

@@ -40,13 +40,13 @@ This module decides events over physical time windows (ms, converted with the fr
    An unconfirmed piece (shorter than ``confirm``) inside a confirmed trajectory's gap and
    inside its disc is that trajectory (:func:`_fill_gaps`): a particle at the detection limit
    that shows a small piece of itself while the pair linker's memory bridges its absence.
-4. **Delayed absorption.**  A vanish beside a neighbour that gains at least half its volume (and
-   three robust standard deviations of its own volume noise; lower quartiles before and after, so
-   frames joined in pixels or flickering do not count) within ``gap`` frames is a coalescence;
-   the neighbour's rows from the gain on become the child.
-4b. **Ripened away at the border.**  An exit whose particle kept its centre in view (the cut
+4. **Ripened away at the border.**  An exit whose particle kept its centre in view (the cut
    disc's geometry, :meth:`Detections.centre_in_view`) and was shrinking is a vanish
    (:func:`_vanishes_at_border`).
+4b. **Delayed absorption.**  A vanish (one at the border too) beside a neighbour that gains at
+   least half its volume (and three robust standard deviations of its own volume noise; lower
+   quartiles before and after, so frames joined in pixels or flickering do not count) within
+   ``gap`` frames is a coalescence; the neighbour's rows from the gain on become the child.
 5. **Extinction time.**  A vanish of a shrinking particle is moved to its extrapolated extinction
    (:func:`_extinction`): the movie's LSW law integrated from each of its last detections,
    averaged with inverse-variance weights, when the law is determined (``k`` within a factor 2 at
@@ -682,10 +682,9 @@ def consolidate(det: Detections, kseq: np.ndarray, cum: np.ndarray, ids: np.ndar
     new_ids = final[root[ids]]
     out = _rebuild(sg, events, dropped, root, first, last, final, win, n)
     if win.gap > 0:
+        out = _vanishes_at_border(out, _track_rows(new_ids), det, kseq, times, win)
         new_ids, out = _absorptions(det, kseq, cum, new_ids, out, win, maxd, times)
-        rows_of = _track_rows(new_ids)
-        out = _vanishes_at_border(out, rows_of, det, kseq, times, win)
-        out = _extinction(out, rows_of, det, kseq, times, win, law)
+        out = _extinction(out, _track_rows(new_ids), det, kseq, times, win, law)
     return new_ids, out, trusted
 
 
@@ -885,7 +884,7 @@ def _absorber(det: Detections, kseq: np.ndarray, ys: np.ndarray, xs: np.ndarray,
 def _absorptions(det: Detections, kseq: np.ndarray, cum: np.ndarray, ids: np.ndarray,
                  events: pd.DataFrame, win: Windows, maxd: float, times: np.ndarray
                  ) -> tuple[np.ndarray, pd.DataFrame]:
-    """Step 4: a vanish next to a neighbour that gains its volume within ``win.gap`` frames is a
+    """Step 4b: a vanish next to a neighbour that gains its volume within ``win.gap`` frames is a
     coalescence (the smaller parent dropped below the detection limit just before it merged):
     the neighbour's rows from the gain on become a new trajectory, the child."""
     van = np.flatnonzero((events["kind"] == "vanish").to_numpy())
