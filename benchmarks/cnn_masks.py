@@ -8,7 +8,9 @@ movie, in memory and on the CPU:
 2. ``pseudo:default`` labels (the ``default`` preset resolved at the pixel size) of
    ``train_frames`` means spread evenly over the movie -- the frames a training job samples;
 3. ``arch`` trained on them with the demo's training settings (``config/config.yaml``,
-   :func:`benchmarks.accuracy.train_on_pseudo`, seed ``train_seed``, 0 by default);
+   :func:`benchmarks.accuracy.train_on_pseudo`, seed ``train_seed``, 0 by default, on
+   ``threads`` torch threads: the float sums of another thread count take the training
+   elsewhere, so seed and thread count together name one training);
 4. the model run on every mean through the inference engine, thresholded as ``etemseg infer``
    does by default (Otsu per frame, 20 working px minimum area:
    :func:`etemseg.nn.training.masks_from_probabilities`), ``block`` frames at a time.
@@ -47,9 +49,23 @@ def simulated_frames(p: SynthParams) -> tuple[np.ndarray, np.ndarray]:
 
 def cnn_stack(p: SynthParams, window_ms: float = DEFAULT_WINDOW_MS, *, arch: str = "unet4-norm",
               train_frames: int = 48, block: int = 64, frames: np.ndarray | None = None,
-              train_seed: int = 0, log=print) -> np.ndarray:
+              train_seed: int = 0, threads: int = 2, log=print) -> np.ndarray:
     """(T, H, W) bool masks of the movie ``p`` (or of its ``frames``) by ``arch`` trained on the
-    movie's own windowed pseudo-labels; see the module docstring."""
+    movie's own windowed pseudo-labels, on ``threads`` torch threads (2: the workflow's
+    ``train.threads``); see the module docstring."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _cnn_stack(p, window_ms, arch, train_frames, block, frames, train_seed, log)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _cnn_stack(p: SynthParams, window_ms: float, arch: str, train_frames: int, block: int,
+               frames: np.ndarray | None, train_seed: int, log) -> np.ndarray:
+    """:func:`cnn_stack` on the torch threads set."""
     from benchmarks.accuracy import model_probabilities, train_on_pseudo
     from etemseg.nn.checkpoint import normalise_frames
     from etemseg.nn.models import parse_arch, work_factor_of

@@ -32,7 +32,8 @@ def pooled(rows: list[dict]) -> list[dict]:
         rs = [r for r in rows if (r["masks"], r["linker"]) == (masks, linker)]
         row = {"masks": masks, "linker": linker, "runs": len(rs),
                "movies": len({r["seed"] for r in rs}),
-               "trainings": len({r.get("train_seed", 0) for r in rs})}
+               "trainings": len({(r.get("train_seed", 0), r.get("train_threads", 2))
+                                 for r in rs})}
         for ev in ("coal", "van"):
             k = sum(r[f"{ev}_matched"] for r in rs)
             n_m, n_t = sum(r[f"{ev}_measured"] for r in rs), sum(r[f"{ev}_truth"] for r in rs)

@@ -119,18 +119,19 @@ def pseudo_stack(p: SynthParams, window_ms: float = DEFAULT_WINDOW_MS, block: in
 
 
 def cached_masks(source: str, p: SynthParams, deg: Degrade, window_ms: float,
-                 train_seed: int = 0) -> np.ndarray:
+                 train_seed: int = 0, threads: int = 2) -> np.ndarray:
     """The masks of ``source`` for ``p``, from ``benchmarks/out/cache`` when made before (bit
-    packed ``.npy``; the key holds every parameter that changes them; ``train_seed``: the CNN's
-    training seed)."""
+    packed ``.npy``; the key holds every parameter that changes them; ``train_seed`` and
+    ``threads``: the CNN's training seed and torch threads)."""
     if source == "degraded":
         what = json.dumps(deg.__dict__, sort_keys=True)
     elif source == "cnn":
         what = json.dumps({"window_ms": window_ms, "preset": PRESETS["default"].to_dict(),
                            "arch": "unet4-norm", "train": demo_train_settings(),
                            "edge_reach": EDGE_REACH, "hysteresis": InferConfig().hysteresis,
-                           "edges": "reflected", **({"train_seed": train_seed} if train_seed
-                                                    else {})},
+                           "edges": "reflected",
+                           **({"train_seed": train_seed} if train_seed else {}),
+                           **({"threads": threads} if threads != 2 else {})},
                           sort_keys=True)
     else:
         what = json.dumps({"window_ms": window_ms, "preset": PRESETS["default"].to_dict()},
@@ -142,7 +143,7 @@ def cached_masks(source: str, p: SynthParams, deg: Degrade, window_ms: float,
     if path.exists():
         return np.unpackbits(np.load(path), count=int(np.prod(shape))).reshape(shape).astype(bool)
     if source == "cnn":
-        masks = cnn_stack(p, window_ms, train_seed=train_seed)
+        masks = cnn_stack(p, window_ms, train_seed=train_seed, threads=threads)
     else:
         masks = degraded_stack(p, deg) if source == "degraded" else pseudo_stack(p, window_ms)
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -152,7 +153,7 @@ def cached_masks(source: str, p: SynthParams, deg: Degrade, window_ms: float,
 
 def make_movie(seed: int, frames: int, size: int, ripening: float, deg: Degrade,
                source: str = "degraded", window_ms: float = DEFAULT_WINDOW_MS,
-               train_seed: int = 0) -> dict:
+               train_seed: int = 0, threads: int = 2) -> dict:
     """Simulate one movie, make its masks (``source``: ``degraded`` truth, or ``pseudo``-labels
     of the realistic imaging mode) and measure them; returns masks, detections, truth tables."""
     imaging = "mass-thickness" if source == "degraded" else "realistic"
@@ -160,7 +161,7 @@ def make_movie(seed: int, frames: int, size: int, ripening: float, deg: Degrade,
                     imaging=imaging)
     t0 = time.perf_counter()
     masks = cached_masks(source, p, Degrade(**{**deg.__dict__, "seed": seed}), window_ms,
-                         train_seed)
+                         train_seed, threads)
     times = np.arange(frames) / p.fps
     det = pd.concat([measure_stack(masks[s:s + 256], None, frame0=s, time_s=times[s:s + 256],
                                    pixel_size_nm=p.pixel_size_nm, movie="bench",
@@ -603,6 +604,9 @@ def main() -> None:
                     help="cnn masks: comma list of the CNN's training seeds; every movie is "
                          "segmented by one training per seed (one training is one draw of its "
                          "masks: the pooled table counts the events of all of them)")
+    ap.add_argument("--train-threads", default="2",
+                    help="cnn masks: comma list of torch thread counts to train and infer on "
+                         "(2: the workflow's train.threads); another count is another training")
     ap.add_argument("--tol-ms", type=float, default=25.0)
     ap.add_argument("--legacy", action="store_true", help="also run memory=3 frames, no windows")
     ap.add_argument("--no-centroid", action="store_true", help="skip centroid-only linking")
@@ -623,11 +627,13 @@ def main() -> None:
     for source in a.masks.split(","):
         if source not in MASK_SOURCES:
             ap.error(f"--masks: {source!r} is not one of {', '.join(MASK_SOURCES)}")
-        trainings = [int(t) for t in a.train_seeds.split(",")] if source == "cnn" else [0]
-        for seed, train_seed in [(int(s), t) for s in a.seeds.split(",") for t in trainings]:
+        trainings = ([(int(t), int(n)) for t in a.train_seeds.split(",")
+                      for n in a.train_threads.split(",")] if source == "cnn" else [(0, 2)])
+        for seed, (train_seed, threads) in [(int(s), t) for s in a.seeds.split(",")
+                                            for t in trainings]:
             case = make_movie(seed, a.frames, a.size, a.ripening,
                               Degrade(flicker_ms=a.flicker_ms, det_radius_nm=a.det_radius_nm),
-                              source, a.window_ms, train_seed)
+                              source, a.window_ms, train_seed, threads)
             runs = {"etemseg": dict(sets)}
             if not a.no_centroid:
                 runs["etemseg-centroid"] = {"centroid": True, **sets}
@@ -637,6 +643,7 @@ def main() -> None:
             for name, opts in runs.items():
                 traj, events, sec = run_etemseg(case, **opts)
                 row = {"masks": source, "seed": seed, "train_seed": train_seed,
+                       "train_threads": threads,
                        "linker": name, "seconds": sec,
                        "detections": len(case["det"]), **score(case, traj, events, a.tol_ms)}
                 loose = score(case, traj, events, 2 * a.tol_ms)
@@ -653,6 +660,7 @@ def main() -> None:
                 for name, fn in (("laptrack", run_laptrack), ("trackpy", run_trackpy)):
                     g, sec = fn(case, maxd, gap)
                     row = {"masks": source, "seed": seed, "train_seed": train_seed,
+                       "train_threads": threads,
                            "linker": name, "seconds": sec,
                            "detections": len(case["det"]), **ctc_scores(case, g)}
                     rows.append(row)
