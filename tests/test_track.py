@@ -302,6 +302,44 @@ def test_centre_in_view_of_a_disc_cut_by_the_edge():
             assert det.centre_in_view(np.arange(2)).tolist() == [inside > 0] * 2, (r, inside)
 
 
+def test_radius_of_a_disc_cut_by_the_edge():
+    """The whole disc behind a visible part cut by the frame edge: its radius from the part's
+    area and centroid, on either edge, whatever the depth (a sliver taken at half a radius
+    out); the equivalent radius of the visible part is far too small."""
+    from etemseg.tracking.detections import Detections
+
+    shape = (64, 96)
+    for r in (7, 12):
+        for inside in (-0.4, 0.0, 0.3, 0.6, 0.9):  # centre's distance inside the edge, radii
+            discs = [(20, 95.5 - inside * r, r), (44, -0.5 + inside * r, r), (30, 48, r)]
+            parts = [measure(paint(shape, [d]), f) for f, d in enumerate(discs)]
+            det = Detections(pd.concat(parts, ignore_index=True), PS, shape)
+            whole = det.radius[2]  # the same disc in view
+            assert det.border.tolist() == [True, True, False]
+            assert det.disc_radius[2] == det.radius[2]
+            assert det.disc_radius[:2] == pytest.approx([whole] * 2, rel=0.06), (r, inside)
+            if inside <= 0.3:
+                assert (det.radius[:2] < 0.9 * whole).all()
+            assert det.disc_vol[2] == pytest.approx(det.vol[2])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_vanish_at_the_border_is_dated_by_the_whole_disc(mode):
+    """A particle that ripens away with its centre just inside the edge is dated as the same
+    particle in view: its size is its whole disc, not the part the edge leaves."""
+    def vanish_frame(x):
+        frames = [[STATIC, (45, 20, 12)] + ([(20, x, 12 - 4 * f / 19)] if f < 20 else [])
+                  for f in range(60)]
+        labs, det = movie(frames)
+        _, events, _ = run(mode, labs, det)
+        assert list(events.kind) == ["vanish"]
+        return int(events.frame.iloc[0])
+
+    in_view = vanish_frame(50)
+    assert in_view > 20  # extrapolated past the last detection
+    assert vanish_frame(94.5) == vanish_frame(92.5) == in_view
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_split_is_flagged(mode):
     frames = [[(30, 40, 7), (30, 50, 7), STATIC]] * 3  # one peanut-shaped component

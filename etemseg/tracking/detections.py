@@ -26,6 +26,23 @@ __all__ = ["Detections", "check_frames", "frame_sequence", "frame_times", "group
 HALF_DISC_RATIO = 4 / (3 * math.pi) / math.sqrt(math.pi / 2)
 
 
+def _cut_disc(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(area, ratio)`` of the part of a unit disc inside a straight frame edge, ``t`` (-1..1)
+    the centre's signed distance inside the edge: ``area = pi - arccos(t) + t sqrt(1 - t^2)``
+    and ``ratio`` its centroid's distance from the edge over ``sqrt(area)`` (0 for a sliver,
+    :data:`HALF_DISC_RATIO` at ``t = 0``, ``1 / sqrt(pi)`` for the whole disc)."""
+    t = np.clip(t, -1.0, 1.0)
+    s = np.sqrt(np.maximum(1.0 - t * t, 0.0))
+    area = np.pi - np.arccos(t) + t * s
+    xbar = (2.0 / 3.0) * s ** 3 / np.maximum(area, 1e-12)  # centroid from the centre
+    return area, (xbar + t) / np.sqrt(np.maximum(area, 1e-12))
+
+
+#: Depth (centre's distance inside the edge, in radii) below which a cut disc's radius is not
+#: taken from its visible part: a sliver's shape hardly depends on the disc behind it.
+DISC_DEPTH_MIN = -0.5
+
+
 class Detections:
     """Detections sorted by (frame, label) as plain arrays, with per-frame offsets.
 
@@ -55,6 +72,12 @@ class Detections:
         Equivalent diameter, nm, and the volume proxy ``diam_nm ** 3``, nm^3.
     border : (N,) bool
         The particle touches the image border.
+    disc_radius : (N,) float
+        Radius, px, of the whole particle: ``radius`` off the border; at the border, of the
+        disc whose part inside the nearest frame edge has the row's area and centroid
+        (:meth:`cut_disc_radius`).
+    disc_vol : (N,) float
+        ``(2 disc_radius ps) ** 3``, nm^3: ``vol`` of the whole particle.
     shape : (int, int) or None
         ``(H, W)`` of the frames, when given.
     time : (N,) float or None
@@ -89,6 +112,11 @@ class Detections:
         self.vol = diam_nm**3
         self.border = _border(d, x, y, radius, frame_shape)
         self.shape = None if frame_shape is None else (int(frame_shape[0]), int(frame_shape[1]))
+        self.disc_radius = radius.copy()
+        at = np.flatnonzero(self.border)
+        if at.size and self.shape is not None:
+            self.disc_radius[at] = self.cut_disc_radius(at)
+        self.disc_vol = (2 * self.disc_radius * self.ps) ** 3
         self.time = d["time_s"].to_numpy(float) if "time_s" in d.columns else None
         self.frames, self.start = np.unique(frame, return_index=True)
         self.stop = np.append(self.start[1:], len(d))
@@ -105,10 +133,35 @@ class Detections:
         out = ~self.border[rows]
         if self.shape is None:
             return out
+        return out | (self._edge_ratio(rows) >= HALF_DISC_RATIO)
+
+    def _edge_ratio(self, rows: np.ndarray) -> np.ndarray:
+        """Distance of each row's centroid from the nearest frame edge over the square root of
+        its area (needs ``shape``)."""
         h, w = self.shape
         y, x = self.y[rows], self.x[rows]
         c = np.minimum(np.minimum(y + 0.5, h - 0.5 - y), np.minimum(x + 0.5, w - 0.5 - x))
-        return out | (c >= HALF_DISC_RATIO * np.sqrt(np.maximum(self.area[rows], 0.0)))
+        return c / np.sqrt(np.maximum(self.area[rows], 1e-12))
+
+    def cut_disc_radius(self, rows: np.ndarray) -> np.ndarray:
+        """(R,) float: radius, px, of the disc cut by the nearest frame edge whose visible part
+        has the area and centroid of each row (needs ``shape``).
+
+        The visible part's centroid distance from the edge over the square root of its area
+        fixes how deep the disc reaches into the frame (:func:`_cut_disc`, solved by bisection),
+        and the area then its radius.  Never below the equivalent radius (the whole particle
+        is at least what is seen); a part shallower than :data:`DISC_DEPTH_MIN` is taken at
+        that depth (a sliver's shape hardly tells the disc behind it)."""
+        rows = np.asarray(rows, np.int64)
+        ratio = np.minimum(self._edge_ratio(rows), 1.0 / math.sqrt(math.pi))
+        lo, hi = np.full(rows.size, -1.0), np.ones(rows.size)
+        for _ in range(40):  # the ratio rises with the depth t
+            t = (lo + hi) / 2
+            below = _cut_disc(t)[1] < ratio
+            lo, hi = np.where(below, t, lo), np.where(below, hi, t)
+        t = np.maximum((lo + hi) / 2, DISC_DEPTH_MIN)
+        r = np.sqrt(np.maximum(self.area[rows], 0.0) / _cut_disc(t)[0])
+        return np.maximum(r, self.radius[rows])
 
     def rows(self, f: int) -> slice:
         """Row range of frame ``f`` (empty when the frame has no detection)."""
