@@ -316,11 +316,13 @@ def test_radius_of_a_disc_cut_by_the_edge():
             det = Detections(pd.concat(parts, ignore_index=True), PS, shape)
             whole = det.radius[2]  # the same disc in view
             assert det.border.tolist() == [True, True, False]
-            assert det.disc_radius[2] == det.radius[2]
-            assert det.disc_radius[:2] == pytest.approx([whole] * 2, rel=0.06), (r, inside)
+            assert det.cut_disc_radius(np.arange(2)) == pytest.approx([whole] * 2, rel=0.06), \
+                (r, inside)
             if inside <= 0.3:
                 assert (det.radius[:2] < 0.9 * whole).all()
-            assert det.disc_vol[2] == pytest.approx(det.vol[2])
+            r_nm = det.whole_radius_nm(np.arange(3))
+            assert r_nm[2] == det.diam_nm[2] / 2
+            assert r_nm[:2] == pytest.approx(det.cut_disc_radius(np.arange(2)) * PS)
 
 
 @pytest.mark.parametrize("mode", MODES)

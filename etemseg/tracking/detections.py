@@ -72,12 +72,6 @@ class Detections:
         Equivalent diameter, nm, and the volume proxy ``diam_nm ** 3``, nm^3.
     border : (N,) bool
         The particle touches the image border.
-    disc_radius : (N,) float
-        Radius, px, of the whole particle: ``radius`` off the border; at the border, of the
-        disc whose part inside the nearest frame edge has the row's area and centroid
-        (:meth:`cut_disc_radius`).
-    disc_vol : (N,) float
-        ``(2 disc_radius ps) ** 3``, nm^3: ``vol`` of the whole particle.
     shape : (int, int) or None
         ``(H, W)`` of the frames, when given.
     time : (N,) float or None
@@ -112,11 +106,6 @@ class Detections:
         self.vol = diam_nm**3
         self.border = _border(d, x, y, radius, frame_shape)
         self.shape = None if frame_shape is None else (int(frame_shape[0]), int(frame_shape[1]))
-        self.disc_radius = radius.copy()
-        at = np.flatnonzero(self.border)
-        if at.size and self.shape is not None:
-            self.disc_radius[at] = self.cut_disc_radius(at)
-        self.disc_vol = (2 * self.disc_radius * self.ps) ** 3
         self.time = d["time_s"].to_numpy(float) if "time_s" in d.columns else None
         self.frames, self.start = np.unique(frame, return_index=True)
         self.stop = np.append(self.start[1:], len(d))
@@ -142,6 +131,19 @@ class Detections:
         y, x = self.y[rows], self.x[rows]
         c = np.minimum(np.minimum(y + 0.5, h - 0.5 - y), np.minimum(x + 0.5, w - 0.5 - x))
         return c / np.sqrt(np.maximum(self.area[rows], 1e-12))
+
+    def whole_radius_nm(self, rows: np.ndarray) -> np.ndarray:
+        """(R,) float: radius, nm, of the whole particle of each row: half its equivalent
+        diameter off the border (or without a frame shape); at the border, that scaled to the
+        disc whose part inside the nearest frame edge has the row's area and centroid
+        (:meth:`cut_disc_radius`)."""
+        rows = np.asarray(rows, np.int64)
+        out = self.diam_nm[rows] / 2
+        at = np.flatnonzero(self.border[rows])
+        if at.size and self.shape is not None:
+            cut = rows[at]
+            out[at] *= self.cut_disc_radius(cut) / np.maximum(self.radius[cut], 1e-12)
+        return out
 
     def cut_disc_radius(self, rows: np.ndarray) -> np.ndarray:
         """(R,) float: radius, px, of the disc cut by the nearest frame edge whose visible part

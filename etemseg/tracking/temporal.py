@@ -49,7 +49,8 @@ This module decides events over physical time windows (ms, converted with the fr
    ``gap`` frames is a coalescence; the neighbour's rows from the gain on become the child.
 5. **Extinction time.**  A vanish of a shrinking particle is moved to its extrapolated extinction
    (:func:`_extinction`; a particle cut by the frame edge sized by its whole disc,
-   :attr:`Detections.disc_radius`): the movie's LSW law integrated from each of its last detections,
+   :meth:`Detections.whole_radius_nm`): the movie's LSW law integrated from each of its last
+   detections,
    averaged with inverse-variance weights, when the law is determined (``k`` within a factor 2 at
    95 %, :attr:`_Lsw.known`); else the particle's own ``r^3`` slope.
 6. **Confidence** of every event in [0, 1]: the fraction of its window the evidence held (how long
@@ -712,11 +713,10 @@ def _extinction(events: pd.DataFrame, rows_of: Callable[[int], np.ndarray], det:
     errors, ``k = c / (3 (1 - u_0))`` from it, ``r_end`` the fit at the last detection.  At most
     ``2 gap`` frames after the last detection, never past the movie.  ``frame`` and ``time_s``
     move alike.  A particle cut by the frame edge is sized by its whole disc
-    (:attr:`Detections.disc_radius`), not by the part the edge leaves."""
+    (:meth:`Detections.whole_radius_nm`), not by the part the edge leaves."""
     sel = np.flatnonzero((events["kind"] == "vanish").to_numpy())
     if not sel.size or win.gap <= 0 or times.size < 2 or not np.isfinite(times).all():
         return events
-    r3 = det.disc_vol / 8  # a particle cut by the frame edge: its whole disc
     n = times.size
     reach = 2 * win.gap
     known = law is not None and law.known
@@ -727,12 +727,13 @@ def _extinction(events: pd.DataFrame, rows_of: Callable[[int], np.ndarray], det:
         k_last = int(kseq[rows[-1]])
         rows = rows[kseq[rows] > k_last - win.gap]
         t = times[kseq[rows]]
+        r_nm = det.whole_radius_nm(rows)  # a particle cut by the frame edge: its whole disc
         if known:
-            t_ext = law.extinction(det.disc_radius[rows] * det.ps, t, kseq[rows])
+            t_ext = law.extinction(r_nm, t, kseq[rows])
             if not np.isfinite(t_ext):
                 continue
         else:
-            fit = _shrinking(t, r3[rows])
+            fit = _shrinking(t, r_nm ** 3)
             if fit is None:
                 continue
             a, b = fit
