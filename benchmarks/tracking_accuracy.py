@@ -567,7 +567,9 @@ def run_laptrack(case: dict, max_disp_px: float, gap_frames: int):
     track_df, _, merge_df = lt.predict_dataframe(df, ["y", "x"], only_coordinate_cols=False)
     sec = time.perf_counter() - t0
     track_df = track_df.sort_index()
-    merges = [(int(a), int(b)) for a, b in zip(merge_df.parent_track_id, merge_df.child_track_id)]
+    merges = ([] if "parent_track_id" not in merge_df  # no merge: laptrack gives no columns
+              else [(int(a), int(b))
+                    for a, b in zip(merge_df.parent_track_id, merge_df.child_track_id)])
     return pred_graph(df.frame.to_numpy(), df.y.to_numpy(), df.x.to_numpy(),
                       track_df.track_id.to_numpy(), merges, case["params"].frames - 1), sec
 
