@@ -38,11 +38,6 @@ def _cut_disc(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return area, (xbar + t) / np.sqrt(np.maximum(area, 1e-12))
 
 
-#: Depth (centre's distance inside the edge, in radii) below which a cut disc's radius is not
-#: taken from its visible part: a sliver's shape hardly depends on the disc behind it.
-DISC_DEPTH_MIN = -0.5
-
-
 class Detections:
     """Detections sorted by (frame, label) as plain arrays, with per-frame offsets.
 
@@ -134,12 +129,14 @@ class Detections:
 
     def whole_radius_nm(self, rows: np.ndarray) -> np.ndarray:
         """(R,) float: radius, nm, of the whole particle of each row: half its equivalent
-        diameter off the border (or without a frame shape); at the border, that scaled to the
-        disc whose part inside the nearest frame edge has the row's area and centroid
-        (:meth:`cut_disc_radius`)."""
+        diameter off the border (or without a frame shape); at the border with its centre in
+        view (:meth:`centre_in_view`), that scaled to the disc whose part inside the nearest
+        frame edge has the row's area and centroid (:meth:`cut_disc_radius`).  A part whose
+        centre is out of view is taken as seen: its shape hardly tells the disc behind it (a
+        sliver of any disc), and such a particle is more likely leaving than ripening."""
         rows = np.asarray(rows, np.int64)
         out = self.diam_nm[rows] / 2
-        at = np.flatnonzero(self.border[rows])
+        at = np.flatnonzero(self.border[rows] & self.centre_in_view(rows))
         if at.size and self.shape is not None:
             cut = rows[at]
             out[at] *= self.cut_disc_radius(cut) / np.maximum(self.radius[cut], 1e-12)
@@ -152,8 +149,7 @@ class Detections:
         The visible part's centroid distance from the edge over the square root of its area
         fixes how deep the disc reaches into the frame (:func:`_cut_disc`, solved by bisection),
         and the area then its radius.  Never below the equivalent radius (the whole particle
-        is at least what is seen); a part shallower than :data:`DISC_DEPTH_MIN` is taken at
-        that depth (a sliver's shape hardly tells the disc behind it)."""
+        is at least what is seen)."""
         rows = np.asarray(rows, np.int64)
         ratio = np.minimum(self._edge_ratio(rows), 1.0 / math.sqrt(math.pi))
         lo, hi = np.full(rows.size, -1.0), np.ones(rows.size)
@@ -161,7 +157,7 @@ class Detections:
             t = (lo + hi) / 2
             below = _cut_disc(t)[1] < ratio
             lo, hi = np.where(below, t, lo), np.where(below, hi, t)
-        t = np.maximum((lo + hi) / 2, DISC_DEPTH_MIN)
+        t = (lo + hi) / 2
         r = np.sqrt(np.maximum(self.area[rows], 0.0) / _cut_disc(t)[0])
         return np.maximum(r, self.radius[rows])
 
