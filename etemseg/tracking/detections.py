@@ -136,10 +136,12 @@ class Detections:
         sliver of any disc), and such a particle is more likely leaving than ripening."""
         rows = np.asarray(rows, np.int64)
         out = self.diam_nm[rows] / 2
-        at = np.flatnonzero(self.border[rows] & self.centre_in_view(rows))
-        if at.size and self.shape is not None:
-            cut = rows[at]
-            out[at] *= self.cut_disc_radius(cut) / np.maximum(self.radius[cut], 1e-12)
+        if self.shape is None:
+            return out
+        at = np.flatnonzero(self.border[rows])
+        ratio = self._edge_ratio(rows[at])
+        at, ratio = at[ratio >= HALF_DISC_RATIO], ratio[ratio >= HALF_DISC_RATIO]  # centre in view
+        out[at] *= self._disc_radius(rows[at], ratio) / np.maximum(self.radius[rows[at]], 1e-12)
         return out
 
     def cut_disc_radius(self, rows: np.ndarray) -> np.ndarray:
@@ -151,7 +153,11 @@ class Detections:
         and the area then its radius.  Never below the equivalent radius (the whole particle
         is at least what is seen)."""
         rows = np.asarray(rows, np.int64)
-        ratio = np.minimum(self._edge_ratio(rows), 1.0 / math.sqrt(math.pi))
+        return self._disc_radius(rows, self._edge_ratio(rows))
+
+    def _disc_radius(self, rows: np.ndarray, ratio: np.ndarray) -> np.ndarray:
+        """:meth:`cut_disc_radius` of ``rows`` whose :meth:`_edge_ratio` is ``ratio``."""
+        ratio = np.minimum(ratio, 1.0 / math.sqrt(math.pi))
         lo, hi = np.full(rows.size, -1.0), np.ones(rows.size)
         for _ in range(40):  # the ratio rises with the depth t
             t = (lo + hi) / 2

@@ -737,9 +737,9 @@ def _extinction(events: pd.DataFrame, rows_of: Callable[[int], np.ndarray], det:
             if fit is None:
                 continue
             a, b = fit
-            same = kseq == k_last
-            rc = float(np.mean(det.diam_nm[same & ~det.border]) / 2) \
-                if (same & ~det.border).any() else float(np.cbrt(max(b, 1e-9)))
+            last = det.rows(int(det.frame[rows[-1]]))  # the rows of the last frame
+            off = det.diam_nm[last][~det.border[last]]
+            rc = float(np.mean(off) / 2) if off.size else float(np.cbrt(max(b, 1e-9)))
             u0 = min(float(np.cbrt(max(b, 0.0))) / max(rc, 1e-9), 0.9)
             k_lsw = -a / (3 * (1 - u0))
             t_ext = t[-1] + rc ** 3 * _lsw_integral(u0) / k_lsw
